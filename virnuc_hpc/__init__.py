@@ -1,0 +1,3 @@
+"""virnuc-hpc: VirNucPro-compatible viral read identification across GPUs with Dask."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,41 @@
+"""Device and precision resolution shared by encoders, engines and the pipeline.
+
+One place decides what "auto" means, so that the client, the workers and the
+benchmarks agree on it.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+Precision = Literal["auto", "fp32", "fp16", "bf16"]
+DeviceSpec = Literal["auto", "cpu", "cuda"] | str
+
+_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def resolve_device(spec: str = "auto") -> torch.device:
+    """'auto' -> the current CUDA device when there is one, else CPU."""
+    if spec == "auto":
+        return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    device = torch.device(spec)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' was requested but no CUDA device is visible")
+    return device
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """'auto' -> fp32 on CPU (exact, compatible), fp16 on GPU (measured fastest within fidelity)."""
+    if precision == "auto":
+        return "fp32" if device.type == "cpu" else "fp16"
+    if precision not in _DTYPES:
+        raise ValueError(f"unknown precision {precision!r}; choose fp32, fp16, bf16 or auto")
+    if precision == "fp16" and device.type == "cpu":
+        raise ValueError("fp16 is not supported on CPU; use fp32 or bf16")
+    return precision
+
+
+def dtype_of(precision: str) -> torch.dtype:
+    return _DTYPES[precision]
