@@ -1,0 +1,19 @@
+"""The native engine: our own encoder modules in PyTorch, on the worker's device."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ..encoders.dnabert import load_dnabert
+from ..encoders.esm2 import load_esm2
+
+if TYPE_CHECKING:
+    from ..worker import ModelSpec
+
+
+def load_native(spec: "ModelSpec") -> tuple[Any, Any]:
+    esm2 = load_esm2(spec.esm2_path, device=spec.device, precision=spec.precision,
+                     max_tokens=spec.esm2_max_tokens)
+    dnabert = load_dnabert(spec.dnabert_path, device=spec.device, precision=spec.precision,
+                           max_tokens=spec.dnabert_max_tokens)
+    return esm2, dnabert

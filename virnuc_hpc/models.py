@@ -1,0 +1,99 @@
+"""Resolving model specifications to local files, once, on the client.
+
+Workers receive plain paths; the run's identity records each file's sha256 so that a resumed run
+with other weights is refused. ``demo`` resolves to random-weight models made on the fly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from .config import RunConfig
+from .errors import ModelNotFoundError
+
+DEMO = "demo"
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    role: str          # esm2 | dnabert | classifier
+    spec: str          # what the user asked for
+    path: str          # the local file or directory used
+    weights: str       # the file whose checksum identifies the weights
+    sha256: str
+    random_weights: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def file_sha256(path: Path, known: dict[str, Any] | None = None) -> str:
+    """sha256 of a file, reusing ``known`` (a previous record) when size and mtime are unchanged."""
+    st = path.stat()
+    if known and known.get("size") == st.st_size and known.get("mtime_ns") == st.st_mtime_ns:
+        return str(known["sha256"])
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 24), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _dnabert_weights(directory: Path) -> Path:
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        if (directory / name).is_file():
+            return directory / name
+    raise ModelNotFoundError(f"no model.safetensors or pytorch_model.bin in {directory}")
+
+
+def _dnabert_is_random(directory: Path) -> bool:
+    try:
+        return bool(json.loads((directory / "config.json").read_text()).get("virnuc_hpc_random_weights"))
+    except (OSError, ValueError):
+        return False
+
+
+def _esm2_is_random(path: Path) -> bool:
+    from .encoders.esm2 import is_random_checkpoint
+    return is_random_checkpoint(path)
+
+
+def resolve_models(config: RunConfig, *, classify: bool,
+                   known: dict[str, Any] | None = None) -> dict[str, ModelFile]:
+    """Local files for each model the run needs; raises ModelNotFoundError with where it looked."""
+    from .encoders.dnabert import resolve_dnabert_dir
+    from .encoders.esm2 import resolve_esm2_checkpoint
+
+    known = known or {}
+    demo = None
+    if DEMO in (config.esm2_model, config.dnabert_model, config.classifier):
+        from .demo import ensure_demo_models
+        demo = ensure_demo_models()
+
+    def record(role: str, spec: str, path: Path, weights: Path, random: bool) -> ModelFile:
+        prev = known.get(role) if known.get(role, {}).get("weights") == str(weights) else None
+        return ModelFile(role, spec, str(path), str(weights), file_sha256(weights, prev), random)
+
+    out: dict[str, ModelFile] = {}
+    esm2 = demo.esm2 if demo and config.esm2_model == DEMO else resolve_esm2_checkpoint(config.esm2_model)
+    out["esm2"] = record("esm2", config.esm2_model, esm2, esm2, _esm2_is_random(esm2))
+    dna = demo.dnabert if demo and config.dnabert_model == DEMO else resolve_dnabert_dir(config.dnabert_model)
+    out["dnabert"] = record("dnabert", config.dnabert_model, dna, _dnabert_weights(dna),
+                            _dnabert_is_random(dna))
+    if classify:
+        if not config.classifier:
+            raise ModelNotFoundError("predict needs a classifier: pass --classifier 500_model.pth "
+                                     "(VirNucPro's 300_model.pth / 500_model.pth), or use `embed`")
+        if demo and config.classifier == DEMO:
+            out["classifier"] = record("classifier", DEMO, demo.classifier, demo.classifier, True)
+        else:
+            path = Path(config.classifier).expanduser()
+            if not path.is_file():
+                raise ModelNotFoundError(f"classifier file {path} does not exist (VirNucPro ships "
+                                         "300_model.pth and 500_model.pth in its repository)")
+            out["classifier"] = record("classifier", config.classifier, path, path, False)
+    return out

@@ -1,0 +1,300 @@
+"""The whole run: FASTA -> frames -> bags -> Dask workers -> NetCDF bags -> VirNucPro tables.
+
+``predict`` and ``embed`` are the Python entry points (the CLI calls them too). Pass your own
+``distributed.Client`` to run inside an interactive Dask session.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import platform
+import socket
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from distributed import Client, as_completed
+
+from . import __version__, store
+from .bags import Bag, make_bags
+from .cluster import connect, dashboard_link
+from .config import RESULT_FIELDS, RunConfig, fingerprint, dump_config, load_config
+from .fasta import LoadResult, load_records
+from .frames import frames_for_records
+from .models import ModelFile, file_sha256, resolve_models
+from .worker import EncoderPlugin, ModelSpec, run_bag
+
+log = logging.getLogger("virnuc_hpc")
+FORMAT_VERSION = 1
+
+
+@dataclass
+class RunResult:
+    outdir: Path
+    counts: dict[str, int]
+    seconds: dict[str, float]
+    random_weights: bool
+    dashboard: str | None = None
+    files: list[str] = field(default_factory=list)
+
+
+class StageTimer:
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - t0
+
+
+def predict(inputs: Sequence[str | Path] | str | Path, outdir: str | Path, client: Client | None = None,
+            config: RunConfig | None = None, **overrides: Any) -> RunResult:
+    """VirNucPro prediction: features, probabilities and the two compatible tables."""
+    return run(inputs, outdir, client=client, config=config, classify=True, **overrides)
+
+
+def embed(inputs: Sequence[str | Path] | str | Path, outdir: str | Path, client: Client | None = None,
+          config: RunConfig | None = None, **overrides: Any) -> RunResult:
+    """Features only (DNABERT-S | ESM-2 per kept frame), as NetCDF bags."""
+    return run(inputs, outdir, client=client, config=config, classify=False, **overrides)
+
+
+def _inputs(inputs: Sequence[str | Path] | str | Path) -> list[Path]:
+    paths = [Path(inputs)] if isinstance(inputs, (str, Path)) else [Path(p) for p in inputs]
+    if not paths:
+        raise ValueError("no input FASTA given")
+    return paths
+
+
+def run(inputs: Sequence[str | Path] | str | Path, outdir: str | Path, *, client: Client | None = None,
+        config: RunConfig | None = None, classify: bool = True, **overrides: Any) -> RunResult:
+    config = (config or load_config()).model_copy(update={k: v for k, v in overrides.items()
+                                                          if v is not None})
+    config = RunConfig(**config.model_dump())  # re-validate the overrides
+    paths, outdir, timer = _inputs(inputs), Path(outdir), StageTimer()
+    started = _dt.datetime.now(_dt.timezone.utc)
+
+    with timer("read_validate"):
+        loaded = load_records(paths, skip_invalid=config.skip_invalid)
+    with timer("chunk_translate"):
+        table = frames_for_records(loaded.records, config.expected_length)
+    store.check_writable(outdir)
+    previous = store.read_manifest(outdir)
+    with timer("resolve_models"):
+        models = resolve_models(config, classify=classify,
+                                known=(previous or {}).get("models") if previous else None)
+        inputs_meta = [{"path": str(p), "sha256": file_sha256(p)} for p in paths]
+    run_key = fingerprint({
+        "format": FORMAT_VERSION, "classify": classify, "inputs": [m["sha256"] for m in inputs_meta],
+        "config": {k: getattr(config, k) for k in RESULT_FIELDS},
+        "models": {role: m.sha256 for role, m in models.items()},
+    })
+    _claim_outdir(outdir, previous, run_key, config, models, inputs_meta, classify)
+
+    bags = make_bags(table, config.bag_size, run_key)
+    todo = [b for b in bags if not store.bag_is_complete(outdir, b, with_probability=classify)]
+    log.info("%d frames in %d bags; %d already done, %d to compute",
+             len(table.frame_id), len(bags), len(bags) - len(todo), len(todo))
+    spec = ModelSpec(esm2_path=models["esm2"].path, dnabert_path=models["dnabert"].path,
+                     classifier_path=models["classifier"].path if classify else None,
+                     device=config.device, precision=config.precision, engine=config.engine,
+                     esm2_max_tokens=config.esm2_max_tokens, dnabert_max_tokens=config.dnabert_max_tokens,
+                     threads=config.threads_per_worker)
+    random_weights = any(m.random_weights for m in models.values())
+    attrs = {"virnuc_hpc_version": __version__, "run_key": run_key,
+             "random_weights": int(random_weights), "expected_length": config.expected_length,
+             **{f"{role}_sha256": m.sha256 for role, m in models.items()},
+             **{f"{role}_model": m.spec for role, m in models.items()}}
+    if random_weights:
+        attrs["warning"] = store.RANDOM_WEIGHTS_WARNING
+
+    results: list[dict[str, Any]] = []
+    dashboard = None
+    if todo:
+        with ExitStack() as stack:
+            with timer("cluster_start"):
+                dask_client = stack.enter_context(connect(config, client))
+            dashboard = dashboard_link(dask_client)
+            if dashboard:
+                log.info("Dask dashboard: %s", dashboard)
+            with timer("embed_classify"):
+                results = _schedule(dask_client, todo, outdir, attrs, spec, config)
+
+    with timer("finalize"):
+        counts, files = _finalize(outdir, bags, table, loaded, classify, random_weights)
+    payload = {
+        "tool": "virnuc-hpc", "version": __version__, "command": "predict" if classify else "embed",
+        "random_weights": random_weights,
+        **({"warning": store.RANDOM_WEIGHTS_WARNING} if random_weights else {}),
+        "started": started.isoformat(), "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(),
+        "run_key": run_key, "inputs": inputs_meta, "models": {r: m.as_dict() for r, m in models.items()},
+        "config": config.model_dump(mode="json"), "counts": counts, "seconds": timer.seconds,
+        "bags": {"total": len(bags), "computed_now": len(todo), "reused": len(bags) - len(todo)},
+        "workers": _worker_summary(results), "environment": _environment(),
+    }
+    store.write_json(outdir / store.RUN_JSON, payload)  # last: marks the run finished
+    return RunResult(outdir=outdir, counts=counts, seconds=timer.seconds,
+                     random_weights=random_weights, dashboard=dashboard, files=files + [store.RUN_JSON])
+
+
+def _claim_outdir(outdir: Path, previous: dict[str, Any] | None, run_key: str, config: RunConfig,
+                  models: dict[str, ModelFile], inputs_meta: list[dict[str, Any]], classify: bool) -> None:
+    """Refuse an OUTDIR holding another run (unless overwrite); clear finished-looking outputs."""
+    if previous is not None and previous.get("run_key") != run_key:
+        if not config.overwrite:
+            raise store.OutputError(
+                f"{outdir} holds results of a run with other inputs or settings; "
+                "use --overwrite to replace them, or choose another output directory")
+        log.warning("--overwrite: removing the previous run in %s", outdir)
+        store.clear_outputs(outdir, bags=True)
+    store.clear_outputs(outdir, bags=False)
+    store.remove_stale_temporaries(outdir)
+    models_meta = {}
+    for role, m in models.items():
+        st = Path(m.weights).stat()
+        models_meta[role] = {**m.as_dict(), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    store.write_json(outdir / store.MANIFEST, {"run_key": run_key, "classify": classify,
+                                               "inputs": inputs_meta, "models": models_meta})
+    store.write_text_atomic(outdir / store.CONFIG, dump_config(config))
+
+
+def _schedule(client: Client, todo: list[Bag], outdir: Path, attrs: dict[str, Any], spec: ModelSpec,
+              config: RunConfig) -> list[dict[str, Any]]:
+    """Submit bags with bounded look-ahead; results as they complete."""
+    from tqdm.auto import tqdm
+
+    client.register_plugin(EncoderPlugin(spec), name=EncoderPlugin.name)
+    pending = iter(todo)
+    futures = as_completed()
+    results: list[dict[str, Any]] = []
+
+    def in_flight_limit() -> int:
+        workers = max(1, len(client.scheduler_info(n_workers=-1).get("workers", {})))
+        return workers * config.bags_in_flight_per_worker
+
+    def submit_next() -> bool:
+        bag = next(pending, None)
+        if bag is None:
+            return False
+        futures.add(client.submit(run_bag, bag, str(outdir), attrs, pure=False,
+                                  key=f"{bag.name}-{bag.digest[:12]}"))
+        return True
+
+    for _ in range(in_flight_limit()):
+        if not submit_next():
+            break
+    total = sum(len(b) for b in todo)
+    t0, tokens = time.perf_counter(), 0
+    with tqdm(total=total, unit="frame", disable=not config.progress, dynamic_ncols=True,
+              desc="embedding") as bar:
+        for future in futures:
+            result = future.result()
+            results.append(result)
+            tokens += result["protein_tokens"]
+            bar.update(result["frames"])
+            bar.set_postfix_str(f"{tokens / max(time.perf_counter() - t0, 1e-9):,.0f} ESM tok/s")
+            while futures.count() < in_flight_limit() and submit_next():
+                pass
+    return results
+
+
+def _finalize(outdir: Path, bags: list[Bag], table: Any, loaded: LoadResult, classify: bool,
+              random_weights: bool) -> tuple[dict[str, int], list[str]]:
+    """Write the VirNucPro tables and reads.tsv from the finished bag files."""
+    comment = store.RANDOM_WEIGHTS_WARNING if random_weights else None
+    calls: dict[str, bool] = {}
+    files = []
+    if classify:
+        frame_ids: list[str] = []
+        probs = []
+        for bag in bags:
+            ids, proba = store.read_bag_predictions(store.bag_path(outdir, bag))
+            if ids != bag.frame_ids:  # never mix up sequences, whatever happened to the files
+                raise store.OutputError(f"{store.bag_path(outdir, bag)} does not hold the frames "
+                                        "of this bag; rerun with --overwrite")
+            frame_ids += ids
+            probs.append(proba)
+        proba = np.concatenate(probs) if probs else np.zeros((0, 2), np.float32)
+        prefix = f"# {comment}\n" if comment else ""
+        store.write_text_atomic(outdir / store.PREDICTIONS,
+                                prefix + store.format_prediction_results(frame_ids, proba))
+        calls = store.chunk_calls(frame_ids, proba)
+        store.write_text_atomic(outdir / store.HIGHEST, prefix + store.format_highest_scores(calls))
+        files += [store.PREDICTIONS, store.HIGHEST]
+
+    rows, counts = _read_rows(table, loaded, calls, classify)
+    store.write_text_atomic(outdir / store.READS, store.format_tsv(READS_HEADER, rows, comment))
+    files.append(store.READS)
+    counts["frames"] = len(table.frame_id)
+    counts["bags"] = len(bags)
+    return counts, files
+
+
+READS_HEADER = ("read_id", "file", "length", "status", "chunks", "chunks_with_frames", "frames",
+                "virus_chunks", "call", "chunks_without_frames")
+
+
+def _read_rows(table: Any, loaded: LoadResult, calls: dict[str, bool],
+               classify: bool) -> tuple[list[tuple[Any, ...]], dict[str, int]]:
+    frames_per_read = Counter(table.read_id)
+    no_frame = set(table.chunks_without_frames)
+    rows: list[tuple[Any, ...]] = []
+    counts = Counter()
+    for record, n_chunks in zip(loaded.records, table.read_n_chunks):
+        chunk_ids = [f"{record.id}_chunk_{i + 1}" for i in range(n_chunks)]
+        missing = [c for c in chunk_ids if c in no_frame]
+        with_frames = n_chunks - len(missing)
+        virus = sum(calls.get(c, False) for c in chunk_ids)
+        status = "ok" if with_frames else "no_open_frame"
+        call = "-" if not classify or not with_frames else ("virus" if virus else "others")
+        rows.append((record.id, record.path, len(record.seq), status, n_chunks, with_frames,
+                     frames_per_read[record.id], virus if classify else "-", call,
+                     ",".join(missing) or "-"))
+        counts["reads"] += 1
+        counts["chunks"] += n_chunks
+        counts["chunks_without_frames"] += len(missing)
+        counts["reads_without_frames"] += not with_frames
+        counts["virus_reads"] += call == "virus"
+    for problem in loaded.skipped:
+        rows.append((problem.record or "-", problem.path, "-", f"skipped:{problem.kind}", 0, 0, 0,
+                     "-", "-", "-"))
+        counts["skipped_records"] += 1
+    counts["virus_chunks"] = sum(calls.values())
+    counts["chunks_called"] = len(calls)
+    return rows, dict(counts)
+
+
+def _worker_summary(results: list[dict[str, Any]]) -> dict[str, Any]:
+    per: dict[str, dict[str, Any]] = {}
+    for r in results:
+        w = per.setdefault(r["worker"], {"bags": 0, "frames": 0, "protein_tokens": 0, "seconds": {},
+                                         "counters": {}})
+        w["bags"] += 1
+        w["frames"] += r["frames"]
+        w["protein_tokens"] += r["protein_tokens"]
+        for group in ("seconds", "counters"):
+            for k, v in r[group].items():
+                w[group][k] = w[group].get(k, 0) + v
+    return per
+
+
+def _environment() -> dict[str, Any]:
+    import importlib.metadata as md
+    versions = {}
+    for pkg in ("torch", "numpy", "xarray", "h5netcdf", "h5py", "dask", "distributed", "dask-cuda",
+                "tokenizers", "pydantic", "deepspeed"):
+        try:
+            versions[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return {"host": socket.gethostname(), "python": platform.python_version(), "packages": versions}

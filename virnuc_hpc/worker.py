@@ -1,0 +1,121 @@
+"""What runs inside a Dask worker: encoders loaded once, then bag after bag.
+
+The plugin holds the model *specification*; the models themselves are loaded on first use inside
+the worker process (so a worker that joins late loads them too) and stay resident. ``run_bag`` is
+the only task: embed with both encoders, classify, write the bag file, return a small summary.
+No tensors ever leave the worker.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from distributed import WorkerPlugin, get_worker
+
+from . import store
+from .bags import Bag
+
+PLUGIN_NAME = "virnuc-hpc-encoders"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Resolved, local model files plus how to run them; identical on every worker."""
+
+    esm2_path: str
+    dnabert_path: str
+    classifier_path: str | None
+    device: str = "auto"
+    precision: str = "auto"
+    engine: str = "native"
+    esm2_max_tokens: int | None = None
+    dnabert_max_tokens: int | None = None
+    threads: int | None = None
+
+
+@dataclass
+class Encoders:
+    esm2: Any
+    dnabert: Any
+    classifier: Any | None
+    load_seconds: float
+    precision: str
+    device: str
+    stats: dict[str, float] = field(default_factory=dict)
+
+
+def load_encoders(spec: ModelSpec) -> Encoders:
+    """Load both encoders (and the classifier) through the configured engine."""
+    from .classifier import load_classifier
+    from .engines import load_engine_encoders
+
+    t0 = time.perf_counter()
+    esm2, dnabert = load_engine_encoders(spec)
+    classifier = load_classifier(spec.classifier_path) if spec.classifier_path else None
+    return Encoders(esm2=esm2, dnabert=dnabert, classifier=classifier,
+                    load_seconds=time.perf_counter() - t0,
+                    precision=getattr(esm2, "precision", spec.precision),
+                    device=str(getattr(esm2, "device", spec.device)))
+
+
+class EncoderPlugin(WorkerPlugin):
+    """Keeps one set of encoders per worker process."""
+
+    name = PLUGIN_NAME
+
+    def __init__(self, spec: ModelSpec):
+        self.spec = spec
+        self._encoders: Encoders | None = None
+        self._lock: threading.Lock | None = None
+
+    def setup(self, worker: Any = None) -> None:
+        self._lock = threading.Lock()
+        if self.spec.threads:
+            import torch
+            torch.set_num_threads(self.spec.threads)
+
+    def encoders(self) -> Encoders:
+        assert self._lock is not None, "plugin used before setup()"
+        with self._lock:
+            if self._encoders is None:
+                self._encoders = load_encoders(self.spec)
+            return self._encoders
+
+
+def _stats_of(encoder: Any) -> dict[str, float]:
+    return dict(getattr(encoder, "stats", {}) or {})
+
+
+def run_bag(bag: Bag, outdir: str, attrs: dict[str, Any]) -> dict[str, Any]:
+    """Embed, classify and store one bag; returns timings and counters for the client."""
+    plugin: EncoderPlugin = get_worker().plugins[PLUGIN_NAME]
+    t0 = time.perf_counter()
+    enc = plugin.encoders()
+    t1 = time.perf_counter()
+    before = {"esm2": _stats_of(enc.esm2), "dnabert": _stats_of(enc.dnabert)}
+    dna = enc.dnabert.embed(bag.nucleotides)
+    t2 = time.perf_counter()
+    prot = enc.esm2.embed(bag.proteins)
+    t3 = time.perf_counter()
+    proba = None
+    if enc.classifier is not None:
+        proba = enc.classifier.predict_proba(np.concatenate([dna, prot], axis=1))
+    t4 = time.perf_counter()
+    attrs = {**attrs, "precision": enc.precision, "device": enc.device}
+    store.write_bag(Path(outdir), bag, dna, prot, proba, attrs)
+    t5 = time.perf_counter()
+    after = {"esm2": _stats_of(enc.esm2), "dnabert": _stats_of(enc.dnabert)}
+    counters = {f"{name}_{key}": after[name].get(key, 0) - before[name].get(key, 0)
+                for name in after for key in after[name]}
+    return {
+        "bag": bag.index, "frames": len(bag), "protein_tokens": bag.protein_tokens,
+        "worker": get_worker().address,
+        "seconds": {"model_load": t1 - t0, "dnabert": t2 - t1, "esm2": t3 - t2,
+                    "classifier": t4 - t3, "write": t5 - t4},
+        "counters": counters,
+    }
