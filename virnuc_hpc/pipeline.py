@@ -265,9 +265,13 @@ def _read_rows(table: Any, loaded: LoadResult, calls: dict[str, bool],
         counts["chunks_without_frames"] += len(missing)
         counts["reads_without_frames"] += not with_frames
         counts["virus_reads"] += call == "virus"
-    for problem in loaded.skipped:
-        rows.append((problem.record or "-", problem.path, "-", f"skipped:{problem.kind}", 0, 0, 0,
-                     "-", "-", "-"))
+    skipped: dict[tuple[str, str], list[str]] = {}
+    for problem in loaded.skipped:  # one row per skipped record id, all its problems named
+        kinds = skipped.setdefault((problem.path, problem.record or f"line {problem.line}"), [])
+        if problem.kind not in kinds:
+            kinds.append(problem.kind)
+    for (path, record_id), kinds in skipped.items():
+        rows.append((record_id, path, "-", "skipped:" + "+".join(kinds), 0, 0, 0, "-", "-", "-"))
         counts["skipped_records"] += 1
     counts["virus_chunks"] = sum(calls.values())
     counts["chunks_called"] = len(calls)
