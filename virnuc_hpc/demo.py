@@ -44,7 +44,8 @@ def ensure_demo_models(directory: Path | None = None) -> DemoModels:
         write_random_esm2_checkpoint(tmp / models.esm2.name, layers=6, embed_dim=320, heads=20, seed=0)
         write_random_dnabert_dir(tmp / models.dnabert.name, layers=2, hidden=128, heads=4,
                                  intermediate=512, vocab_size=512, seed=0)
-        write_random_classifier(tmp / models.classifier.name, hidden_dim=512, seed=0)
+        # features = [DNABERT 128 | ESM-2 8M 320]: the real 3328 layout, scaled down
+        write_random_classifier(tmp / models.classifier.name, input_dim=128 + 320, hidden_dim=512, seed=0)
         try:
             os.rename(tmp, directory)
         except OSError:  # another process won the race: use its copy

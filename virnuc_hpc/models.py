@@ -95,5 +95,7 @@ def resolve_models(config: RunConfig, *, classify: bool,
             if not path.is_file():
                 raise ModelNotFoundError(f"classifier file {path} does not exist (VirNucPro ships "
                                          "300_model.pth and 500_model.pth in its repository)")
+            from .classifier import load_classifier
+            load_classifier(path)  # small: refuse a wrong or unsafe file before any worker starts
             out["classifier"] = record("classifier", config.classifier, path, path, False)
     return out

@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# Install everything (CPU build of torch) and run the test suite. This is the README's test command.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python3 -m pip install -q --disable-pip-version-check torch==2.13.0 -e '.[test]'
+python3 -m pytest -q -p no:cacheprovider "$@"

@@ -1,0 +1,239 @@
+"""End to end on real Dask clusters (127.0.0.1), real NetCDF files, random-weight demo models."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import DEMO_FASTA, cli
+from virnuc_hpc import store
+from virnuc_hpc.config import load_config
+from virnuc_hpc.fasta import load_records
+from virnuc_hpc.frames import frames_for_records
+
+FINAL = ("prediction_results.txt", "prediction_results_highestscore.csv", "reads.tsv")
+DEMO = ["--preset", "demo", "--no-progress"]
+
+
+def finished_outputs(outdir: Path) -> dict[str, bytes]:
+    return {name: (outdir / name).read_bytes() for name in FINAL}
+
+
+def assert_nothing_finished(outdir: Path) -> None:
+    for name in (*FINAL, "run.json"):
+        assert not (outdir / name).exists(), f"{name} left behind by a failed run"
+
+
+@pytest.fixture(scope="module")
+def reference(demo_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One uninterrupted demo run through the CLI, the reference for the other tests."""
+    outdir = tmp_path_factory.mktemp("reference")
+    proc = cli("predict", str(DEMO_FASTA), "-o", str(outdir), *DEMO)
+    assert proc.returncode == 0, proc.stderr
+    assert "RANDOM WEIGHTS" in proc.stdout
+    return outdir
+
+
+def test_demo_writes_every_output(reference: Path):
+    for name in (*FINAL, "run.json", "config.yaml", "manifest.json"):
+        assert (reference / name).is_file(), name
+    run = json.loads((reference / "run.json").read_text())
+    assert run["random_weights"] is True and "NOT a biological result" in run["warning"]
+    table = frames_for_records(load_records([DEMO_FASTA], skip_invalid=False).records, 300)
+    lines = (reference / "prediction_results.txt").read_text().splitlines()
+    assert lines[0].startswith("# RANDOM WEIGHTS")
+    assert lines[1] == "Sequence_ID\tPrediction\tscore1\tscore2"
+    ids = [line.split("\t")[0] for line in lines[2:]]
+    assert ids == list(table.frame_id) and len(set(ids)) == len(ids) > 20
+    assert run["counts"]["frames"] == len(ids)
+    chunks = (reference / "prediction_results_highestscore.csv").read_text().splitlines()[2:]
+    assert [c.split("\t")[0] for c in chunks] == sorted({i[:-2] for i in ids})
+
+
+def test_features_belong_to_their_frames(reference: Path, demo_cache: Path):
+    """Each stored vector is the encoders' output for that very frame (no mix-up across bags)."""
+    from virnuc_hpc.demo import ensure_demo_models
+    from virnuc_hpc.encoders.dnabert import load_dnabert
+    from virnuc_hpc.encoders.esm2 import load_esm2
+
+    table = frames_for_records(load_records([DEMO_FASTA], skip_invalid=False).records, 300)
+    with store.open_features(reference) as ds:
+        assert list(ds.frame.values) == list(table.frame_id)
+        feats = ds.features.values
+        n_dna = int((ds.source == "dnabert_s").sum())
+    models = ensure_demo_models()
+    pick = [0, len(table.frame_id) // 2, len(table.frame_id) - 1]
+    esm = load_esm2(str(models.esm2), device="cpu", precision="fp32")
+    dna = load_dnabert(str(models.dnabert), device="cpu", precision="fp32")
+    prot = esm.embed([table.protein[i] for i in pick])
+    nuc = dna.embed([table.nucleotide[i] for i in pick])
+    np.testing.assert_allclose(feats[pick, n_dna:], prot, atol=1e-5)
+    np.testing.assert_allclose(feats[pick, :n_dna], nuc, atol=1e-5)
+
+
+def test_reads_tsv_lists_every_read(reference: Path):
+    rows = (reference / "reads.tsv").read_text().splitlines()
+    assert rows[0].startswith("# RANDOM WEIGHTS")
+    header, body = rows[1].split("\t"), [r.split("\t") for r in rows[2:]]
+    records = load_records([DEMO_FASTA], skip_invalid=False).records
+    assert [r[0] for r in body] == [r.id for r in records]
+    status = {r[0]: r[header.index("status")] for r in body}
+    assert "no_open_frame" in status.values() and "ok" in status.values()
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def test_kill_9_then_resume_is_identical(reference: Path, demo_cache: Path, tmp_path: Path):
+    outdir = tmp_path / "killed"
+    args = [sys.executable, "-m", "virnuc_hpc.cli", "predict", str(DEMO_FASTA), "-o", str(outdir), *DEMO]
+    rng = random.Random(1)
+    for attempt in range(3):
+        proc = subprocess.Popen(args, start_new_session=True, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(3.0, 9.0))
+        _kill_group(proc)
+    done_before = len(list((outdir / "bags").glob("bag-*.nc")))
+    proc = cli("predict", str(DEMO_FASTA), "-o", str(outdir), *DEMO)
+    assert proc.returncode == 0, proc.stderr
+    assert finished_outputs(outdir) == finished_outputs(reference)
+    run = json.loads((outdir / "run.json").read_text())
+    assert run["bags"]["reused"] >= done_before - 1  # everything finished before was reused
+    with store.open_features(outdir) as a, store.open_features(reference) as b:
+        assert list(a.frame.values) == list(b.frame.values)
+        np.testing.assert_array_equal(a.features.values, b.features.values)
+
+
+def test_damaged_bags_are_recomputed(reference: Path, tmp_path: Path, demo_cache: Path):
+    import shutil
+    outdir = tmp_path / "damaged"
+    shutil.copytree(reference, outdir)
+    bags = sorted((outdir / "bags").glob("bag-*.nc"))
+    bags[0].unlink()
+    bags[1].write_bytes(bags[1].read_bytes()[:500])
+    proc = cli("predict", str(DEMO_FASTA), "-o", str(outdir), *DEMO)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((outdir / "run.json").read_text())["bags"]["computed_now"] == 2
+    assert finished_outputs(outdir) == finished_outputs(reference)
+
+
+def test_changed_configuration_is_refused_unless_overwrite(reference: Path, tmp_path: Path,
+                                                           demo_cache: Path):
+    import shutil
+    outdir = tmp_path / "changed"
+    shutil.copytree(reference, outdir)
+    proc = cli("predict", str(DEMO_FASTA), "-o", str(outdir), *DEMO, "--expected-length", "500")
+    assert proc.returncode == 2 and "--overwrite" in proc.stderr
+    assert (outdir / "run.json").exists()  # the old finished run is left untouched
+    proc = cli("predict", str(DEMO_FASTA), "-o", str(outdir), *DEMO, "--expected-length", "500",
+               "--overwrite")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((outdir / "run.json").read_text())["config"]["expected_length"] == 500
+
+
+def test_bring_your_own_client(reference: Path, tmp_path: Path, demo_cache: Path):
+    from distributed import Client, LocalCluster
+
+    import virnuc_hpc
+    with LocalCluster(n_workers=1, threads_per_worker=1, host="127.0.0.1", dashboard_address=":0",
+                      processes=True) as cluster, Client(cluster) as client:
+        result = virnuc_hpc.predict([DEMO_FASTA], tmp_path / "byo", client=client,
+                                    config=load_config(preset="demo"), progress=False)
+        assert client.status == "running"  # the caller's client is not closed
+    assert finished_outputs(result.outdir) == finished_outputs(reference)
+
+
+def test_embed_writes_features_only(tmp_path: Path, demo_cache: Path):
+    outdir = tmp_path / "embed"
+    proc = cli("embed", str(DEMO_FASTA), "-o", str(outdir), *DEMO)
+    assert proc.returncode == 0, proc.stderr
+    assert not (outdir / "prediction_results.txt").exists()
+    with store.open_features(outdir) as ds:
+        assert "probability" not in ds and ds.features.shape[0] > 20
+
+
+# --- refused input: clear message, exit 2, nothing that looks finished ----------------------
+
+BAD_INPUTS = {
+    "text_before_header": (b"ACGT\n>r1\nACGT\n", "before the first"),
+    "binary": (b">r1\nAC\x00\xff\xfeGT\n", "binary"),
+    "empty_file": (b"", "empty"),
+    "digits": (b">r1\nACGT\n>r2\nAC1GT\n", "r2"),
+    "punctuation": (b">r1\nACG;T\n", "r1"),
+    "empty_record": (b">r1\n>r2\nACGT\n", "r1"),
+    "duplicate_ids": (b">r1\nACGT\n>r1 again\nACGA\n", "r1"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input_is_refused(case: str, tmp_path: Path, demo_cache: Path):
+    content, expected = BAD_INPUTS[case]
+    fasta = tmp_path / "in.fa"
+    fasta.write_bytes(content)
+    outdir = tmp_path / "out"
+    proc = cli("predict", str(fasta), "-o", str(outdir), *DEMO)
+    assert proc.returncode == 2, proc.stderr
+    assert "in.fa" in proc.stderr and expected.lower() in proc.stderr.lower(), proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert_nothing_finished(outdir)
+    assert cli("validate", str(fasta)).returncode == 2
+
+
+def test_skip_invalid_reports_skipped_records(tmp_path: Path, demo_cache: Path):
+    fasta = tmp_path / "mixed.fa"
+    good = DEMO_FASTA.read_text()
+    fasta.write_text(good + ">empty_one\n>demo_read_000\nACGT\n>bad_chars\nACGT123\n")
+    outdir = tmp_path / "out"
+    proc = cli("predict", str(fasta), "-o", str(outdir), *DEMO, "--skip-invalid")
+    assert proc.returncode == 0, proc.stderr
+    rows = [r.split("\t") for r in (outdir / "reads.tsv").read_text().splitlines()[2:]]
+    skipped = {(r[0], r[3]) for r in rows if r[3].startswith("skipped")}
+    assert {name for name, _ in skipped} == {"empty_one", "demo_read_000", "bad_chars"}
+
+
+def test_wrong_model_files_are_refused(tmp_path: Path, demo_cache: Path):
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(os.urandom(4096))
+    for option in ("--esm2-model", "--classifier"):
+        outdir = tmp_path / option.strip("-")
+        proc = cli("predict", str(DEMO_FASTA), "-o", str(outdir), *DEMO, option, str(junk))
+        assert proc.returncode == 2, proc.stderr
+        assert "junk.pt" in proc.stderr and "Traceback" not in proc.stderr
+        assert_nothing_finished(outdir)
+    proc = cli("predict", str(DEMO_FASTA), "-o", str(tmp_path / "m"), *DEMO,
+               "--esm2-model", "esm2_t99_1T_nope", env_extra={"VIRNUC_HPC_OFFLINE": "1"})
+    assert proc.returncode == 2 and "esm2_t99_1T_nope" in proc.stderr
+
+
+def test_unwritable_output_directory(tmp_path: Path, demo_cache: Path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    proc = cli("predict", str(DEMO_FASTA), "-o", str(blocker / "out"), *DEMO)
+    assert proc.returncode == 2 and "not writable" in proc.stderr
+
+
+def test_full_disk_fails_cleanly(tmp_path: Path, demo_cache: Path):
+    if os.geteuid() != 0:
+        pytest.fail("this test mounts a small tmpfs and needs root (CI runs as root)")
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=160k", "tmpfs", str(mnt)], check=True)
+    try:
+        proc = cli("predict", str(DEMO_FASTA), "-o", str(mnt / "out"), *DEMO)
+        assert proc.returncode == 2, proc.stderr
+        assert "No space left on device" in proc.stderr and "Traceback" not in proc.stderr
+        assert_nothing_finished(mnt / "out")
+        assert not list(mnt.rglob(".*.tmp-*"))
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=True)

@@ -1,0 +1,510 @@
+"""ESM-2 protein embeddings for VirNucPro features, without fair-esm at run time.
+
+Our own forward pass over fair-esm's released checkpoint files (models.md, "ESM-2"), so that we can
+load them safely (weights_only), pick precision and batching ourselves, and later swap the attention
+kernel. In fp32 it reproduces fair-esm 2.0.0 to ~1e-6 (tests/test_esm2.py).
+
+Pooling follows the original VirNucPro `extract_esm` (virnucpro-compat.md section 4): the whole protein
+goes through the model untruncated, and the vector is the mean of the final-LayerNorm representation
+over residue positions 1..min(L, 1024) (BOS, EOS and padding excluded). Proteins longer than 1024
+residues therefore do not crash; like the original, their tail still attends but is left out of the
+mean. Reads never come close (a 500-bp chunk gives 166 aa).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import hashlib
+import os
+import pickle
+import re
+import zipfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from virnuc_hpc.devices import dtype_of, resolve_device, resolve_precision
+from virnuc_hpc.errors import ModelFileError, ModelNotFoundError
+
+# ---------------------------------------------------------------------------------------------------
+# Alphabet (ESM-1b, as esm.Alphabet.from_architecture("ESM-1b")) and tokenisation
+# ---------------------------------------------------------------------------------------------------
+
+ALPHABET: tuple[str, ...] = (
+    "<cls>", "<pad>", "<eos>", "<unk>", *"LAGVSERTIDPKQNFYMHWCXBUZO.-", "<null_1>", "<mask>",
+)
+CLS, PAD, EOS, UNK, MASK = 0, 1, 2, 3, 32
+POOL_LIMIT = 1024  # residues averaged at most (original VirNucPro: truncation_seq_length=1024)
+
+_SPECIAL_IDS = {tok: i for i, tok in enumerate(ALPHABET) if len(tok) > 1}
+_SPECIAL_RE = re.compile("(" + "|".join(map(re.escape, _SPECIAL_IDS)) + ")")
+_DROP = -1  # whitespace: fair-esm strips it
+
+
+def _lookup_table() -> np.ndarray:
+    lut = np.full(256, UNK, dtype=np.int64)
+    for i, tok in enumerate(ALPHABET):
+        if len(tok) == 1:
+            lut[ord(tok)] = i
+    for ch in " \t\n\r\v\f":
+        lut[ord(ch)] = _DROP
+    lut.flags.writeable = False
+    return lut
+
+
+_LUT = _lookup_table()
+
+
+def tokenize(protein: str) -> np.ndarray:
+    """Residue token ids (no BOS/EOS). Whitespace is dropped and `<mask>`-style tokens are kept whole,
+    as fair-esm does; characters outside the alphabet become `<unk>` (fair-esm raises KeyError)."""
+    if protein.isascii() and "<" not in protein:
+        ids = _LUT[np.frombuffer(protein.encode("ascii"), dtype=np.uint8)]
+        return ids[ids != _DROP] if (ids == _DROP).any() else ids
+    parts = []
+    for piece in _SPECIAL_RE.split(protein):
+        if piece in _SPECIAL_IDS:
+            parts.append(np.array([_SPECIAL_IDS[piece]], dtype=np.int64))
+        elif piece:
+            codes = np.fromiter(map(ord, piece), dtype=np.int64, count=len(piece)).clip(max=255)
+            ids = _LUT[codes]
+            parts.append(ids[ids != _DROP])
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+
+def tokenize_many(proteins: Sequence[str]) -> list[np.ndarray]:
+    """`tokenize` for many proteins with one table lookup when they are plain ASCII residues."""
+    if not proteins:
+        return []
+    joined = "".join(proteins)
+    if joined.isascii() and "<" not in joined:
+        ids = _LUT[np.frombuffer(joined.encode("ascii"), dtype=np.uint8)]
+        if not (ids == _DROP).any():
+            bounds = np.cumsum([len(p) for p in proteins])[:-1]
+            return np.split(ids, bounds)
+    return [tokenize(p) for p in proteins]
+
+
+def plan_batches(lengths: np.ndarray, max_tokens: int) -> list[np.ndarray]:
+    """Index arrays of length-sorted batches whose padded size rows*(longest+2) fits max_tokens.
+
+    A protein too long for the budget on its own gets a batch to itself (no padding, so SDPA needs no
+    mask and memory grows only with its own length)."""
+    order = np.argsort(lengths, kind="stable")
+    batches, start = [], 0
+    for i in range(1, len(order)):
+        if (i + 1 - start) * (int(lengths[order[i]]) + 2) > max_tokens:  # order[i] would be the longest
+            batches.append(order[start:i])
+            start = i
+    return batches + [order[start:]] if len(order) else []
+
+
+def pad_batch(ids: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, T) tokens `<cls> residues <eos> <pad>...` and (B,) residue counts, built without a row loop."""
+    lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
+    tokens = np.full((len(ids), int(lengths.max()) + 2), PAD, dtype=np.int64)
+    tokens[:, 0] = CLS
+    pos = np.arange(tokens.shape[1])
+    tokens[(pos >= 1) & (pos <= lengths[:, None])] = np.concatenate(ids)
+    tokens[np.arange(len(ids)), lengths + 1] = EOS
+    return torch.from_numpy(tokens), torch.from_numpy(lengths)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Model (parameter names as fair-esm's esm/model/esm2.py, so its state dict maps key for key)
+# ---------------------------------------------------------------------------------------------------
+
+
+def default_inv_freq(head_dim: int) -> torch.Tensor:
+    """Rotary inverse frequencies, base 10000, fp32 (half precision here drifts; models.md)."""
+    return 1.0 / (10000 ** (torch.arange(0, head_dim, 2, device="cpu").float() / head_dim))
+
+
+def rotary_cos_sin(positions: torch.Tensor, inv_freq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """fp32 cos/sin of shape positions.shape + (head_dim,) for per-token positions (0 at BOS).
+
+    Taking positions rather than a length lets a packed (varlen) batch reuse it unchanged."""
+    freqs = positions.to(torch.float32)[..., None] * inv_freq.to(positions.device, torch.float32)
+    emb = torch.cat((freqs, freqs), dim=-1)
+    return emb.cos(), emb.sin()
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate-half rotary on x (..., T, heads, head_dim); cos/sin (..., T, head_dim) are cast only here."""
+    cos, sin = cos.unsqueeze(-2).to(x.dtype), sin.unsqueeze(-2).to(x.dtype)
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+
+
+class LayerNorm(nn.LayerNorm):
+    """LayerNorm computed in fp32 whatever the activation dtype; returns the input's dtype."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w, b = self.weight.float(), self.bias.float()
+        return F.layer_norm(x.float(), self.normalized_shape, w, b, self.eps).to(x.dtype)
+
+
+class SelfAttention(nn.Module):
+    """fair-esm's MultiheadAttention maths (biased q/k/v/out, rotary on q and k) without its extras."""
+
+    def __init__(self, embed_dim: int, heads: int):
+        super().__init__()
+        self.heads, self.head_dim = heads, embed_dim // heads
+        self.scaling = self.head_dim**-0.5
+        self.q_proj = nn.Linear(embed_dim, embed_dim)
+        self.k_proj = nn.Linear(embed_dim, embed_dim)
+        self.v_proj = nn.Linear(embed_dim, embed_dim)
+        self.out_proj = nn.Linear(embed_dim, embed_dim)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                key_padding_mask: torch.Tensor | None) -> torch.Tensor:
+        shape = (*x.shape[:-1], self.heads, self.head_dim)
+        q = apply_rotary((self.q_proj(x) * self.scaling).view(shape), cos, sin)  # scale, then rotate
+        k = apply_rotary(self.k_proj(x).view(shape), cos, sin)
+        v = self.v_proj(x).view(shape)
+        return self.out_proj(self.attend(q, k, v, key_padding_mask).flatten(-2))
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+               key_padding_mask: torch.Tensor | None) -> torch.Tensor:
+        """(B, T, H, hd) padded batch -> (B, T, H, hd). The one place a packed kernel plugs in.
+
+        q is already scaled (fair-esm order), hence scale=1; padded keys (True in the mask) are excluded."""
+        mask = None if key_padding_mask is None else ~key_padding_mask[:, None, None, :]
+        out = F.scaled_dot_product_attention(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask, scale=1.0
+        )
+        return out.transpose(1, 2)
+
+
+class TransformerLayer(nn.Module):
+    """Pre-LayerNorm block: x + attn(LN(x)), then x + fc2(gelu_erf(fc1(LN(x))))."""
+
+    def __init__(self, embed_dim: int, ffn_dim: int, heads: int):
+        super().__init__()
+        self.self_attn = SelfAttention(embed_dim, heads)
+        self.self_attn_layer_norm = LayerNorm(embed_dim)
+        self.fc1 = nn.Linear(embed_dim, ffn_dim)
+        self.fc2 = nn.Linear(ffn_dim, embed_dim)
+        self.final_layer_norm = LayerNorm(embed_dim)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                key_padding_mask: torch.Tensor | None) -> torch.Tensor:
+        x = x + self.self_attn(self.self_attn_layer_norm(x), cos, sin, key_padding_mask)
+        return x + self.fc2(F.gelu(self.fc1(self.final_layer_norm(x))))  # exact erf GELU
+
+
+class ESM2(nn.Module):
+    """ESM-2 encoder up to `emb_layer_norm_after` (no LM or contact head: embeddings only)."""
+
+    def __init__(self, num_layers: int, embed_dim: int, attention_heads: int, token_dropout: bool = True):
+        super().__init__()
+        self.num_layers, self.embed_dim, self.attention_heads = num_layers, embed_dim, attention_heads
+        self.token_dropout = token_dropout
+        self.embed_tokens = nn.Embedding(len(ALPHABET), embed_dim, padding_idx=PAD)
+        self.layers = nn.ModuleList(
+            TransformerLayer(embed_dim, 4 * embed_dim, attention_heads) for _ in range(num_layers)
+        )
+        self.emb_layer_norm_after = LayerNorm(embed_dim)
+        # Plain attribute, not a buffer: Module.to(dtype) must never round it.
+        self.inv_freq = default_inv_freq(embed_dim // attention_heads)
+
+    def embed_input(self, tokens: torch.Tensor, padding_mask: torch.Tensor) -> torch.Tensor:
+        """Token embedding, token-dropout rescale (applied at inference too) and zeroed pad rows."""
+        x = self.embed_tokens(tokens)
+        if self.token_dropout:
+            is_mask = tokens.eq(MASK)
+            x = x.masked_fill(is_mask.unsqueeze(-1), 0.0)
+            mask_ratio = is_mask.sum(-1).to(x.dtype) / (~padding_mask).sum(-1)
+            x = x * (1 - 0.15 * 0.8) / (1 - mask_ratio)[:, None, None]
+        return x * (1 - padding_mask.unsqueeze(-1).type_as(x))
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, T) padded tokens -> (B, T, D) fp32 representation after `emb_layer_norm_after`."""
+        padding_mask = tokens.eq(PAD)
+        x = self.embed_input(tokens, padding_mask)
+        positions = torch.arange(tokens.shape[1], device=tokens.device)[None, :]
+        cos, sin = rotary_cos_sin(positions, self.inv_freq)
+        key_padding_mask = padding_mask if padding_mask.any() else None
+        for layer in self.layers:
+            x = layer(x, cos, sin, key_padding_mask)
+        return self.emb_layer_norm_after(x.float())
+
+    def cast(self, device: torch.device, dtype: torch.dtype) -> ESM2:
+        """Move to device; matmul weights to dtype, LayerNorms kept fp32."""
+        self.to(device)
+        for m in self.modules():
+            if isinstance(m, (nn.Linear, nn.Embedding)):
+                m.to(dtype)
+        return self
+
+
+def mean_residues(rep: torch.Tensor, lengths: torch.Tensor, limit: int = POOL_LIMIT) -> torch.Tensor:
+    """(B, T, D) -> (B, D) fp32 mean over positions 1..min(L, limit): no BOS, EOS or padding."""
+    n = lengths.to(rep.device).clamp(max=limit)
+    pos = torch.arange(rep.shape[1], device=rep.device)
+    weights = ((pos >= 1) & (pos <= n[:, None])).to(torch.float32)
+    return torch.bmm(weights.unsqueeze(1), rep.float()).squeeze(1) / n[:, None].to(torch.float32)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Checkpoint files: name resolution, safe loading, validation
+# ---------------------------------------------------------------------------------------------------
+
+KNOWN_MODELS: dict[str, tuple[int, int, int]] = {  # name -> (layers, embed_dim, heads)
+    "esm2_t6_8M_UR50D": (6, 320, 20),
+    "esm2_t12_35M_UR50D": (12, 480, 20),
+    "esm2_t30_150M_UR50D": (30, 640, 20),
+    "esm2_t33_650M_UR50D": (33, 1280, 20),
+    "esm2_t36_3B_UR50D": (36, 2560, 40),
+    "esm2_t48_15B_UR50D": (48, 5120, 40),
+}
+MODEL_URL = "https://dl.fbaipublicfiles.com/fair-esm/models/{name}.pt"
+_PREFIX_RE = re.compile(r"^(encoder\.sentence_encoder\.|encoder\.)")  # fair-esm core_v2 mapping
+_IGNORED_RE = re.compile(r"^(lm_head|contact_head)\.|\.rot_emb\.inv_freq$")
+RANDOM_WEIGHTS_FLAG = "virnuc_hpc_random_weights"  # set in cfg['model'] by random_models.esm2
+
+
+def _offline() -> bool:
+    return any(
+        os.environ.get(var, "").strip().lower() not in ("", "0", "false", "no", "off")
+        for var in ("VIRNUC_HPC_OFFLINE", "HF_HUB_OFFLINE")
+    )
+
+
+def resolve_esm2_checkpoint(spec: str | Path) -> Path:
+    """An existing file is used as is; a released model name is looked up in (or fetched to) the
+    torch-hub cache, `<torch.hub.get_dir()>/checkpoints/<name>.pt`, the place fair-esm uses."""
+    spec = str(spec)
+    path = Path(spec).expanduser()
+    if path.is_file():
+        return path
+    name = spec[:-3] if spec.endswith(".pt") and spec[:-3] in KNOWN_MODELS else spec
+    if name not in KNOWN_MODELS:
+        raise ModelNotFoundError(
+            f"ESM-2 model {spec!r}: no such file ({path.resolve()}), and not a released model name "
+            f"({', '.join(KNOWN_MODELS)})"
+        )
+    target = Path(torch.hub.get_dir()) / "checkpoints" / f"{name}.pt"
+    if target.is_file():
+        return target
+    url = MODEL_URL.format(name=name)
+    how = (f"download it with `wget -P {target.parent} {url}` on a machine with network access and copy "
+           f"it to {target}, or pass the path of the .pt file instead of the name")
+    if _offline():
+        raise ModelNotFoundError(f"ESM-2 model {name}: {target} does not exist and offline mode is set; {how}")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        torch.hub.download_url_to_file(url, str(target), progress=False)  # writes a temp file, then moves
+    except Exception as exc:
+        raise ModelNotFoundError(
+            f"ESM-2 model {name}: {target} does not exist and downloading {url} failed ({exc}); {how}"
+        ) from exc
+    return target
+
+
+@dataclass(frozen=True)
+class ESM2Config:
+    num_layers: int
+    embed_dim: int
+    attention_heads: int
+    token_dropout: bool = True
+
+
+def _torch_load(path: Path) -> object:
+    """weights_only load: tensors, containers and argparse.Namespace only; nothing else is unpickled."""
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+    except pickle.UnpicklingError as exc:
+        detail = " ".join(line.strip() for line in str(exc).splitlines() if "GLOBAL" in line)
+        if not detail:  # the weights-only unpickler choking on bytes that are not a pickle at all
+            raise ModelFileError(f"{path}: not a readable PyTorch checkpoint (corrupt or truncated?)") from exc
+        raise ModelFileError(
+            f"{path}: refused to load: it holds pickled objects outside the allow-list (tensors, plain "
+            f"containers, argparse.Namespace), which a released ESM-2 checkpoint never does [{detail}]"
+        ) from exc
+    except (OSError, RuntimeError, EOFError, KeyError, ValueError, TypeError, AttributeError,
+            IndexError, zipfile.BadZipFile) as exc:
+        raise ModelFileError(
+            f"{path}: not a readable PyTorch checkpoint (corrupt or truncated?): {type(exc).__name__}: {exc}"
+        ) from exc
+
+
+def _config(path: Path, args: object) -> ESM2Config:
+    """ESM2Config from cfg['model'] (an argparse.Namespace in released files; a dict is accepted too)."""
+    get = args.get if isinstance(args, Mapping) else lambda key, default=None: getattr(args, key, default)
+    names = ("encoder_layers", "encoder_embed_dim", "encoder_attention_heads")
+    try:
+        cfg = ESM2Config(*(int(get(k)) for k in names), token_dropout=bool(get("token_dropout", True)))
+    except (TypeError, ValueError) as exc:
+        raise ModelFileError(f"{path}: cfg['model'] lacks integer {' / '.join(names)}") from exc
+    head_dim = cfg.embed_dim // max(cfg.attention_heads, 1)
+    if min(cfg.num_layers, cfg.embed_dim, cfg.attention_heads) <= 0 or cfg.embed_dim % cfg.attention_heads \
+            or head_dim % 2:
+        raise ModelFileError(f"{path}: inconsistent ESM-2 config {cfg}")
+    return cfg
+
+
+def read_esm2_checkpoint(path: str | Path) -> tuple[ESM2Config, dict[str, torch.Tensor], torch.Tensor | None]:
+    """Config, state dict renamed to our parameter names, and the stored rotary inv_freq (or None).
+
+    Validated against the config: missing, unexpected or misshapen weights raise ModelFileError."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelNotFoundError(f"ESM-2 checkpoint {path} does not exist")
+    data = _torch_load(path)
+    if not isinstance(data, Mapping) or not isinstance(data.get("model"), Mapping) \
+            or not isinstance(data.get("cfg"), Mapping) or "model" not in data["cfg"]:
+        raise ModelFileError(
+            f"{path}: not an ESM-2 checkpoint: expected a dict with 'model' (state dict) and 'cfg' "
+            f"(with cfg['model'] holding encoder_layers, ...); got {type(data).__name__}"
+            + (f" with keys {sorted(map(str, data))[:8]}" if isinstance(data, Mapping) else "")
+        )
+    cfg = _config(path, data["cfg"]["model"])
+    state, inv_freq = {}, None
+    for key, value in data["model"].items():
+        name = _PREFIX_RE.sub("", str(key), count=1)
+        if not isinstance(value, torch.Tensor):
+            raise ModelFileError(f"{path}: state dict entry {key!r} is a {type(value).__name__}, not a tensor")
+        if name == "layers.0.self_attn.rot_emb.inv_freq":
+            inv_freq = value
+        if not _IGNORED_RE.search(name):
+            state[name] = value
+    with torch.device("meta"):
+        reference = ESM2(cfg.num_layers, cfg.embed_dim, cfg.attention_heads)
+    expected = {k: v.shape for k, v in reference.state_dict().items()}
+    problems = []
+    if missing := sorted(expected.keys() - state.keys()):
+        problems.append(f"missing {len(missing)} weight(s), e.g. {missing[:3]}")
+    if unexpected := sorted(state.keys() - expected.keys()):
+        problems.append(f"unexpected {len(unexpected)} weight(s), e.g. {unexpected[:3]}")
+    for k in sorted(expected.keys() & state.keys()):
+        if state[k].shape != expected[k] or not state[k].is_floating_point():
+            got = f"{state[k].dtype} {tuple(state[k].shape)}"
+            problems.append(f"{k} is {got}, expected float {tuple(expected[k])}")
+    head_dim = cfg.embed_dim // cfg.attention_heads
+    if inv_freq is not None and tuple(inv_freq.shape) != (head_dim // 2,):
+        problems.append(f"rot_emb.inv_freq has shape {tuple(inv_freq.shape)}, expected ({head_dim // 2},)")
+    if problems:
+        raise ModelFileError(f"{path}: does not match its config {cfg}: " + "; ".join(problems[:6]))
+    return cfg, state, inv_freq
+
+
+def is_random_checkpoint(path: str | Path) -> bool:
+    """True for files written by random_models.esm2 (cfg['model'].virnuc_hpc_random_weights), so runs
+    on demo weights are labelled as such. Cheap for zip-format files: tensors are mmapped, not read."""
+    data = _torch_load(Path(path))
+    cfg = data.get("cfg") if isinstance(data, Mapping) else None
+    args = cfg.get("model") if isinstance(cfg, Mapping) else None
+    if isinstance(args, Mapping):
+        return bool(args.get(RANDOM_WEIGHTS_FLAG, False))
+    return bool(getattr(args, RANDOM_WEIGHTS_FLAG, False))
+
+
+def load_esm2_model(path: str | Path, *, device: str | torch.device = "cpu",
+                    dtype: torch.dtype = torch.float32) -> ESM2:
+    """ESM2 module from a checkpoint file, in eval mode, weights in dtype (LayerNorms fp32)."""
+    cfg, state, stored_inv_freq = read_esm2_checkpoint(path)
+    with torch.device("meta"):
+        model = ESM2(cfg.num_layers, cfg.embed_dim, cfg.attention_heads, cfg.token_dropout)
+    model.load_state_dict(state, strict=True, assign=True)
+    # fair-esm copies the stored inv_freq into its fp32 buffer: if a file stores it rounded (an fp16
+    # file), fair-esm rotates with the rounded values, and so must we to give the same features.
+    model.inv_freq = default_inv_freq(cfg.embed_dim // cfg.attention_heads)
+    if stored_inv_freq is not None and not torch.equal(stored_inv_freq.float(), model.inv_freq):
+        model.inv_freq = stored_inv_freq.float().clone()
+    return model.cast(torch.device(device), dtype).eval().requires_grad_(False)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Encoder: proteins -> pooled (N, D) float32
+# ---------------------------------------------------------------------------------------------------
+
+DEFAULT_MAX_TOKENS = {"cpu": 16384, "cuda": 32768}
+
+
+class ESM2Encoder:
+    """Mean-pooled ESM-2 embeddings for lists of proteins (virnucpro-compat.md section 4).
+
+    Length-sorted, token-budgeted padded batches; results come back in input order. In fp16/bf16 a
+    batch with any non-finite vector is recomputed with an fp32 copy of the weights (made on first need)."""
+
+    def __init__(self, model: ESM2, *, name: str, device: torch.device, precision: str,
+                 max_tokens: int | None = None, path: Path | None = None, sha256: str | None = None,
+                 pool_limit: int = POOL_LIMIT):
+        self.model, self.name, self.device, self.precision = model, name, device, precision
+        self.max_tokens = max_tokens or DEFAULT_MAX_TOKENS.get(device.type, 16384)
+        self.path, self.pool_limit = path, pool_limit
+        if sha256 is not None:
+            self.__dict__["sha256"] = sha256
+        self._fp32: ESM2 | None = model if precision == "fp32" else None
+        self.stats = {"sequences": 0, "tokens": 0, "padded_tokens": 0, "batches": 0,
+                      "nonfinite_recomputed_batches": 0}
+
+    @property
+    def dim(self) -> int:
+        return self.model.embed_dim
+
+    @property
+    def num_layers(self) -> int:
+        return self.model.num_layers
+
+    @cached_property
+    def sha256(self) -> str:
+        """Hex digest of the checkpoint file, computed on first use (seconds for the 3B file)."""
+        if self.path is None:
+            raise ValueError("sha256 unknown: the encoder was not built from a file")
+        with open(self.path, "rb") as fh:
+            return hashlib.file_digest(fh, "sha256").hexdigest()
+
+    def embed(self, proteins: Sequence[str]) -> np.ndarray:
+        """(N, dim) float32, row i for proteins[i]."""
+        ids = tokenize_many(list(proteins))
+        lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
+        if len(ids) and lengths.min() == 0:
+            raise ValueError(f"protein #{int(np.argmin(lengths))} is empty; an empty protein has no embedding")
+        out = np.empty((len(ids), self.dim), dtype=np.float32)
+        for batch in plan_batches(lengths, self.max_tokens):
+            tokens, lens = pad_batch([ids[i] for i in batch])
+            out[batch] = self._embed_batch(tokens, lens).cpu().numpy()
+            self.stats["batches"] += 1
+            self.stats["padded_tokens"] += tokens.numel()
+        self.stats["sequences"] += len(ids)
+        self.stats["tokens"] += int(lengths.sum()) + 2 * len(ids)
+        return out
+
+    @torch.inference_mode()
+    def _embed_batch(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        tokens = tokens.to(self.device, non_blocking=True)
+        pooled = mean_residues(self.model(tokens), lengths, self.pool_limit)
+        if self.precision != "fp32" and not torch.isfinite(pooled).all():
+            self.stats["nonfinite_recomputed_batches"] += 1
+            pooled = mean_residues(self._fp32_model()(tokens), lengths, self.pool_limit)
+        return pooled
+
+    def _fp32_model(self) -> ESM2:
+        """fp32 weights, reread from the file (exact) or else upcast from the low-precision copy."""
+        if self._fp32 is None:
+            if self.path is not None:
+                self._fp32 = load_esm2_model(self.path, device=self.device, dtype=torch.float32)
+            else:
+                self._fp32 = copy.deepcopy(self.model).cast(self.device, torch.float32)
+        return self._fp32
+
+
+def load_esm2(spec: str, device: str = "auto", precision: str = "auto",
+              max_tokens: int | None = None) -> ESM2Encoder:
+    """ESM2Encoder from a checkpoint path or a released model name (see resolve_esm2_checkpoint)."""
+    path = resolve_esm2_checkpoint(spec)
+    dev = resolve_device(device)
+    prec = resolve_precision(precision, dev)
+    model = load_esm2_model(path, device=dev, dtype=dtype_of(prec))
+    name = spec if spec in KNOWN_MODELS else path.stem
+    return ESM2Encoder(model, name=name, device=dev, precision=prec, max_tokens=max_tokens, path=path)
