@@ -21,7 +21,7 @@ from virnuc_hpc.fasta import load_records
 from virnuc_hpc.frames import frames_for_records
 
 FINAL = ("prediction_results.txt", "prediction_results_highestscore.csv", "reads.tsv")
-DEMO = ["--preset", "demo", "--no-progress"]
+DEMO = ["--preset", "demo", "--no-progress", "--bag-size", "8"]
 
 
 def finished_outputs(outdir: Path) -> dict[str, bytes]:
@@ -149,7 +149,7 @@ def test_bring_your_own_client(reference: Path, tmp_path: Path, demo_cache: Path
     with LocalCluster(n_workers=1, threads_per_worker=1, host="127.0.0.1", dashboard_address=":0",
                       processes=True) as cluster, Client(cluster) as client:
         result = virnuc_hpc.predict([DEMO_FASTA], tmp_path / "byo", client=client,
-                                    config=load_config(preset="demo"), progress=False)
+                                    config=load_config(preset="demo"), progress=False, bag_size=8)
         assert client.status == "running"  # the caller's client is not closed
     assert finished_outputs(result.outdir) == finished_outputs(reference)
 

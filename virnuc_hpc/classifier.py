@@ -249,19 +249,23 @@ def _state_dict_from_module(root: _PickledMLP, name: str) -> tuple[dict[str, Any
     return flat, eps
 
 
-def _checked_state_dict(sd: Mapping[str, Any], name: str) -> tuple[dict[str, torch.Tensor], int]:
-    """Exact keys and shapes of MLPClassifier(3328, H, 2); returns float32 tensors and H."""
+def _checked_state_dict(sd: Mapping[str, Any], name: str,
+                        input_dim: int | None = INPUT_DIM) -> tuple[dict[str, torch.Tensor], int, int]:
+    """Exact keys and shapes of MLPClassifier(input_dim, H, 2); returns float32 tensors, H, input dim.
+
+    ``input_dim=None`` accepts any width (the caller checks it against the encoders' output).
+    """
     w = sd.get("hidden_layer.weight")
     if not isinstance(w, torch.Tensor) or w.ndim != 2:
         raise ModelFileError(f"{name} is not a VirNucPro classifier: no 2-D 'hidden_layer.weight' tensor")
     hidden, in_dim = w.shape
-    if in_dim != INPUT_DIM:
+    if input_dim is not None and in_dim != input_dim:
         raise ModelFileError(
-            f"{name} expects {in_dim} input features, but VirNucPro features have {INPUT_DIM} "
-            "(DNABERT-S 768 + ESM-2 2560)"
+            f"{name} expects {in_dim} input features, but the encoders give {input_dim}"
+            + (" (DNABERT-S 768 + ESM-2 3B 2560)" if input_dim == INPUT_DIM else "")
         )
     shapes = {
-        "hidden_layer.weight": (hidden, INPUT_DIM),
+        "hidden_layer.weight": (hidden, in_dim),
         "hidden_layer.bias": (hidden,),
         "bn1.weight": (hidden,),
         "bn1.bias": (hidden,),
@@ -290,10 +294,11 @@ def _checked_state_dict(sd: Mapping[str, Any], name: str) -> tuple[dict[str, tor
             out[key] = value.detach().to(torch.float32)
         else:
             raise ModelFileError(f"{name}: '{key}' has dtype {value.dtype}, expected floating point")
-    return out, hidden
+    return out, hidden, in_dim
 
 
-def load_classifier(path: str | Path, *, device: str | torch.device = "cpu") -> Classifier:
+def load_classifier(path: str | Path, *, device: str | torch.device = "cpu",
+                    input_dim: int | None = INPUT_DIM) -> Classifier:
     """Load a VirNucPro classifier (whole pickled module, state dict, or {'state_dict': ...} checkpoint)."""
     path = Path(path)
     if not path.exists():
@@ -317,8 +322,8 @@ def load_classifier(path: str | Path, *, device: str | torch.device = "cpu") -> 
     else:
         raise ModelFileError(f"{path.name} is not a VirNucPro classifier: it holds a {type(obj).__name__}")
     del obj  # never keep the unpickled objects around
-    tensors, hidden = _checked_state_dict(sd, path.name)
-    model = MLPClassifier(INPUT_DIM, hidden, NUM_CLASSES)
+    tensors, hidden, in_dim = _checked_state_dict(sd, path.name, input_dim)
+    model = MLPClassifier(in_dim, hidden, NUM_CLASSES)
     model.bn1.eps = eps
     model.load_state_dict(tensors, strict=False)  # strictness checked above; num_batches_tracked optional
     return Classifier(model, path, hashlib.sha256(data).hexdigest(), torch.device(device))

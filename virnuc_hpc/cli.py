@@ -107,8 +107,12 @@ def render_summary(result: Any) -> str:
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
 def main(verbose: int) -> None:
     """VirNucPro-compatible viral read identification on GPU nodes and clusters."""
-    level = logging.WARNING - 10 * min(verbose + 1, 2)
-    logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    ours = logging.getLogger("virnuc_hpc")
+    ours.addHandler(handler)
+    ours.setLevel(logging.DEBUG if verbose > 1 else logging.INFO)
+    logging.getLogger("distributed").setLevel(logging.INFO if verbose else logging.ERROR)
 
 
 @main.command()

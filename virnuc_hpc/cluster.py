@@ -7,6 +7,7 @@ passes other addresses.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -41,7 +42,7 @@ def _dashboard_host_port(address: str) -> str:
 def local_cluster(config: RunConfig) -> Iterator[LocalCluster]:
     """Start the cluster a stand-alone run needs; torn down on exit."""
     common = dict(host="127.0.0.1", dashboard_address=_dashboard_host_port(config.dashboard_address),
-                  threads_per_worker=1, silence_logs="error")
+                  threads_per_worker=1, silence_logs=logging.ERROR)
     # A bag that kills its worker twice is reported, not retried forever.
     with dask.config.set({"distributed.scheduler.allowed-failures": 1,
                           "distributed.worker.daemon": False}):

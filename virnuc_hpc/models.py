@@ -96,6 +96,6 @@ def resolve_models(config: RunConfig, *, classify: bool,
                 raise ModelNotFoundError(f"classifier file {path} does not exist (VirNucPro ships "
                                          "300_model.pth and 500_model.pth in its repository)")
             from .classifier import load_classifier
-            load_classifier(path)  # small: refuse a wrong or unsafe file before any worker starts
+            load_classifier(path, input_dim=None)  # small: refuse a bad file before workers start
             out["classifier"] = record("classifier", config.classifier, path, path, False)
     return out

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import itertools
 import logging
 import platform
 import socket
@@ -175,24 +176,24 @@ def _schedule(client: Client, todo: list[Bag], outdir: Path, attrs: dict[str, An
 
     client.register_plugin(EncoderPlugin(spec), name=EncoderPlugin.name)
     pending = iter(todo)
-    futures = as_completed()
     results: list[dict[str, Any]] = []
 
     def in_flight_limit() -> int:
         workers = max(1, len(client.scheduler_info(n_workers=-1).get("workers", {})))
         return workers * config.bags_in_flight_per_worker
 
+    def submit(bag: Bag) -> Any:
+        return client.submit(run_bag, bag, str(outdir), attrs, pure=False,
+                             key=f"{bag.name}-{bag.digest[:12]}")
+
     def submit_next() -> bool:
         bag = next(pending, None)
-        if bag is None:
-            return False
-        futures.add(client.submit(run_bag, bag, str(outdir), attrs, pure=False,
-                                  key=f"{bag.name}-{bag.digest[:12]}"))
-        return True
+        if bag is not None:
+            futures.add(submit(bag))
+        return bag is not None
 
-    for _ in range(in_flight_limit()):
-        if not submit_next():
-            break
+    first = [submit(bag) for bag in itertools.islice(pending, in_flight_limit())]
+    futures = as_completed(first, loop=client.loop)
     total = sum(len(b) for b in todo)
     t0, tokens = time.perf_counter(), 0
     with tqdm(total=total, unit="frame", disable=not config.progress, dynamic_ncols=True,

@@ -23,6 +23,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import dask
 import h5netcdf
 import numpy as np
 import xarray as xr
@@ -146,7 +147,10 @@ def write_bag(outdir: Path, bag: Bag, dnabert: np.ndarray, esm2: np.ndarray,
     encoding = {"features": {"chunksizes": (rows, features.shape[1])}}
     # Serialise in memory, then write plain bytes: HDF5 crashes the process on a full disk,
     # while a Python write raises ENOSPC that we can report.
-    data = ds.to_netcdf(None, engine=ENGINE, encoding=encoding)
+    # Inside a Dask worker xarray would take a cluster-wide lock for the in-memory file; this
+    # write is local to the task, so a plain (synchronous) writer is right.
+    with dask.config.set(scheduler="synchronous"):
+        data = ds.to_netcdf(None, engine=ENGINE, encoding=encoding)
     path = bag_path(outdir, bag)
     write_bytes_atomic(path, bytes(data) if not isinstance(data, bytes) else data)
     return path

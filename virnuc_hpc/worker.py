@@ -56,7 +56,9 @@ def load_encoders(spec: ModelSpec) -> Encoders:
 
     t0 = time.perf_counter()
     esm2, dnabert = load_engine_encoders(spec)
-    classifier = load_classifier(spec.classifier_path) if spec.classifier_path else None
+    classifier = None
+    if spec.classifier_path:  # its input must be [DNABERT | ESM-2] of exactly these encoders
+        classifier = load_classifier(spec.classifier_path, input_dim=dnabert.dim + esm2.dim)
     return Encoders(esm2=esm2, dnabert=dnabert, classifier=classifier,
                     load_seconds=time.perf_counter() - t0,
                     precision=getattr(esm2, "precision", spec.precision),
