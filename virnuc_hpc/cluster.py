@@ -42,7 +42,7 @@ def _dashboard_host_port(address: str) -> str:
 def local_cluster(config: RunConfig) -> Iterator[LocalCluster]:
     """Start the cluster a stand-alone run needs; torn down on exit."""
     common = dict(host="127.0.0.1", dashboard_address=_dashboard_host_port(config.dashboard_address),
-                  threads_per_worker=1, silence_logs=logging.ERROR)
+                  threads_per_worker=1, silence_logs=logging.CRITICAL)  # task errors reach the client
     # A bag that kills its worker twice is reported, not retried forever.
     with dask.config.set({"distributed.scheduler.allowed-failures": 1,
                           "distributed.worker.daemon": False}):
