@@ -28,3 +28,26 @@ def cli(*args: str, env_extra: dict[str, str] | None = None, timeout: float = 30
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env_extra or {})}
     return subprocess.run([sys.executable, "-m", "virnuc_hpc.cli", *args], capture_output=True,
                           text=True, env=env, timeout=timeout, **kwargs)
+
+
+FINAL = ("prediction_results.txt", "prediction_results_highestscore.csv", "reads.tsv")
+DEMO = ["--preset", "demo", "--no-progress", "--bag-size", "8"]
+
+
+def finished_outputs(outdir: Path) -> dict[str, bytes]:
+    return {name: (outdir / name).read_bytes() for name in FINAL}
+
+
+def assert_nothing_finished(outdir: Path) -> None:
+    for name in (*FINAL, "run.json"):
+        assert not (outdir / name).exists(), f"{name} left behind by a failed run"
+
+
+@pytest.fixture(scope="session")
+def reference(demo_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One uninterrupted demo run through the CLI: what every disturbed run must reproduce."""
+    outdir = tmp_path_factory.mktemp("reference")
+    proc = cli("predict", str(DEMO_FASTA), "-o", str(outdir), *DEMO)
+    assert proc.returncode == 0, proc.stderr
+    assert "RANDOM WEIGHTS" in proc.stdout
+    return outdir

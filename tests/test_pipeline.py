@@ -14,33 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import DEMO_FASTA, cli
+from conftest import DEMO, DEMO_FASTA, FINAL, assert_nothing_finished, cli, finished_outputs
 from virnuc_hpc import store
 from virnuc_hpc.config import load_config
 from virnuc_hpc.fasta import load_records
 from virnuc_hpc.frames import frames_for_records
-
-FINAL = ("prediction_results.txt", "prediction_results_highestscore.csv", "reads.tsv")
-DEMO = ["--preset", "demo", "--no-progress", "--bag-size", "8"]
-
-
-def finished_outputs(outdir: Path) -> dict[str, bytes]:
-    return {name: (outdir / name).read_bytes() for name in FINAL}
-
-
-def assert_nothing_finished(outdir: Path) -> None:
-    for name in (*FINAL, "run.json"):
-        assert not (outdir / name).exists(), f"{name} left behind by a failed run"
-
-
-@pytest.fixture(scope="module")
-def reference(demo_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One uninterrupted demo run through the CLI, the reference for the other tests."""
-    outdir = tmp_path_factory.mktemp("reference")
-    proc = cli("predict", str(DEMO_FASTA), "-o", str(outdir), *DEMO)
-    assert proc.returncode == 0, proc.stderr
-    assert "RANDOM WEIGHTS" in proc.stdout
-    return outdir
 
 
 def test_demo_writes_every_output(reference: Path):

@@ -58,7 +58,8 @@ class _Table:
 
 def test_bag_roundtrip_and_completeness(tmp_path: Path):
     bags = make_bags(_Table(10), 4, "key")
-    assert [len(b) for b in bags] == [4, 4, 2] and [b.start for b in bags] == [0, 4, 8]
+    assert sum(len(b) for b in bags) == 10 and bags[0].start == 0
+    assert all(b.start + len(b) == nxt.start for b, nxt in zip(bags, bags[1:]))
     rng = np.random.default_rng(1)
     for bag in bags:
         dna, prot = rng.random((len(bag), 8), np.float32), rng.random((len(bag), 12), np.float32)
@@ -95,10 +96,21 @@ def test_full_disk_leaves_no_partial_bag(tmp_path: Path):
     try:
         store.check_writable(mnt)
         bag = make_bags(_Table(300), 300, "k")[0]
-        big = np.ones((300, 400), np.float32)
+        big = np.ones((len(bag), 1000), np.float32)
         with pytest.raises(store.OutputError, match="No space left"):
             store.write_bag(mnt, bag, big, big, None, {})
         assert not store.bag_path(mnt, bag).exists()
         assert not list(mnt.rglob(".*.tmp-*"))
     finally:
         subprocess.run(["umount", str(mnt)], check=True)
+
+
+@pytest.mark.parametrize("n,size", [(0, 5), (1, 5), (10, 4), (1000, 64), (100_003, 2000)])
+def test_bag_sizes_cover_everything_and_shrink_at_the_tail(n, size):
+    from virnuc_hpc.bags import bag_sizes
+    sizes = bag_sizes(n, size)
+    assert sum(sizes) == n and all(0 < s <= size for s in sizes)
+    tail = [s for s in sizes if s < size]
+    assert tail == sorted(tail, reverse=True)           # never a big bag after small ones
+    if n > 8 * size:
+        assert sizes[-1] <= max(1, size // 8)            # the last bags are small

@@ -55,15 +55,32 @@ def bag_digest(run_key: str, frame_ids: Sequence[str], proteins: Sequence[str],
     return h.hexdigest()
 
 
-def make_bags(frames: FrameColumns, bag_size: int, run_key: str) -> list[Bag]:
-    """Cut the frame table into bags of ``bag_size`` frames (the last one may be smaller)."""
+def bag_sizes(n_frames: int, bag_size: int) -> list[int]:
+    """Full bags, then a tail of shrinking bags (a quarter of what is left, down to bag_size/16).
+
+    Guided self-scheduling for the end of a run: with small last bags no GPU idles while another
+    finishes a big one. Depends only on the frame count and bag_size, so the layout (and resume)
+    does not change with the number of workers.
+    """
     if bag_size < 1:
         raise ValueError("bag_size must be >= 1")
-    bags = []
-    for index, start in enumerate(range(0, len(frames.frame_id), bag_size)):
-        sl = slice(start, start + bag_size)
+    sizes, remaining, smallest = [], n_frames, max(1, bag_size // 16)
+    while remaining > 0:
+        size = bag_size if remaining > 4 * bag_size else max(smallest, -(-remaining // 4))
+        size = min(size, remaining)
+        sizes.append(size)
+        remaining -= size
+    return sizes
+
+
+def make_bags(frames: FrameColumns, bag_size: int, run_key: str) -> list[Bag]:
+    """Cut the frame table, in input order, into bags (see ``bag_sizes``)."""
+    bags, start = [], 0
+    for index, size in enumerate(bag_sizes(len(frames.frame_id), bag_size)):
+        sl = slice(start, start + size)
         ids, prot, nuc = list(frames.frame_id[sl]), list(frames.protein[sl]), list(frames.nucleotide[sl])
         bags.append(Bag(index=index, start=start, digest=bag_digest(run_key, ids, prot, nuc),
                         frame_ids=ids, chunk_ids=list(frames.chunk_id[sl]),
                         read_ids=list(frames.read_id[sl]), proteins=prot, nucleotides=nuc))
+        start += size
     return bags

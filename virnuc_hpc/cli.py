@@ -64,6 +64,7 @@ def _execute(command: str, inputs: tuple[str, ...], outdir: str, preset: str | N
              config_file: str | None, **overrides: Any) -> None:
     from .errors import ModelFileError, ModelNotFoundError
     from .fasta import FastaError
+    from .pipeline import BagsFailedError
     from .store import OutputError
 
     if overrides.get("expected_length"):
@@ -76,6 +77,9 @@ def _execute(command: str, inputs: tuple[str, ...], outdir: str, preset: str | N
         _fail(f"invalid input, nothing was computed:\n{err}")
     except ValidationError as err:
         _fail(f"invalid configuration: {err}")
+    except BagsFailedError as err:
+        click.echo(f"virnuc-hpc: error: {err}", err=True)
+        sys.exit(1)
     except (ModelNotFoundError, ModelFileError, OutputError, ValueError) as err:
         _fail(str(err))
     except OSError as err:
@@ -97,7 +101,9 @@ def render_summary(result: Any) -> str:
     if "chunks_called" in c and c.get("chunks_called"):
         lines.append(f"virus calls: {c.get('virus_chunks', 0):,} of {c['chunks_called']:,} chunks, "
                      f"{c.get('virus_reads', 0):,} reads")
-    lines.append("time per stage (s): " + ", ".join(f"{k} {v:.1f}" for k, v in result.seconds.items()))
+    lines += ["", "stage                 seconds"]
+    lines += [f"{stage:<20}{seconds:>9.1f}" for stage, seconds in result.seconds.items()]
+    lines.append(f"{'total':<20}{sum(result.seconds.values()):>9.1f}")
     lines.append(f"outputs in {result.outdir}/: " + ", ".join(result.files + ["bags/"]))
     return "\n".join(lines)
 
@@ -144,6 +150,135 @@ def validate(inputs: tuple[str, ...]) -> None:
         click.echo(f"{len(problems)} problem(s) found", err=True)
         sys.exit(EXIT_USAGE)
     click.echo(f"ok: {', '.join(inputs)}")
+
+
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.option("--partition", help="Slurm partition.")
+@click.option("--account", help="Slurm account to charge.")
+@click.option("--qos", help="Slurm quality of service.")
+@click.option("--nodes", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Nodes per job: rank 0 runs the scheduler, every node runs workers.")
+@click.option("--tasks-per-node", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Tasks per node (normally 1: one task drives all GPUs of its node).")
+@click.option("--gpus-per-node", type=click.IntRange(min=0), default=0, show_default=True,
+              help="GPUs per node (one Dask worker each); 0 on CPU-only partitions.")
+@click.option("--cpus-per-gpu", type=click.IntRange(min=1), help="CPU cores per GPU.")
+@click.option("--cpus-per-task", type=click.IntRange(min=1), help="CPU cores per task (CPU nodes).")
+@click.option("--mem", help="Memory per node in Slurm syntax (64G; 0 = all of it).")
+@click.option("--time", "time_limit", default="60", show_default=True,
+              help="Time limit (minutes, HH:MM:SS or D-HH:MM:SS); the job checkpoints and requeues "
+                   "itself before it.")
+@click.option("--array-parallelism", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Array tasks running at once.")
+@click.option("--folder", type=click.Path(file_okay=False),
+              help="Job folder for scripts and logs (default: OUTDIR/slurm).")
+@click.option("--job-name", default="virnuc-hpc", show_default=True)
+@click.option("--max-requeues", type=click.IntRange(min=0), default=3, show_default=True,
+              help="Requeues after reaching the time limit.")
+@click.option("--per-input/--together", default=None,
+              help="A job array with one task and OUTDIR/<name> per input (default with several "
+                   "inputs), or one job for all inputs.")
+@click.option("--interface", help="Network interface for multi-node Dask (e.g. ib0).")
+@click.option("--embed", "embed_only", is_flag=True, help="Features only (virnuc-hpc embed).")
+@click.option("--wait", is_flag=True, help="Wait for the jobs; exit 1 unless all completed.")
+@click.argument("run_args", nargs=-1, type=click.UNPROCESSED)
+def submit(run_args: tuple[str, ...], folder: str | None, time_limit: str, per_input: bool | None,
+           interface: str | None, embed_only: bool, wait: bool, **sbatch: Any) -> None:
+    """Run predict (or embed) as Slurm jobs through submitit.
+
+    virnuc-hpc submit [SLURM OPTIONS] -- INPUT... -o OUTDIR [PREDICT OPTIONS]
+    """
+    from pathlib import Path
+
+    from . import slurm
+
+    command = embed if embed_only else predict
+    params = command.make_context("virnuc-hpc submit [SLURM OPTIONS] --", list(run_args)).params
+    inputs, outdir = params.pop("inputs"), params.pop("outdir")
+    preset, config_file = params.pop("preset"), params.pop("config_file")
+    missing = [p for p in inputs if not Path(p).is_file()]
+    if missing:
+        _fail(f"input file(s) not found: {', '.join(missing)}")
+    if params.get("expected_length"):
+        params["expected_length"] = int(params["expected_length"])
+    if params.get("progress") is None:
+        params["progress"] = False  # a progress bar only garbles log files
+    try:
+        config = load_config(preset=preset, config_file=config_file, overrides=params)
+        slurm.time_minutes(time_limit)
+    except ValidationError as err:
+        _fail(f"invalid configuration: {err}")
+    except ValueError as err:
+        _fail(str(err))
+    options = slurm.SlurmOptions(folder=Path(folder or Path(outdir) / "slurm").resolve(),
+                                 time=time_limit, **sbatch)
+    try:
+        jobs = slurm.submit(inputs, outdir, config, options, classify=not embed_only,
+                            per_input=per_input, interface=interface)
+    except Exception as err:  # sbatch refused (partition, account, limits) or no Slurm here
+        detail = getattr(err, "stderr", None) or getattr(err, "output", None) or ""
+        if isinstance(detail, bytes):
+            detail = detail.decode(errors="replace")
+        _fail(f"submission failed: {err} {detail}".strip())
+    for job in jobs:
+        click.echo(f"submitted job {job.job_id}: {' '.join(job.inputs)} -> {job.outdir}")
+        click.echo(f"  log: {job.log}")
+    click.echo(f"status: virnuc-hpc status {options.folder}")
+    if wait:
+        states = slurm.wait(options.folder, [j.job_id for j in jobs])
+        click.echo(slurm.format_status(states))
+        if any(s.state != "COMPLETED" for s in states):
+            sys.exit(1)
+
+
+@main.command()
+@click.argument("folder", type=click.Path(exists=True, file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per job.")
+def status(folder: str, as_json: bool) -> None:
+    """List the jobs submitted into FOLDER: state, finished bags, output and log files."""
+    import dataclasses
+    import json
+
+    from . import slurm
+
+    states = slurm.job_status(folder)
+    if as_json:
+        for s in states:
+            click.echo(json.dumps(dataclasses.asdict(s)))
+    else:
+        click.echo(slurm.format_status(states))
+
+
+@main.command()
+@click.option("--scheduler-address", required=True, help="Scheduler to join (tcp://host:port).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]),
+              help="auto: one dask-cuda worker per visible GPU, else CPU workers.")
+@click.option("--workers", type=int, help="CPU worker processes (default from the configuration, or 1).")
+@click.option("--host", help="Address to listen on (default: 127.0.0.1 for a local scheduler, "
+                             "else this node's address).")
+@click.option("--name", help="Worker name prefix shown on the dashboard.")
+@click.option("--death-timeout", type=float, default=60, show_default=True,
+              help="Seconds to keep trying to reach a vanished scheduler before exiting.")
+@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--preset", help="Named configuration from configs/ (for device and workers).")
+def worker(scheduler_address: str, host: str | None, name: str | None, death_timeout: float,
+           config_file: str | None, preset: str | None, **overrides: Any) -> None:
+    """Add this machine's GPUs (or CPU) to a running scheduler until it goes away.
+
+    Models, precision and batch sizes come from the run being served: predict registers them with
+    the scheduler and every worker, also one joining later, loads them from there.
+    """
+    from .cluster import serve_workers
+    from .slurm import node_address
+
+    try:
+        config = load_config(preset=preset, config_file=config_file, overrides=overrides)
+    except (ValidationError, ValueError) as err:
+        _fail(str(err))
+    if host is None:
+        local = any(h in scheduler_address for h in ("127.0.0.1", "localhost", "[::1]"))
+        host = "127.0.0.1" if local else node_address()
+    serve_workers(scheduler_address, config, host=host, name=name, death_timeout=death_timeout)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -7,8 +7,10 @@ passes other addresses.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
+import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -39,16 +41,21 @@ def _dashboard_host_port(address: str) -> str:
 
 
 @contextmanager
-def local_cluster(config: RunConfig) -> Iterator[LocalCluster]:
-    """Start the cluster a stand-alone run needs; torn down on exit."""
-    common = dict(host="127.0.0.1", dashboard_address=_dashboard_host_port(config.dashboard_address),
+def local_cluster(config: RunConfig, host: str = "127.0.0.1") -> Iterator[LocalCluster]:
+    """Start the cluster a stand-alone run needs; torn down on exit.
+
+    ``host`` is where the scheduler and workers listen: 127.0.0.1 unless workers on other nodes
+    must join (the multi-node Slurm job binds to the node's address).
+    """
+    common = dict(host=host, dashboard_address=_dashboard_host_port(config.dashboard_address),
                   threads_per_worker=1, silence_logs=logging.CRITICAL)  # task errors reach the client
     # A bag that kills its worker twice is reported, not retried forever.
     with dask.config.set({"distributed.scheduler.allowed-failures": 1,
                           "distributed.worker.daemon": False}):
         if wants_gpu(config):
             from dask_cuda import LocalCUDACluster  # imported only where GPUs exist
-            cluster = LocalCUDACluster(n_workers=config.workers, **common)
+            # two task threads per GPU: one bag on the device while another's CPU work proceeds
+            cluster = LocalCUDACluster(n_workers=config.workers, **{**common, "threads_per_worker": 2})
         else:
             workers = config.workers or 1
             cluster = LocalCluster(n_workers=workers, processes=True, memory_limit=0, **common)
@@ -77,3 +84,39 @@ def dashboard_link(client: Client) -> str | None:
         return client.dashboard_link
     except Exception:
         return None
+
+
+def serve_workers(scheduler_address: str, config: RunConfig, *, host: str | None = None,
+                  name: str | None = None, death_timeout: float = 60,
+                  handle_signals: bool = True) -> None:
+    """Run this node's workers for a remote scheduler until it goes away (``virnuc-hpc worker``).
+
+    One dask-cuda worker per visible GPU (``CUDAWorker``), else ``config.workers`` CPU worker
+    processes. Nothing run-specific is needed: the EncoderPlugin that ``predict`` registers on the
+    scheduler is applied to workers that join later too. With ``handle_signals``, SIGINT/SIGTERM
+    close the workers cleanly (their processes are not daemonic, so they must not be orphaned).
+    """
+    asyncio.run(_serve_workers(scheduler_address, config, host, name, death_timeout, handle_signals))
+
+
+async def _serve_workers(scheduler_address: str, config: RunConfig, host: str | None, name: str | None,
+                         death_timeout: float, handle_signals: bool) -> None:
+    from distributed import Nanny
+
+    with dask.config.set({"distributed.worker.daemon": False}):
+        if wants_gpu(config):
+            from dask_cuda import CUDAWorker  # imported only where GPUs exist
+            servers = [CUDAWorker(scheduler_address, host=host, nthreads=2, name=name,
+                                  death_timeout=death_timeout)]
+        else:
+            n = config.workers or 1
+            servers = [Nanny(scheduler_address, host=host, nthreads=1, memory_limit=0,
+                             name=f"{name}-{i}" if name else None, death_timeout=death_timeout)
+                       for i in range(n)]
+        if handle_signals:
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, lambda: [asyncio.ensure_future(s.close())
+                                                      for s in servers])
+        await asyncio.gather(*servers)
+        await asyncio.gather(*(s.finished() for s in servers))

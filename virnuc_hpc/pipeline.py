@@ -169,28 +169,35 @@ def _claim_outdir(outdir: Path, previous: dict[str, Any] | None, run_key: str, c
     store.write_text_atomic(outdir / store.CONFIG, dump_config(config))
 
 
+class BagsFailedError(RuntimeError):
+    """Bags whose worker died on every attempt; their frame ids are listed in failed_bags.tsv."""
+
+
 def _schedule(client: Client, todo: list[Bag], outdir: Path, attrs: dict[str, Any], spec: ModelSpec,
               config: RunConfig) -> list[dict[str, Any]]:
-    """Submit bags with bounded look-ahead; results as they complete."""
+    """Submit bags with bounded look-ahead (a few per worker); results as they complete.
+
+    Dynamic scheduling: a worker that finishes gets the next bag, so faster or joining workers take
+    more. A bag whose worker dies is recomputed elsewhere by Dask; one that kills its worker twice
+    is reported with its frame ids instead of being retried forever.
+    """
+    from distributed import KilledWorker
     from tqdm.auto import tqdm
 
     client.register_plugin(EncoderPlugin(spec), name=EncoderPlugin.name)
     pending = iter(todo)
+    by_key: dict[str, Bag] = {}
     results: list[dict[str, Any]] = []
+    failed: list[Bag] = []
 
     def in_flight_limit() -> int:
         workers = max(1, len(client.scheduler_info(n_workers=-1).get("workers", {})))
         return workers * config.bags_in_flight_per_worker
 
     def submit(bag: Bag) -> Any:
-        return client.submit(run_bag, bag, str(outdir), attrs, pure=False,
-                             key=f"{bag.name}-{bag.digest[:12]}")
-
-    def submit_next() -> bool:
-        bag = next(pending, None)
-        if bag is not None:
-            futures.add(submit(bag))
-        return bag is not None
+        key = f"{bag.name}-{bag.digest[:12]}"
+        by_key[key] = bag
+        return client.submit(run_bag, bag, str(outdir), attrs, pure=False, key=key)
 
     first = [submit(bag) for bag in itertools.islice(pending, in_flight_limit())]
     futures = as_completed(first, loop=client.loop)
@@ -199,13 +206,29 @@ def _schedule(client: Client, todo: list[Bag], outdir: Path, attrs: dict[str, An
     with tqdm(total=total, unit="frame", disable=not config.progress, dynamic_ncols=True,
               desc="embedding") as bar:
         for future in futures:
-            result = future.result()
-            results.append(result)
-            tokens += result["protein_tokens"]
-            bar.update(result["frames"])
-            bar.set_postfix_str(f"{tokens / max(time.perf_counter() - t0, 1e-9):,.0f} ESM tok/s")
-            while futures.count() < in_flight_limit() and submit_next():
-                pass
+            try:
+                result = future.result()
+            except KilledWorker:
+                bag = by_key[future.key]
+                if bag not in failed:
+                    failed.append(bag)
+                    log.error("%s killed its worker twice; continuing without it", bag.name)
+            else:
+                results.append(result)
+                tokens += result["protein_tokens"]
+                bar.update(result["frames"])
+                bar.set_postfix_str(f"{tokens / max(time.perf_counter() - t0, 1e-9):,.0f} ESM tok/s")
+            while futures.count() < in_flight_limit():
+                bag = next(pending, None)
+                if bag is None:
+                    break
+                futures.add(submit(bag))
+    if failed:
+        rows = [(b.name, fid) for b in failed for fid in b.frame_ids]
+        store.write_text_atomic(outdir / "failed_bags.tsv", store.format_tsv(("bag", "frame_id"), rows))
+        raise BagsFailedError(f"{len(failed)} bag(s) ({', '.join(b.name for b in failed)}; "
+                              f"{len(rows)} frames) killed their worker twice; frame ids in "
+                              f"{outdir / 'failed_bags.tsv'}. The other bags are kept: rerun to retry.")
     return results
 
 
@@ -279,17 +302,34 @@ def _read_rows(table: Any, loaded: LoadResult, calls: dict[str, bool],
     return rows, dict(counts)
 
 
+def _busy_fraction(intervals: list[tuple[float, float]]) -> float | None:
+    """Fraction of the span from the first interval's start to the last one's end that the
+    device was busy (intervals of one worker never overlap: they are taken under a lock)."""
+    if not intervals:
+        return None
+    span = max(e for _, e in intervals) - min(s for s, _ in intervals)
+    return sum(e - s for s, e in intervals) / span if span > 0 else 1.0
+
+
 def _worker_summary(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per worker: bags, frames, tokens, summed stage seconds, counters and device busy fraction
+    (overall, and in the steady state, i.e. after the worker's first bag, which pays for compiles)."""
     per: dict[str, dict[str, Any]] = {}
+    intervals: dict[str, list[tuple[float, float]]] = {}
     for r in results:
         w = per.setdefault(r["worker"], {"bags": 0, "frames": 0, "protein_tokens": 0, "seconds": {},
                                          "counters": {}})
         w["bags"] += 1
         w["frames"] += r["frames"]
         w["protein_tokens"] += r["protein_tokens"]
+        intervals.setdefault(r["worker"], []).append(tuple(r["device_interval"]))
         for group in ("seconds", "counters"):
             for k, v in r[group].items():
                 w[group][k] = w[group].get(k, 0) + v
+    for worker, spans in intervals.items():
+        spans.sort()
+        per[worker]["device_busy_fraction"] = _busy_fraction(spans)
+        per[worker]["device_busy_fraction_steady"] = _busy_fraction(spans[1:])
     return per
 
 

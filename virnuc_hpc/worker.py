@@ -77,6 +77,9 @@ class EncoderPlugin(WorkerPlugin):
 
     def setup(self, worker: Any = None) -> None:
         self._lock = threading.Lock()
+        # One bag at a time on the accelerator; a second task thread meanwhile does the CPU work
+        # (classification, NetCDF writing) of another bag, so the GPU does not wait for it.
+        self.device_lock = threading.Lock()
         if self.spec.threads:
             import torch
             torch.set_num_threads(self.spec.threads)
@@ -99,11 +102,16 @@ def run_bag(bag: Bag, outdir: str, attrs: dict[str, Any]) -> dict[str, Any]:
     t0 = time.perf_counter()
     enc = plugin.encoders()
     t1 = time.perf_counter()
-    before = {"esm2": _stats_of(enc.esm2), "dnabert": _stats_of(enc.dnabert)}
-    dna = enc.dnabert.embed(bag.nucleotides)
-    t2 = time.perf_counter()
-    prot = enc.esm2.embed(bag.proteins)
-    t3 = time.perf_counter()
+    with plugin.device_lock:
+        device_start = time.time()
+        before = {"esm2": _stats_of(enc.esm2), "dnabert": _stats_of(enc.dnabert)}
+        td = time.perf_counter()
+        dna = enc.dnabert.embed(bag.nucleotides)
+        t2 = time.perf_counter()
+        prot = enc.esm2.embed(bag.proteins)
+        t3 = time.perf_counter()
+        after = {"esm2": _stats_of(enc.esm2), "dnabert": _stats_of(enc.dnabert)}
+        device_end = time.time()
     proba = None
     if enc.classifier is not None:
         proba = enc.classifier.predict_proba(np.concatenate([dna, prot], axis=1))
@@ -111,13 +119,12 @@ def run_bag(bag: Bag, outdir: str, attrs: dict[str, Any]) -> dict[str, Any]:
     attrs = {**attrs, "precision": enc.precision, "device": enc.device}
     store.write_bag(Path(outdir), bag, dna, prot, proba, attrs)
     t5 = time.perf_counter()
-    after = {"esm2": _stats_of(enc.esm2), "dnabert": _stats_of(enc.dnabert)}
     counters = {f"{name}_{key}": after[name].get(key, 0) - before[name].get(key, 0)
                 for name in after for key in after[name]}
     return {
         "bag": bag.index, "frames": len(bag), "protein_tokens": bag.protein_tokens,
-        "worker": get_worker().address,
-        "seconds": {"model_load": t1 - t0, "dnabert": t2 - t1, "esm2": t3 - t2,
+        "worker": get_worker().address, "device_interval": (device_start, device_end),
+        "seconds": {"model_load": t1 - t0, "device_wait": td - t1, "dnabert": t2 - td, "esm2": t3 - t2,
                     "classifier": t4 - t3, "write": t5 - t4},
         "counters": counters,
     }
