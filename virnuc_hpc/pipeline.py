@@ -29,7 +29,7 @@ from .config import RESULT_FIELDS, RunConfig, fingerprint, dump_config, load_con
 from .fasta import LoadResult, load_records
 from .frames import frames_for_records
 from .models import ModelFile, file_sha256, resolve_models
-from .worker import EncoderPlugin, ModelSpec, run_bag
+from .worker import EncoderPlugin, ModelSpec, run_bag, warm_up
 
 log = logging.getLogger("virnuc_hpc")
 FORMAT_VERSION = 1
@@ -128,8 +128,10 @@ def run(inputs: Sequence[str | Path] | str | Path, outdir: str | Path, *, client
             dashboard = dashboard_link(dask_client)
             if dashboard:
                 log.info("Dask dashboard: %s", dashboard)
+            with timer("model_load"):
+                _load_models_everywhere(dask_client, spec)
             with timer("embed_classify"):
-                results = _schedule(dask_client, todo, outdir, attrs, spec, config)
+                results = _schedule(dask_client, todo, outdir, attrs, config)
 
     with timer("finalize"):
         counts, files = _finalize(outdir, bags, table, loaded, classify, random_weights)
@@ -173,7 +175,17 @@ class BagsFailedError(RuntimeError):
     """Bags whose worker died on every attempt; their frame ids are listed in failed_bags.tsv."""
 
 
-def _schedule(client: Client, todo: list[Bag], outdir: Path, attrs: dict[str, Any], spec: ModelSpec,
+def _load_models_everywhere(client: Client, spec: ModelSpec) -> None:
+    """Register the encoder plugin and load the models on every current worker, in parallel,
+    before any bag is sent: model errors surface at once and startup is timed on its own.
+    Workers that join later load them with their first bag."""
+    client.register_plugin(EncoderPlugin(spec), name=EncoderPlugin.name)
+    workers = list(client.scheduler_info(n_workers=-1).get("workers", {}))
+    client.gather([client.submit(warm_up, workers=[w], allow_other_workers=False, pure=False,
+                                 key=f"virnuc-warm-up-{i}") for i, w in enumerate(workers)])
+
+
+def _schedule(client: Client, todo: list[Bag], outdir: Path, attrs: dict[str, Any],
               config: RunConfig) -> list[dict[str, Any]]:
     """Submit bags with bounded look-ahead (a few per worker); results as they complete.
 
@@ -184,7 +196,6 @@ def _schedule(client: Client, todo: list[Bag], outdir: Path, attrs: dict[str, An
     from distributed import KilledWorker
     from tqdm.auto import tqdm
 
-    client.register_plugin(EncoderPlugin(spec), name=EncoderPlugin.name)
     pending = iter(todo)
     by_key: dict[str, Bag] = {}
     results: list[dict[str, Any]] = []

@@ -128,3 +128,10 @@ def run_bag(bag: Bag, outdir: str, attrs: dict[str, Any]) -> dict[str, Any]:
                     "classifier": t4 - t3, "write": t5 - t4},
         "counters": counters,
     }
+
+
+def warm_up() -> float:
+    """Load the encoders on this worker (a task, so the worker's event loop stays responsive)."""
+    t0 = time.perf_counter()
+    get_worker().plugins[PLUGIN_NAME].encoders()
+    return time.perf_counter() - t0
