@@ -501,10 +501,19 @@ class ESM2Encoder:
 
 def load_esm2(spec: str, device: str = "auto", precision: str = "auto",
               max_tokens: int | None = None) -> ESM2Encoder:
-    """ESM2Encoder from a checkpoint path or a released model name (see resolve_esm2_checkpoint)."""
+    """ESM2Encoder from a checkpoint path or a released model name (see resolve_esm2_checkpoint).
+
+    On a GPU in fp16/bf16 (with varlen attention available) the packed, compiled encoder of
+    encoders/esm2_packed.py; otherwise (CPU, fp32) the padded reference path. Both have the same
+    API; `max_tokens` is then the packed token budget (default: derived from free GPU memory)."""
+    from virnuc_hpc.encoders.esm2_packed import PackedESM2Encoder, varlen_available
+
     path = resolve_esm2_checkpoint(spec)
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)
     model = load_esm2_model(path, device=dev, dtype=dtype_of(prec))
     name = spec if spec in KNOWN_MODELS else path.stem
+    if prec in ("fp16", "bf16") and varlen_available(dev):
+        return PackedESM2Encoder(model, name=name, device=dev, precision=prec, max_tokens=max_tokens,
+                                 path=path)
     return ESM2Encoder(model, name=name, device=dev, precision=prec, max_tokens=max_tokens, path=path)

@@ -1,0 +1,494 @@
+"""Packed ESM-2 forward for GPUs: no padding, variable-length attention, compiled dense layers.
+
+Why: padded fp32 batches leave the GPU at ~4% of its matmul ceiling (platform.md). Here a bag's
+proteins are length-sorted and packed end to end into token-budget batches (one (T, D) matrix, no
+pad rows except a short tail up to a bucketed T), attention runs per sequence through
+`torch.nn.attention.varlen.varlen_attn`, and the dense parts of each layer run as torch.compile'd
+graphs whose only shape is the bucketed T (a bounded set of shapes, compiled once per node thanks to
+the shared cache of engines/compile.py).
+
+The maths is the padded ESM2 module's (encoders/esm2.py), reading the same parameters:
+- rotary positions restart at 0 on each sequence's BOS; cos/sin and the rotation are in fp32;
+- q is not pre-scaled: the kernel's default scale head_dim^-0.5 is the same factor (rotary is linear);
+- pooling is a segment mean on the GPU over residue positions 1..min(L, 1024).
+On CPU (tests, CI) the same packing runs with SDPA under a block-diagonal mask instead of varlen_attn,
+so packing, positions and pooling are checked against the padded path without a GPU.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from virnuc_hpc.encoders.esm2 import (
+    CLS, EOS, MASK, PAD, POOL_LIMIT, ESM2, ESM2Encoder, mean_residues, pad_batch, plan_batches,
+    rotary_cos_sin, tokenize_many,
+)
+
+Attend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, "DeviceBatch"], torch.Tensor]
+
+MIN_BUCKET = 256          # smallest packed length compiled
+BUDGET_QUANTUM = 512      # budgets are multiples of this, so the top bucket equals the budget
+MAX_BUDGET = 65536        # tokens per batch past which the matmuls are no faster (H100/H200)
+MIN_BUDGET = 2048
+FP32_RECOMPUTE_TOKENS = 16384  # padded fp32 sub-batches when a batch is recomputed
+TAIL_CHUNK = 128          # the tail padding attends in chunks this long (cheap, never pooled)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Planning: length-sorted runs under a token budget, bucketed packed lengths
+# ---------------------------------------------------------------------------------------------------
+
+
+def packed_size(lengths: np.ndarray) -> np.ndarray:
+    """Tokens a protein takes in a packed batch: residues plus BOS and EOS."""
+    return np.asarray(lengths, dtype=np.int64) + 2
+
+
+def plan_packs(lengths: np.ndarray, budget: int) -> list[np.ndarray]:
+    """Index arrays, in ascending length order, each packing to at most `budget` tokens.
+
+    A protein longer than the budget on its own gets a batch to itself. Loops per batch, not per
+    protein (cumulative sums + searchsorted)."""
+    order = np.argsort(np.asarray(lengths), kind="stable")
+    ends = np.concatenate(([0], np.cumsum(packed_size(np.asarray(lengths)[order]))))
+    batches, start = [], 0
+    while start < len(order):
+        stop = int(np.searchsorted(ends, ends[start] + budget, side="right")) - 1
+        stop = max(stop, start + 1)
+        batches.append(order[start:stop])
+        start = stop
+    return batches
+
+
+def split_to_budget(index: np.ndarray, lengths: np.ndarray, budget: int) -> list[np.ndarray]:
+    """Re-plan one batch under a (lowered) budget, keeping its order."""
+    return [index[part] for part in plan_packs(lengths[index], budget)]
+
+
+def bucket_step(budget: int) -> int:
+    return max(MIN_BUCKET, -(-budget // 8 // 64) * 64)
+
+
+def bucket_tokens(n: int, budget: int) -> int:
+    """Packed length T >= n from a bounded set: multiples of budget/8, powers of two below that.
+
+    At most 8 + log2(budget/8/256) shapes per budget (13 for 64k), so torch.compile compiles a few
+    graphs once; padding is at most one step, and only the last batch of a bag is usually short."""
+    step = bucket_step(budget)
+    if n > step:
+        return -(-n // step) * step
+    size = MIN_BUCKET
+    while size < n:
+        size *= 2
+    return min(size, step)
+
+
+def max_buckets(budget: int) -> int:
+    step = bucket_step(budget)
+    return 8 + max(1, int(np.log2(step / MIN_BUCKET)) + 1) + 4  # + a few oversize single proteins
+
+
+# ---------------------------------------------------------------------------------------------------
+# A packed batch on the host (numpy, built without a per-protein loop except the residue concat)
+# ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PackedBatch:
+    """One packed batch: token stream of length T (the bucket), sequences back to back, tail of PAD.
+
+    cu_seqlens delimits attention segments: each protein, then the tail in TAIL_CHUNK pieces.
+    Pooled rows are `pool_index` tokens, summed into `pool_segment` and divided by `counts`."""
+
+    index: np.ndarray          # (B,) rows of the caller's input, in packed order
+    tokens: np.ndarray         # (T,) int64
+    positions: np.ndarray      # (T,) int64, 0 at each BOS
+    token_scale: np.ndarray    # (T,) float32: token-dropout rescale; 0 on <mask> tokens and the tail
+    cu_seqlens: np.ndarray     # (S+1,) int32, S >= B
+    max_seqlen: int
+    pool_index: np.ndarray     # (P,) int64 token positions pooled
+    pool_segment: np.ndarray   # (P,) int64 protein number in the batch
+    counts: np.ndarray         # (B,) float32 residues pooled per protein
+
+    @property
+    def real_tokens(self) -> int:
+        return int(self.cu_seqlens[len(self.index)])
+
+
+def pack(ids: Sequence[np.ndarray], index: np.ndarray, total: int, *, token_dropout: bool = True,
+         pool_limit: int = POOL_LIMIT) -> PackedBatch:
+    """Pack proteins `ids[i] for i in index` into `total` tokens (total >= their packed size)."""
+    lens = np.fromiter((len(ids[i]) for i in index), dtype=np.int64, count=len(index))
+    sizes = packed_size(lens)
+    used = int(sizes.sum())
+    if total < used:
+        raise ValueError(f"packed length {total} < {used} tokens needed")
+    starts = np.concatenate(([0], np.cumsum(sizes)[:-1]))
+    segment = np.repeat(np.arange(len(index)), sizes)
+    positions = np.zeros(total, dtype=np.int64)
+    positions[:used] = np.arange(used) - starts[segment]
+    residue = (positions[:used] >= 1) & (positions[:used] <= lens[segment])
+    tokens = np.full(total, PAD, dtype=np.int64)
+    tokens[starts] = CLS
+    tokens[starts + sizes - 1] = EOS
+    tokens[:used][residue] = np.concatenate([ids[i] for i in index])
+    is_mask = tokens[:used] == MASK
+    scale = np.ones(len(index), dtype=np.float32)
+    if token_dropout:  # fair-esm: x * (1 - 0.15*0.8) / (1 - mask fraction of the whole sequence)
+        mask_ratio = np.add.reduceat(is_mask, starts).astype(np.float32) / sizes.astype(np.float32)
+        scale = np.float32(1 - 0.15 * 0.8) / (1 - mask_ratio)
+    token_scale = np.zeros(total, dtype=np.float32)
+    token_scale[:used] = np.where(is_mask | (tokens[:used] == PAD), 0.0, scale[segment])
+    tail = total - used
+    tail_sizes = [TAIL_CHUNK] * (tail // TAIL_CHUNK) + ([tail % TAIL_CHUNK] if tail % TAIL_CHUNK else [])
+    cu = np.concatenate(([0], np.cumsum(np.concatenate((sizes, tail_sizes)).astype(np.int64))))
+    positions[used:] = np.arange(tail) % TAIL_CHUNK
+    pooled = residue & (positions[:used] <= pool_limit)
+    pool_index = np.flatnonzero(pooled)
+    return PackedBatch(
+        index=np.asarray(index), tokens=tokens, positions=positions, token_scale=token_scale,
+        cu_seqlens=cu.astype(np.int32), max_seqlen=int(max(sizes.max(), min(tail, TAIL_CHUNK))),
+        pool_index=pool_index, pool_segment=segment[pool_index],
+        counts=np.minimum(lens, pool_limit).astype(np.float32),
+    )
+
+
+@dataclass(frozen=True)
+class DeviceBatch:
+    """A PackedBatch's tensors on the compute device."""
+
+    tokens: torch.Tensor
+    positions: torch.Tensor
+    token_scale: torch.Tensor
+    cu_seqlens: torch.Tensor
+    max_seqlen: int
+    pool_index: torch.Tensor
+    pool_segment: torch.Tensor
+    counts: torch.Tensor
+
+
+def to_device(batch: PackedBatch, device: torch.device) -> DeviceBatch:
+    """Host arrays -> device tensors; on CUDA through pinned buffers with non-blocking copies, so the
+    transfer queues behind the running batch instead of stalling the host."""
+    cuda = device.type == "cuda"
+
+    def move(array: np.ndarray) -> torch.Tensor:
+        host = torch.from_numpy(np.ascontiguousarray(array))
+        if not cuda:
+            return host
+        return host.pin_memory().to(device, non_blocking=True)
+
+    return DeviceBatch(
+        tokens=move(batch.tokens), positions=move(batch.positions), token_scale=move(batch.token_scale),
+        cu_seqlens=move(batch.cu_seqlens), max_seqlen=batch.max_seqlen,
+        pool_index=move(batch.pool_index), pool_segment=move(batch.pool_segment), counts=move(batch.counts),
+    )
+
+
+# ---------------------------------------------------------------------------------------------------
+# Attention backends: (T, H, hd) packed q/k/v -> (T, H, hd), never across segments
+# ---------------------------------------------------------------------------------------------------
+
+
+def varlen_available(device: torch.device) -> bool:
+    """varlen_attn is importable and the card runs flash attention (compute capability >= 8.0)."""
+    if device.type != "cuda":
+        return False
+    try:
+        from torch.nn.attention.varlen import varlen_attn  # noqa: F401
+    except ImportError:
+        return False
+    return torch.cuda.get_device_capability(device)[0] >= 8
+
+
+def attend_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: DeviceBatch) -> torch.Tensor:
+    """Flash varlen attention (fp16/bf16, CUDA); default scale head_dim^-0.5."""
+    from torch.nn.attention.varlen import varlen_attn
+
+    cu, n = batch.cu_seqlens, batch.max_seqlen
+    return varlen_attn(q, k, v, cu, cu, n, n)
+
+
+def segment_labels(cu_seqlens: torch.Tensor, total: int) -> torch.Tensor:
+    """(T,) attention segment of each token, from cu_seqlens."""
+    sizes = cu_seqlens[1:] - cu_seqlens[:-1]
+    return torch.repeat_interleave(torch.arange(len(sizes), device=cu_seqlens.device), sizes.long(),
+                                   output_size=total)
+
+
+def attend_masked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: DeviceBatch) -> torch.Tensor:
+    """SDPA under a block-diagonal mask: the CPU stand-in for varlen_attn (O(T^2) memory: tests only)."""
+    seg = segment_labels(batch.cu_seqlens, q.shape[0])
+    mask = seg[:, None] == seg[None, :]
+    out = F.scaled_dot_product_attention(q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1),
+                                         attn_mask=mask)
+    return out.transpose(0, 1)
+
+
+ATTENTION: dict[str, Attend] = {"varlen": attend_varlen, "masked": attend_masked}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Dense layer halves (compiled on GPU): functions of tensors only, so one graph serves all layers
+# ---------------------------------------------------------------------------------------------------
+
+
+def _layer_norm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, eps: float) -> torch.Tensor:
+    return F.layer_norm(x.float(), (x.shape[-1],), w, b, eps).to(x.dtype)
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate-half rotary in fp32 on (T, H, hd) with (T, hd) cos/sin; returns x's dtype."""
+    xf = x.float()
+    x1, x2 = xf.chunk(2, dim=-1)
+    return (xf * cos[:, None] + torch.cat((-x2, x1), dim=-1) * sin[:, None]).to(x.dtype)
+
+
+def attention_inputs(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, ln_w: torch.Tensor,
+                     ln_b: torch.Tensor, wq: torch.Tensor, bq: torch.Tensor, wk: torch.Tensor,
+                     bk: torch.Tensor, wv: torch.Tensor, bv: torch.Tensor, heads: int,
+                     eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """LN1, q/k/v projections, rotary on q and k: (T, D) -> three (T, H, hd)."""
+    h = _layer_norm(x, ln_w, ln_b, eps)
+    shape = (x.shape[0], heads, x.shape[1] // heads)
+    q = _rotate(F.linear(h, wq, bq).view(shape), cos, sin)
+    k = _rotate(F.linear(h, wk, bk).view(shape), cos, sin)
+    return q, k, F.linear(h, wv, bv).view(shape)
+
+
+def attention_output_and_ffn(x: torch.Tensor, attn: torch.Tensor, wo: torch.Tensor, bo: torch.Tensor,
+                             ln_w: torch.Tensor, ln_b: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor,
+                             w2: torch.Tensor, b2: torch.Tensor, eps: float) -> torch.Tensor:
+    """x + out_proj(attn), then x + fc2(gelu_erf(fc1(LN2(x))))."""
+    x = x + F.linear(attn.flatten(1), wo, bo)
+    return x + F.linear(F.gelu(F.linear(_layer_norm(x, ln_w, ln_b, eps), w1, b1)), w2, b2)
+
+
+class PackedESM2:
+    """Packed forward over an ESM2 module's parameters (shared, not copied)."""
+
+    def __init__(self, model: ESM2, attention: str, compile_layers: bool, max_shapes: int = 32):
+        self.model, self.attend = model, ATTENTION[attention]
+        self.heads = model.attention_heads
+        self._inv_freq = model.inv_freq.to(model.embed_tokens.weight.device)
+        self._in_weights = [tuple(p.detach() for p in (
+            layer.self_attn_layer_norm.weight, layer.self_attn_layer_norm.bias,
+            layer.self_attn.q_proj.weight, layer.self_attn.q_proj.bias,
+            layer.self_attn.k_proj.weight, layer.self_attn.k_proj.bias,
+            layer.self_attn.v_proj.weight, layer.self_attn.v_proj.bias)) for layer in model.layers]
+        self._out_weights = [tuple(p.detach() for p in (
+            layer.self_attn.out_proj.weight, layer.self_attn.out_proj.bias,
+            layer.final_layer_norm.weight, layer.final_layer_norm.bias,
+            layer.fc1.weight, layer.fc1.bias, layer.fc2.weight, layer.fc2.bias)) for layer in model.layers]
+        self._eps = [(layer.self_attn_layer_norm.eps, layer.final_layer_norm.eps) for layer in model.layers]
+        self._in, self._out = attention_inputs, attention_output_and_ffn
+        if compile_layers:
+            from virnuc_hpc.engines.compile import compile_static, configure_compile_cache
+
+            configure_compile_cache()
+            self._in = compile_static(attention_inputs, max_shapes)
+            self._out = compile_static(attention_output_and_ffn, max_shapes)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.embed_tokens.weight.dtype
+
+    def __call__(self, batch: DeviceBatch) -> torch.Tensor:
+        """(B, D) fp32 pooled vectors of one packed batch."""
+        model = self.model
+        x = model.embed_tokens(batch.tokens) * batch.token_scale[:, None].to(self.dtype)
+        cos, sin = rotary_cos_sin(batch.positions, self._inv_freq)
+        for w_in, w_out, (eps1, eps2) in zip(self._in_weights, self._out_weights, self._eps):
+            q, k, v = self._in(x, cos, sin, *w_in, self.heads, eps1)
+            x = self._out(x, self.attend(q, k, v, batch), *w_out, eps2)
+        return segment_mean(model.emb_layer_norm_after, x, batch)
+
+
+def segment_mean(final_norm: torch.nn.Module, x: torch.Tensor, batch: DeviceBatch) -> torch.Tensor:
+    """Final LayerNorm on the pooled tokens only, then per-protein means (one index_add, no loop)."""
+    rep = final_norm(x.index_select(0, batch.pool_index).float())
+    out = torch.zeros(len(batch.counts), rep.shape[1], device=rep.device, dtype=torch.float32)
+    out.index_add_(0, batch.pool_segment, rep)
+    return out / batch.counts[:, None]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Token budget from free memory
+# ---------------------------------------------------------------------------------------------------
+
+
+def bytes_per_token(embed_dim: int, dtype: torch.dtype) -> int:
+    """Peak activation bytes per packed token: residual, LN, q/k/v, attention and the 4D FFN
+    intermediates in the activation dtype, plus fp32 rotary/pooling temporaries (rounded up)."""
+    elem = torch.finfo(dtype).bits // 8
+    return embed_dim * (16 * elem + 8) + 1024
+
+
+def derive_token_budget(device: torch.device, embed_dim: int, dtype: torch.dtype, *,
+                        fraction: float = 0.5, ceiling: int = MAX_BUDGET) -> int:
+    """Tokens per batch from the card's free memory (after the weights are loaded), capped where
+    bigger batches stop paying: `fraction` of free memory over `bytes_per_token`."""
+    if device.type != "cuda":
+        return min(ceiling, 16384)
+    free, _ = torch.cuda.mem_get_info(device)
+    fit = int(free * fraction) // bytes_per_token(embed_dim, dtype)
+    budget = min(fit, ceiling) // BUDGET_QUANTUM * BUDGET_QUANTUM
+    return max(budget, MIN_BUDGET)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Encoder
+# ---------------------------------------------------------------------------------------------------
+
+
+def is_oom(exc: BaseException) -> bool:
+    """CUDA OOM, also when torch.compile wraps it (an OOM while compiling or autotuning a new shape)."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, torch.cuda.OutOfMemoryError):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+@dataclass
+class _InFlight:
+    """A submitted batch whose pooled rows are on their way to pinned host memory."""
+
+    index: np.ndarray
+    pooled: torch.Tensor      # (B, D) fp32, host
+    finite: torch.Tensor      # (B,) bool, host
+    done: torch.cuda.Event | None
+
+
+class PackedESM2Encoder(ESM2Encoder):
+    """ESM2Encoder with packed batches: same API, stats and fp32 fallback, much less waste.
+
+    Batches run asynchronously: while the GPU computes batch i the host packs batch i+1 and unloads
+    batch i-1, whose pooled rows come back through pinned memory on a side stream. Guards:
+    - a batch with any non-finite vector is recomputed in fp32 (padded reference path) and counted in
+      stats["nonfinite_recomputed_batches"];
+    - CUDA OOM splits the batch in two, lowers the token budget and retries; counted in
+      stats["oom_split_batches"]. Neither loses or reorders a protein: rows land at their input index.
+    """
+
+    def __init__(self, model: ESM2, *, name: str, device: torch.device, precision: str,
+                 max_tokens: int | None = None, path: Path | None = None, sha256: str | None = None,
+                 pool_limit: int = POOL_LIMIT, attention: str | None = None,
+                 compile_layers: bool | None = None):
+        super().__init__(model, name=name, device=device, precision=precision, max_tokens=max_tokens,
+                         path=path, sha256=sha256, pool_limit=pool_limit)
+        self.attention = attention or ("varlen" if device.type == "cuda" else "masked")
+        self.compile_layers = device.type == "cuda" if compile_layers is None else compile_layers
+        self.token_budget = max_tokens or derive_token_budget(device, model.embed_dim, dtype=self.dtype)
+        self.max_tokens = self.token_budget
+        self.forward = PackedESM2(model, self.attention, self.compile_layers,
+                                  max_shapes=2 * max_buckets(self.token_budget))
+        self.stats["oom_split_batches"] = 0
+        self._copy_stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.embed_tokens.weight.dtype
+
+    def embed(self, proteins: Sequence[str]) -> np.ndarray:
+        """(N, dim) float32, row i for proteins[i]."""
+        ids = tokenize_many(list(proteins))
+        lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
+        if len(ids) and lengths.min() == 0:
+            raise ValueError(f"protein #{int(np.argmin(lengths))} is empty; an empty protein has no embedding")
+        out = np.full((len(ids), self.dim), np.nan, dtype=np.float32)
+        queue = deque(plan_packs(lengths, self.token_budget))
+        pending: _InFlight | None = None
+        while queue:
+            index = queue.popleft()
+            if len(index) > 1 and packed_size(lengths[index]).sum() > self.token_budget:
+                queue.extendleft(reversed(split_to_budget(index, lengths, self.token_budget)))
+                continue
+            try:
+                submitted = self._submit(ids, lengths, index)
+            except Exception as exc:
+                if not is_oom(exc):
+                    raise
+                queue.extendleft(reversed(self._after_oom(index, lengths)))
+                continue
+            if pending is not None:
+                self._harvest(pending, ids, out)
+            pending = submitted
+        if pending is not None:
+            self._harvest(pending, ids, out)
+        self.stats["sequences"] += len(ids)
+        self.stats["tokens"] += int(packed_size(lengths).sum())
+        return out
+
+    @torch.inference_mode()
+    def _submit(self, ids: list[np.ndarray], lengths: np.ndarray, index: np.ndarray) -> _InFlight:
+        """Pack, copy in, launch the forward and the copy out; returns without waiting for the GPU."""
+        total = bucket_tokens(int(packed_size(lengths[index]).sum()), self.token_budget)
+        host = pack(ids, index, total, token_dropout=self.model.token_dropout, pool_limit=self.pool_limit)
+        pooled = self.forward(to_device(host, self.device))
+        finite = torch.isfinite(pooled).all(dim=1)
+        self.stats["batches"] += 1
+        self.stats["padded_tokens"] += total
+        if self._copy_stream is None:
+            return _InFlight(host.index, pooled, finite, None)
+        return self._copy_out(host.index, pooled, finite)
+
+    def _copy_out(self, index: np.ndarray, pooled: torch.Tensor, finite: torch.Tensor) -> _InFlight:
+        """Device -> pinned host on the side stream, so the next batch's compute is not held up."""
+        stream = self._copy_stream
+        stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(stream):
+            pooled_host = torch.empty(pooled.shape, dtype=pooled.dtype, pin_memory=True)
+            finite_host = torch.empty(finite.shape, dtype=finite.dtype, pin_memory=True)
+            pooled_host.copy_(pooled, non_blocking=True)
+            finite_host.copy_(finite, non_blocking=True)
+            done = torch.cuda.Event()
+            done.record(stream)
+        pooled.record_stream(stream)
+        finite.record_stream(stream)
+        return _InFlight(index, pooled_host, finite_host, done)
+
+    def _harvest(self, job: _InFlight, ids: list[np.ndarray], out: np.ndarray) -> None:
+        """Wait for a batch's rows, recompute it in fp32 if any is non-finite, store at input rows."""
+        if job.done is not None:
+            job.done.synchronize()
+        rows = job.pooled.numpy()
+        if not bool(job.finite.all()):
+            self.stats["nonfinite_recomputed_batches"] += 1
+            rows = self._recompute_fp32([ids[i] for i in job.index])
+        out[job.index] = rows
+
+    @torch.inference_mode()
+    def _recompute_fp32(self, ids: list[np.ndarray]) -> np.ndarray:
+        """Padded fp32 reference path over the batch's proteins (varlen_attn has no fp32 kernel)."""
+        lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
+        rows = np.empty((len(ids), self.dim), dtype=np.float32)
+        model = self._fp32_model()
+        for part in plan_batches(lengths, FP32_RECOMPUTE_TOKENS):
+            tokens, lens = pad_batch([ids[i] for i in part])
+            rows[part] = mean_residues(model(tokens.to(self.device)), lens, self.pool_limit).cpu().numpy()
+        return rows
+
+    def _after_oom(self, index: np.ndarray, lengths: np.ndarray) -> list[np.ndarray]:
+        """Halve the failed batch, lower the budget to what that half needs; count it."""
+        if len(index) == 1:
+            raise torch.cuda.OutOfMemoryError(
+                f"ESM-2: one protein of {int(lengths[index[0]])} residues does not fit in GPU memory")
+        self.stats["oom_split_batches"] += 1
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        half = len(index) // 2
+        needed = int(packed_size(lengths[index]).sum())
+        lowered = max(MIN_BUCKET, needed // 2 // MIN_BUCKET * MIN_BUCKET)
+        self.token_budget = min(self.token_budget, lowered)
+        self.max_tokens = self.token_budget
+        return [index[:half], index[half:]]
