@@ -16,7 +16,7 @@ import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 import torch
@@ -25,6 +25,9 @@ from torch import Tensor, nn
 
 from ..devices import dtype_of, resolve_device, resolve_precision
 from ..errors import ModelFileError, ModelNotFoundError
+
+if TYPE_CHECKING:
+    from .dnabert_packed import PackedDNABERTEncoder
 
 Attend = Callable[[Tensor, Tensor, Tensor], Tensor]  # q, k, v (..., H, d) -> context (..., H, d)
 HUB_FILES = ["config.json", "*.safetensors", "pytorch_model.bin", "tokenizer.json",
@@ -103,10 +106,14 @@ class DNABERT2(nn.Module):
         """Token ids of any layout (padded (B, L) or packed (T,)) -> hidden states (..., D).
 
         ``attend`` alone knows which tokens see which (ALiBi, padding, packing)."""
-        x = _add_ln(self.emb_ln, self.word_embeddings(ids), self.token_type_embeddings.weight[0])
+        x = self.embed_tokens(ids)
         for layer in self.layers:
             x = layer(x, attend)
         return x
+
+    def embed_tokens(self, ids: Tensor) -> Tensor:
+        """LN(word + token_type[0]) for ids of any layout; the packed path runs layers itself."""
+        return _add_ln(self.emb_ln, self.word_embeddings(ids), self.token_type_embeddings.weight[0])
 
     def alibi_bias(self, mask: Tensor, dtype: torch.dtype) -> Tensor:
         """(B, H, L, L) float bias: -slope_h * |i - j| (symmetric), -inf on padded keys."""
@@ -372,13 +379,39 @@ class DNABERTEncoder:
         return out
 
 
-def load_dnabert(spec: str, device: str = "auto", precision: str = "auto",
-                 max_tokens: int | None = None) -> DNABERTEncoder:
-    """Directory or hub id -> ready encoder. Reads only data files; never runs the hub's code."""
+def load_dnabert_parts(spec: str) -> tuple[DNABERT2, object, str]:
+    """Directory or hub id -> (fp32 CPU model, tokenizer, weights sha256). Reads only data files."""
     directory = resolve_dnabert_dir(spec)
     cfg = read_config(directory)
     tokenizer = read_tokenizer(directory, cfg)
     checkpoint, weights = read_weights(directory)
-    model = build_model(cfg, checkpoint, weights)
-    return DNABERTEncoder(model, tokenizer, name=spec, sha256=_sha256(weights), device=device,
-                          precision=precision, max_tokens=max_tokens)
+    return build_model(cfg, checkpoint, weights), tokenizer, _sha256(weights)
+
+
+def _use_packed(device: torch.device, precision: str) -> bool:
+    """Packed FlexAttention on CUDA in fp16/bf16; fp32 (the compat mode) and CPU stay padded.
+
+    VIRNUC_HPC_DNABERT_PATH=padded forces the padded SDPA path (an escape hatch, read per call)."""
+    forced = os.environ.get("VIRNUC_HPC_DNABERT_PATH", "").strip().lower()
+    if forced not in {"", "auto", "packed", "padded"}:
+        raise ValueError(f"VIRNUC_HPC_DNABERT_PATH must be auto, packed or padded, not {forced!r}")
+    if forced == "padded":
+        return False
+    return device.type == "cuda" and precision != "fp32"
+
+
+def load_dnabert(spec: str, device: str = "auto", precision: str = "auto",
+                 max_tokens: int | None = None) -> "DNABERTEncoder | PackedDNABERTEncoder":
+    """Directory or hub id -> ready encoder. Reads only data files; never runs the hub's code.
+
+    On a GPU in fp16/bf16 this is the packed, compiled FlexAttention encoder (dnabert_packed.py);
+    otherwise the padded SDPA encoder above (CPU, CI, fp32 compat mode)."""
+    model, tokenizer, sha = load_dnabert_parts(spec)
+    dev = resolve_device(device)
+    prec = resolve_precision(precision, dev)
+    if _use_packed(dev, prec):
+        from .dnabert_packed import PackedDNABERTEncoder
+        return PackedDNABERTEncoder(model, tokenizer, name=spec, sha256=sha, device=str(dev),
+                                    precision=prec, max_tokens=max_tokens)
+    return DNABERTEncoder(model, tokenizer, name=spec, sha256=sha, device=str(dev), precision=prec,
+                          max_tokens=max_tokens)
