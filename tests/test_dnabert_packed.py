@@ -230,3 +230,12 @@ def test_cuda_packed_compiled_matches_fp32(small: Path) -> None:
         print(f"cuda packed {precision}: min cosine {cos.min():.6f}, batches {enc.stats['batches']}")
         assert cos.min() >= 0.999 and enc.stats["batches"] > 2
     assert counters["stats"]["unique_graphs"] - graphs <= 2  # one compiled layer per dtype
+
+
+def test_warm_up_compiles_without_counting_as_work(small: Path) -> None:
+    enc = packed(small, precision="fp32", max_tokens=256)
+    before = dict(enc.stats)
+    enc.warm_up()
+    assert enc.stats == before
+    np.testing.assert_allclose(enc.embed(SEQS[:3]), packed(small, precision="fp32").embed(SEQS[:3]),
+                               rtol=0, atol=2e-5)

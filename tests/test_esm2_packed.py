@@ -15,7 +15,7 @@ from virnuc_hpc.encoders.esm2 import (
     CLS, EOS, PAD, ESM2Encoder, load_esm2, pad_batch, tokenize, tokenize_many,
 )
 from virnuc_hpc.encoders.esm2_packed import (
-    TAIL_CHUNK, PackedESM2Encoder, attend_masked, bucket_tokens, max_buckets, pack, packed_size,
+    TAIL_CHUNK, PackedESM2Encoder, attend_masked, bucket_sizes, bucket_tokens, max_buckets, pack, packed_size,
     plan_packs, segment_labels, split_to_budget, to_device,
 )
 from virnuc_hpc.engines.compile import configure_compile_cache
@@ -83,6 +83,22 @@ def test_buckets_are_few_and_fit():
     for n in (1, 255, 256, 257, 8191, 8192, 8193, 65535, 65536, 70000):
         t = bucket_tokens(n, budget)
         assert t >= n and (n <= 8192 or t - n < 8192)
+
+
+def test_bucket_sizes_list_every_shape():
+    for budget in (1024, 16384, 65536):
+        assert {bucket_tokens(n, budget) for n in range(1, budget + 1)} == set(bucket_sizes(budget))
+
+
+def test_warm_up_runs_every_bucket_and_leaves_stats_alone(ckpt, monkeypatch):
+    enc = packed_encoder(ckpt, budget=1024)
+    seen = []
+    real = enc.forward
+    monkeypatch.setattr(enc, "forward", lambda batch: seen.append(batch.tokens.shape[0]) or real(batch))
+    before = dict(enc.stats)
+    enc.warm_up()
+    assert sorted(set(seen)) == bucket_sizes(1024)
+    assert enc.stats == before
 
 
 # --- packing ---------------------------------------------------------------------------------------------

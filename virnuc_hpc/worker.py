@@ -131,7 +131,12 @@ def run_bag(bag: Bag, outdir: str, attrs: dict[str, Any]) -> dict[str, Any]:
 
 
 def warm_up() -> float:
-    """Load the encoders on this worker (a task, so the worker's event loop stays responsive)."""
+    """Load the encoders on this worker and compile their shapes (a task, so the worker's event
+    loop stays responsive); startup is then timed apart from the bags."""
     t0 = time.perf_counter()
-    get_worker().plugins[PLUGIN_NAME].encoders()
+    plugin: EncoderPlugin = get_worker().plugins[PLUGIN_NAME]
+    enc = plugin.encoders()
+    with plugin.device_lock:
+        for encoder in (enc.esm2, enc.dnabert):
+            getattr(encoder, "warm_up", lambda: None)()
     return time.perf_counter() - t0

@@ -347,6 +347,12 @@ class PackedDNABERTEncoder:
         self.stats["nonfinite_recomputed_batches"] += 1
         return self._fallback.embed(seqs)
 
+    def warm_up(self) -> None:
+        """Compile the one packed shape now (worker startup), not inside the first bag."""
+        stats = dict(self.stats)
+        self.embed(["ACGTTGCA" * 19] * 8)
+        self.stats.update(stats)  # warm-up is not work done for the run
+
     @torch.inference_mode()
     def embed(self, nucleotides: Sequence[str]) -> np.ndarray:
         seqs = list(nucleotides)

@@ -90,6 +90,15 @@ def bucket_tokens(n: int, budget: int) -> int:
     return min(size, step)
 
 
+def bucket_sizes(budget: int) -> list[int]:
+    """Every packed length ``bucket_tokens`` can return for batches within ``budget``."""
+    step, sizes, size = bucket_step(budget), [], MIN_BUCKET
+    while size < step:
+        sizes.append(size)
+        size *= 2
+    return sizes + [step * i for i in range(1, -(-budget // step) + 1)]
+
+
 def max_buckets(budget: int) -> int:
     step = bucket_step(budget)
     return 8 + max(1, int(np.log2(step / MIN_BUCKET)) + 1) + 4  # + a few oversize single proteins
@@ -398,6 +407,15 @@ class PackedESM2Encoder(ESM2Encoder):
     @property
     def dtype(self) -> torch.dtype:
         return self.model.embed_tokens.weight.dtype
+
+    def warm_up(self) -> None:
+        """Compile every bucket shape now (worker startup), not inside the first bags.
+
+        With the node-shared compile cache a second worker on the node mostly reads the cache."""
+        stats = dict(self.stats)
+        for size in bucket_sizes(self.token_budget):  # 48 aa + BOS/EOS = 50 tokens each
+            self.embed(["A" * 48] * max(1, size // 50))
+        self.stats.update(stats)  # warm-up is not work done for the run
 
     def embed(self, proteins: Sequence[str]) -> np.ndarray:
         """(N, dim) float32, row i for proteins[i]."""
