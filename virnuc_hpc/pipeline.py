@@ -126,6 +126,8 @@ def run(inputs: Sequence[str | Path] | str | Path, outdir: str | Path, *, client
             with timer("cluster_start"):
                 dask_client = stack.enter_context(connect(config, client))
             dashboard = dashboard_link(dask_client)
+            log.info("Dask scheduler: %s (more workers can join: virnuc-hpc worker "
+                     "--scheduler-address ...)", dask_client.scheduler.address)
             if dashboard:
                 log.info("Dask dashboard: %s", dashboard)
             with timer("model_load"):

@@ -1,0 +1,47 @@
+"""Workers on other "nodes" join a running predict: `virnuc-hpc worker --scheduler-address`."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from distributed import Client, LocalCluster
+
+from conftest import DEMO, DEMO_FASTA, finished_outputs
+
+
+def _popen(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "virnuc_hpc.cli", *args], start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def test_late_workers_join_a_running_predict(reference: Path, tmp_path: Path, demo_cache: Path):
+    outdir = tmp_path / "joined"
+    # a bare scheduler, as on a cluster's head node: no workers of its own
+    with LocalCluster(n_workers=0, host="127.0.0.1", dashboard_address=":0") as cluster, \
+            Client(cluster) as client:
+        run = _popen("predict", str(DEMO_FASTA), "-o", str(outdir), *DEMO,
+                     "--scheduler-address", cluster.scheduler_address)
+        time.sleep(3)  # predict is waiting for workers; now two "nodes" join, one after the other
+        workers = [_popen("worker", "--scheduler-address", cluster.scheduler_address, "--device", "cpu")]
+        time.sleep(2)
+        workers.append(_popen("worker", "--scheduler-address", cluster.scheduler_address,
+                              "--device", "cpu"))
+        try:
+            out, _ = run.communicate(timeout=240)
+            assert run.returncode == 0, out
+            assert len(client.scheduler_info(n_workers=-1)["workers"]) == 2
+        finally:
+            for proc in workers:
+                os.killpg(proc.pid, signal.SIGTERM)
+            for proc in workers:
+                proc.wait(timeout=60)
+    assert finished_outputs(outdir) == finished_outputs(reference)
+    used = json.loads((outdir / "run.json").read_text())["workers"]
+    assert len(used) == 2 and all(w["bags"] > 0 for w in used.values()), used
