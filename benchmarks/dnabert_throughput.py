@@ -30,27 +30,13 @@ from typing import Callable
 import numpy as np
 import torch
 
+from ceiling import matmul_ceiling  # benchmarks/ is on sys.path when run as a script
 from virnuc_hpc.encoders.dnabert import DNABERT2, DNABERTEncoder, load_dnabert_parts
 from virnuc_hpc.encoders.dnabert_packed import PackedDNABERTEncoder, pool
 from virnuc_hpc.random_models.dnabert import write_random_dnabert_dir
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
-
-def matmul_ceiling(n: int = 8192, reps: int = 20) -> float:
-    """bf16 n^3 matmul TFLOP/s on random data (median of timed products after warm-up)."""
-    a, b = (torch.randn(n, n, device="cuda", dtype=torch.bfloat16) for _ in range(2))
-    for _ in range(3):
-        a @ b
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        a @ b
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / 1e3)
-    return 2 * n ** 3 / float(np.median(times)) / 1e12
 
 
 def random_dna(n: int, length: int, seed: int) -> list[str]:

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ceiling import matmul_ceiling  # benchmarks/ is on sys.path when run as a script
 from virnuc_hpc.encoders.esm2 import ESM2, _IGNORED_RE, mean_residues, pad_batch, plan_batches, tokenize_many
 from virnuc_hpc.encoders.esm2_packed import PackedESM2Encoder
 
@@ -55,22 +56,6 @@ def flops(proteins: list[str]) -> float:
     n = np.array([len(p) + 2 for p in proteins], dtype=np.float64)
     return float((n * GFLOP_PER_TOKEN + ATTN_FLOP_PER_TOKEN_POS * n * n).sum())
 
-
-def matmul_ceiling() -> float:
-    """bf16 8192^3 matmul TFLOP/s: median of 30 timed products after warm-up, random operands."""
-    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
-    b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
-    for _ in range(5):
-        a @ b
-    times = []
-    for _ in range(30):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        a @ b
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / 1e3)
-    return 2 * 8192**3 / float(np.median(times)) / 1e12
 
 
 # --- fair-esm baselines ------------------------------------------------------------------------------------
