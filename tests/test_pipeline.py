@@ -215,3 +215,17 @@ def test_full_disk_fails_cleanly(tmp_path: Path, demo_cache: Path):
         assert not list(mnt.rglob(".*.tmp-*"))
     finally:
         subprocess.run(["umount", "-l", str(mnt)], check=True)
+
+
+def test_classifier_named_for_another_chunk_size_warns(tmp_path: Path, demo_cache: Path):
+    import shutil
+    from virnuc_hpc.demo import ensure_demo_models
+    clf = tmp_path / "500_model.pth"
+    shutil.copy(ensure_demo_models().classifier, clf)
+    outdir = tmp_path / "out"
+    proc = cli("predict", str(DEMO_FASTA), "-o", str(outdir), *DEMO, "--classifier", str(clf))
+    assert proc.returncode == 0, proc.stderr
+    assert "chunk size" in proc.stderr and "500" in proc.stderr
+    run = json.loads((outdir / "run.json").read_text())
+    assert run["warnings"] and "500_model.pth" in run["warnings"][0]
+    assert run["guards"] == {} or all(v == 0 for v in run["guards"].values())

@@ -92,8 +92,7 @@ def run(inputs: Sequence[str | Path] | str | Path, outdir: str | Path, *, client
     store.check_writable(outdir)
     previous = store.read_manifest(outdir)
     with timer("resolve_models"):
-        models = resolve_models(config, classify=classify,
-                                known=(previous or {}).get("models") if previous else None)
+        models = resolve_models(config, classify=classify, known=(previous or {}).get("models"))
         inputs_meta = [{"path": str(p), "sha256": file_sha256(p)} for p in paths]
     run_key = fingerprint({
         "format": FORMAT_VERSION, "classify": classify, "inputs": [m["sha256"] for m in inputs_meta],
@@ -109,8 +108,15 @@ def run(inputs: Sequence[str | Path] | str | Path, outdir: str | Path, *, client
     spec = ModelSpec(esm2_path=models["esm2"].path, dnabert_path=models["dnabert"].path,
                      classifier_path=models["classifier"].path if classify else None,
                      device=config.device, precision=config.precision, engine=config.engine,
+                     zero_offload=config.zero_offload, nvme_path=config.nvme_path,
                      esm2_max_tokens=config.esm2_max_tokens, dnabert_max_tokens=config.dnabert_max_tokens,
                      threads=config.threads_per_worker)
+    warnings = []
+    if classify and models["classifier"].spec != "demo":
+        from .classifier import check_chunk_size
+        warnings = [w for w in [check_chunk_size(models["classifier"].path, config.expected_length)] if w]
+    for warning in warnings:
+        log.warning("warning: %s", warning)
     random_weights = any(m.random_weights for m in models.values())
     attrs = {"virnuc_hpc_version": __version__, "run_key": run_key,
              "random_weights": int(random_weights), "expected_length": config.expected_length,
@@ -145,6 +151,7 @@ def run(inputs: Sequence[str | Path] | str | Path, outdir: str | Path, *, client
         "run_key": run_key, "inputs": inputs_meta, "models": {r: m.as_dict() for r, m in models.items()},
         "config": config.model_dump(mode="json"), "counts": counts, "seconds": timer.seconds,
         "bags": {"total": len(bags), "computed_now": len(todo), "reused": len(bags) - len(todo)},
+        "warnings": warnings, "guards": _guard_totals(results),
         "workers": _worker_summary(results), "environment": _environment(),
     }
     store.write_json(outdir / store.RUN_JSON, payload)  # last: marks the run finished
@@ -313,6 +320,16 @@ def _read_rows(table: Any, loaded: LoadResult, calls: dict[str, bool],
     counts["virus_chunks"] = sum(calls.values())
     counts["chunks_called"] = len(calls)
     return rows, dict(counts)
+
+
+def _guard_totals(results: list[dict[str, Any]]) -> dict[str, int]:
+    """Batches recomputed in fp32 (NaN/Inf) or split after CUDA OOM, summed over this run's bags."""
+    totals: dict[str, int] = {}
+    for r in results:
+        for key, value in r["counters"].items():
+            if "nonfinite" in key or "oom" in key:
+                totals[key] = totals.get(key, 0) + int(value)
+    return totals
 
 
 def _busy_fraction(intervals: list[tuple[float, float]]) -> float | None:
