@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -32,7 +32,12 @@ class RunConfig(BaseModel):
     dnabert_model: str = Field("zhihan1996/DNABERT-S", description="DNABERT-S directory or hub id")
     precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    engine: Literal["native"] = "native"
+    engine: Literal["native", "deepspeed"] = Field(
+        "native", description="native: our PyTorch modules; deepspeed: the same modules inside DeepSpeed's "
+                              "InferenceEngine (README, 'Inference engines')")
+    zero_offload: Literal["none", "cpu", "nvme"] = Field(
+        "none", description="deepspeed engine only: ZeRO-3 parameter offload of ESM-2 (models that do not fit)")
+    nvme_path: str | None = Field(None, description="directory for zero_offload: nvme (fast local disk)")
     workers: int | None = Field(None, ge=1, description="None: one per GPU, or 1 on CPU")
     threads_per_worker: int | None = Field(None, ge=1, description="torch threads per worker (CPU)")
     bag_size: int = Field(20000, ge=1, description="frames per bag (unit of scheduling and output)")
@@ -49,6 +54,14 @@ class RunConfig(BaseModel):
     @classmethod
     def _paths_as_text(cls, value: Any) -> Any:
         return str(value) if isinstance(value, Path) else value
+
+    @model_validator(mode="after")
+    def _offload_needs_deepspeed(self) -> "RunConfig":
+        if self.zero_offload != "none" and self.engine != "deepspeed":
+            raise ValueError(f"zero_offload: {self.zero_offload} needs engine: deepspeed")
+        if self.zero_offload == "nvme" and not self.nvme_path:
+            raise ValueError("zero_offload: nvme needs nvme_path (a directory on a fast local disk)")
+        return self
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

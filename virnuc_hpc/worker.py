@@ -33,6 +33,8 @@ class ModelSpec:
     device: str = "auto"
     precision: str = "auto"
     engine: str = "native"
+    zero_offload: str = "none"
+    nvme_path: str | None = None
     esm2_max_tokens: int | None = None
     dnabert_max_tokens: int | None = None
     threads: int | None = None

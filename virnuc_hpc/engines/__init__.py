@@ -17,4 +17,7 @@ def load_engine_encoders(spec: "ModelSpec") -> tuple[Any, Any]:
     if spec.engine == "native":
         from .native import load_native
         return load_native(spec)
+    if spec.engine == "deepspeed":
+        from .deepspeed import load_deepspeed
+        return load_deepspeed(spec)
     raise ValueError(f"unknown engine {spec.engine!r}")

@@ -1,0 +1,92 @@
+"""The deepspeed engine on CPU (DeepSpeed's CPU accelerator, fp32): same features as native, inside
+the Dask pipeline, with and without ZeRO-3 parameter offload; no op is ever compiled."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from conftest import DEMO, DEMO_FASTA, cli
+from virnuc_hpc import store
+from virnuc_hpc.config import load_config
+
+pytest.importorskip("deepspeed")
+
+
+def _features(outdir: Path) -> tuple[list[str], np.ndarray]:
+    with store.open_features(outdir) as ds:
+        return list(ds.frame.values), ds.features.values.astype(np.float64)
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+def test_engine_options_are_validated():
+    assert load_config(overrides={"engine": "deepspeed"}).zero_offload == "none"
+    with pytest.raises(ValidationError, match="needs engine: deepspeed"):
+        load_config(overrides={"zero_offload": "cpu"})
+    with pytest.raises(ValidationError, match="nvme_path"):
+        load_config(overrides={"engine": "deepspeed", "zero_offload": "nvme"})
+    with pytest.raises(ValidationError):
+        load_config(overrides={"engine": "tensorrt"})
+
+
+@pytest.mark.parametrize("offload", ["none", "cpu"])
+def test_deepspeed_pipeline_matches_native(reference: Path, demo_cache: Path, tmp_path: Path, offload: str):
+    """Two Dask workers, each loading DeepSpeed (and, with offload, its own one-rank process group
+    on a free port); every frame's vector equals native's."""
+    outdir, ext = tmp_path / "ds", tmp_path / "torch_extensions"
+    proc = cli("predict", str(DEMO_FASTA), "-o", str(outdir), *DEMO, "--engine", "deepspeed",
+               "--zero-offload", offload, env_extra={"TORCH_EXTENSIONS_DIR": str(ext)})
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    ids, got = _features(outdir)
+    ref_ids, ref = _features(reference)
+    assert ids == ref_ids
+    assert _cosine(got, ref).min() >= 0.999999
+    np.testing.assert_allclose(got, ref, atol=1e-5)
+    assert not ext.exists() or not any(ext.iterdir()), "DeepSpeed compiled an op"
+
+
+def test_resume_refuses_other_engine(reference: Path, demo_cache: Path):
+    """engine is a result field: a finished native run is not silently mixed with deepspeed bags."""
+    proc = cli("predict", str(DEMO_FASTA), "-o", str(reference), *DEMO, "--engine", "deepspeed")
+    assert proc.returncode != 0
+
+
+def test_packed_encoders_run_through_the_engine(demo_cache: Path):
+    """The packed paths (CPU stand-ins of varlen / FlexAttention) keep their packing under DeepSpeed,
+    and every batch goes through InferenceEngine.forward."""
+    import torch
+    from deepspeed.inference.engine import InferenceEngine
+
+    from virnuc_hpc.demo import ensure_demo_models
+    from virnuc_hpc.encoders.dnabert import load_dnabert_parts
+    from virnuc_hpc.encoders.dnabert_packed import PackedDNABERTEncoder
+    from virnuc_hpc.encoders.esm2 import load_esm2_model
+    from virnuc_hpc.encoders.esm2_packed import PackedESM2Encoder
+    from virnuc_hpc.engines.deepspeed import import_deepspeed, wrap_encoder
+
+    models = ensure_demo_models()
+    cpu = torch.device("cpu")
+    deepspeed = import_deepspeed(cpu)
+    proteins = ["MKVLAAGW" * k for k in (1, 3, 7)] + ["ACDEFGHIKLMNPQRSTVWY"]
+    nucleotides = ["ACGTTGCA" * k for k in (2, 9, 19)]
+
+    def esm() -> PackedESM2Encoder:
+        return PackedESM2Encoder(load_esm2_model(models.esm2), name="demo", device=cpu, precision="fp32")
+
+    def dna() -> PackedDNABERTEncoder:
+        model, tok, sha = load_dnabert_parts(str(models.dnabert))
+        return PackedDNABERTEncoder(model, tok, name="demo", sha256=sha, device="cpu", precision="fp32")
+
+    for make, inputs in ((esm, proteins), (dna, nucleotides)):
+        native, wrapped = make(), wrap_encoder(deepspeed, make())
+        assert isinstance(wrapped.forward, InferenceEngine)
+        calls = []
+        wrapped.forward.register_forward_hook(lambda *args: calls.append(1))
+        np.testing.assert_array_equal(wrapped.embed(inputs), native.embed(inputs))
+        assert calls and wrapped.stats["batches"] == len(calls)

@@ -1,0 +1,221 @@
+"""The DeepSpeed engine: our encoders, run inside DeepSpeed's InferenceEngine or ZeRO-3.
+
+Why this shape:
+- DeepSpeed has no injection policy for ESM-2 or DNABERT-2 layers, and its fused inference kernels
+  compute tanh-GELU (ops/csrc/transformer/inference/csrc/gelu.cu) where both models need the exact
+  erf form (models.md). So DeepSpeed wraps *our* modules and runs *our* maths, unfused kernels
+  excluded: `deepspeed.init_inference(..., replace_with_kernel_inject=False)`.
+- What DeepSpeed wraps is an `EngineModule`: it owns the encoder's weights (DeepSpeed casts them to
+  the run's dtype; we put the fp32 LayerNorms back, as native does) and its forward is the encoder's
+  own forward, packed where the encoder packs. The packed paths keep their torch.compile'd layer
+  halves and varlen/Flex attention; every batch goes through `InferenceEngine.forward`.
+- DeepSpeed's CUDA graphs capture one static input signature per engine; a packed batch carries its
+  own cu_seqlens/max_seqlen and a bucketed length, so they are not offered (see README).
+- `zero_offload: cpu | nvme` runs ESM-2 under ZeRO-3 parameter offload (`deepspeed.initialize`
+  without an optimizer, the "ZeRO-Inference" recipe): weights live in host memory (or on NVMe) and
+  are fetched layer by layer by forward hooks, so a model larger than the card runs. The hooks sit
+  on module forwards, hence the padded ESM-2 path (the packed path reads weight tensors directly).
+  DNABERT-S (117M) never needs offload and stays on the plain engine.
+- ZeRO needs a process group: each Dask worker makes its own, world size 1, on a free local port.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import sys
+from typing import TYPE_CHECKING, Any, Callable
+
+import torch
+from torch import nn
+
+from ..devices import dtype_of, resolve_device, resolve_precision
+
+if TYPE_CHECKING:
+    from ..worker import ModelSpec
+
+
+def import_deepspeed(device: torch.device) -> Any:
+    """Import DeepSpeed for this device without building any op.
+
+    On a CPU run DeepSpeed is told to use its CPU accelerator (also on a GPU node), and its
+    shared-memory collective op (a C++ JIT build of ~45 s, useful only for several CPU ranks) is
+    skipped: our process groups have one rank."""
+    if device.type == "cpu":
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    try:
+        import deepspeed
+    except ImportError as exc:
+        raise RuntimeError("engine: deepspeed needs the deepspeed package "
+                           "(pip install 'virnuc-hpc[deepspeed]')") from exc
+    sys.modules["deepspeed.comm.torch"].build_shm_op = lambda: None
+    logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+    from deepspeed.accelerator import get_accelerator
+    accelerator = get_accelerator().device_name()
+    if accelerator != device.type:
+        raise RuntimeError(f"DeepSpeed chose its {accelerator!r} accelerator for a {device.type} run; "
+                           f"set DS_ACCELERATOR={device.type} before the workers start")
+    return deepspeed
+
+
+class EngineModule(nn.Module):
+    """The module DeepSpeed wraps: holds the weights, runs the encoder's own forward (`run`)."""
+
+    def __init__(self, model: nn.Module, run: Callable[..., Any] | None = None):
+        super().__init__()
+        self.model = model
+        self.__dict__["run"] = run or model  # not a submodule: `model` already owns the weights
+
+    def forward(self, *args: Any) -> Any:
+        return self.run(*args)
+
+
+class EngineView:
+    """What a padded encoder calls `model`: calls go through the DeepSpeed engine, attributes
+    (embed_dim, token_dropout, ...) come from our module."""
+
+    def __init__(self, engine: Callable[..., Any], module: nn.Module):
+        self._engine, self._module = engine, module
+
+    def __call__(self, *args: Any) -> Any:
+        return self._engine(*args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._module, name)
+
+
+def _fp32_tensors(module: nn.Module) -> dict[str, torch.Tensor]:
+    """The fp32 parameters/buffers (LayerNorms in half runs, everything in fp32 runs), by name."""
+    tensors = {**dict(module.named_parameters()), **dict(module.named_buffers())}
+    return {name: t.data for name, t in tensors.items() if t.dtype == torch.float32}
+
+
+def _restore(module: nn.Module, kept: dict[str, torch.Tensor]) -> None:
+    """Put back tensors DeepSpeed's whole-module cast replaced (same objects: packed paths that
+    captured them at construction keep seeing the live weights)."""
+    tensors = {**dict(module.named_parameters()), **dict(module.named_buffers())}
+    for name, data in kept.items():
+        tensors[name].data = data
+
+
+def wrap_inference(deepspeed: Any, model: nn.Module, precision: str,
+                   run: Callable[..., Any] | None = None) -> nn.Module:
+    """`deepspeed.init_inference` over our module (no kernel injection), with native's dtypes kept."""
+    kept = _fp32_tensors(model)
+    engine = deepspeed.init_inference(EngineModule(model, run), dtype=dtype_of(precision),
+                                      replace_with_kernel_inject=False, keep_module_on_host=True)
+    _restore(model, kept)
+    return engine
+
+
+def wrap_encoder(deepspeed: Any, encoder: Any) -> Any:
+    """Route an encoder's device forward through an InferenceEngine; returns the encoder.
+
+    Packed encoders run `encoder.forward(batch)` (over `encoder.model`'s weights); padded ones
+    call `encoder.model(...)`."""
+    from ..encoders.dnabert_packed import PackedDNABERTEncoder
+    from ..encoders.esm2_packed import PackedESM2Encoder
+
+    if isinstance(encoder, (PackedESM2Encoder, PackedDNABERTEncoder)):
+        encoder.forward = wrap_inference(deepspeed, encoder.model, encoder.precision, encoder.forward)
+    else:
+        model = encoder.model
+        encoder.model = EngineView(wrap_inference(deepspeed, model, encoder.precision), model)
+    encoder.engine = "deepspeed"
+    return encoder
+
+
+# --------------------------------------------------------------------------- ZeRO-3 offload
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def init_single_process_group(deepspeed: Any, device: torch.device) -> None:
+    """This process's own group (rank 0 of 1 on 127.0.0.1): every Dask worker is independent."""
+    if torch.distributed.is_initialized():
+        if torch.distributed.get_world_size() != 1:
+            raise RuntimeError("zero_offload runs one process group per worker; found a larger one")
+    else:
+        port = free_port()
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", LOCAL_RANK="0",
+                          WORLD_SIZE="1")
+        if device.type == "cuda":
+            torch.cuda.set_device(device.index or 0)
+    deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo",
+                               auto_mpi_discovery=False, verbose=False, rank=0, world_size=1)
+
+
+def zero3_config(offload: str, *, params_per_layer: int, pin_memory: bool,
+                 nvme_path: str | None = None) -> dict[str, Any]:
+    """ZeRO-3 inference config: parameters offloaded, about two layers prefetched ahead.
+
+    No fp16/bf16 section: the model is cast by us first (fp32 LayerNorms kept, as native) and
+    DeepSpeed then leaves dtypes alone; its fp16 mode would recast the whole module."""
+    offload_param: dict[str, Any] = {"device": offload, "pin_memory": pin_memory}
+    if offload == "nvme":
+        if not nvme_path:
+            raise ValueError("zero_offload: nvme needs nvme_path")
+        offload_param |= {"nvme_path": nvme_path, "buffer_count": 6,
+                          "buffer_size": max(int(1e8), 2 * params_per_layer)}
+    config: dict[str, Any] = {
+        "train_micro_batch_size_per_gpu": 1,  # required by the config parser; nothing is trained
+        "zero_optimization": {
+            "stage": 3, "offload_param": offload_param,
+            "stage3_prefetch_bucket_size": 2 * params_per_layer,
+            "stage3_max_live_parameters": 3 * params_per_layer,
+            "stage3_param_persistence_threshold": 100_000,
+        },
+        "wall_clock_breakdown": False,
+    }
+    return config
+
+
+def esm2_params_per_layer(embed_dim: int) -> int:
+    return 12 * embed_dim * embed_dim + 13 * embed_dim
+
+
+def zero3_engine(deepspeed: Any, model: nn.Module, config: dict[str, Any]) -> Any:
+    """`deepspeed.initialize` without an optimizer: partitions (or adopts zero.Init-partitioned)
+    parameters and offloads them; forward hooks fetch each layer when it runs."""
+    engine, *_ = deepspeed.initialize(model=model, config=config)
+    engine.module.eval().requires_grad_(False)
+    return engine
+
+
+def load_esm2_zero(deepspeed: Any, spec: "ModelSpec", device: torch.device, precision: str) -> Any:
+    """Padded ESM2Encoder whose module runs under ZeRO-3 parameter offload."""
+    from ..encoders.esm2 import KNOWN_MODELS, ESM2Encoder, load_esm2_model, resolve_esm2_checkpoint
+
+    init_single_process_group(deepspeed, device)
+    path = resolve_esm2_checkpoint(spec.esm2_path)
+    model = load_esm2_model(path, device="cpu", dtype=dtype_of(precision))  # LayerNorms stay fp32
+    config = zero3_config(spec.zero_offload, params_per_layer=esm2_params_per_layer(model.embed_dim),
+                          pin_memory=device.type == "cuda", nvme_path=spec.nvme_path)
+    engine = zero3_engine(deepspeed, model, config)
+    name = spec.esm2_path if spec.esm2_path in KNOWN_MODELS else path.stem
+    encoder = ESM2Encoder(EngineView(engine, model), name=name, device=device, precision=precision,
+                          max_tokens=spec.esm2_max_tokens, path=path)
+    encoder.engine = f"deepspeed-zero3-{spec.zero_offload}"
+    return encoder
+
+
+def load_deepspeed(spec: "ModelSpec") -> tuple[Any, Any]:
+    """(esm2, dnabert) encoders run by DeepSpeed; same API and maths as native."""
+    from ..encoders.dnabert import load_dnabert
+    from ..encoders.esm2 import load_esm2
+
+    device = resolve_device(spec.device)
+    precision = resolve_precision(spec.precision, device)
+    deepspeed = import_deepspeed(device)
+    if spec.zero_offload == "none":
+        esm2 = wrap_encoder(deepspeed, load_esm2(spec.esm2_path, device=str(device), precision=precision,
+                                                 max_tokens=spec.esm2_max_tokens))
+    else:
+        esm2 = load_esm2_zero(deepspeed, spec, device, precision)
+    dnabert = wrap_encoder(deepspeed, load_dnabert(spec.dnabert_path, device=str(device),
+                                                   precision=precision, max_tokens=spec.dnabert_max_tokens))
+    return esm2, dnabert
