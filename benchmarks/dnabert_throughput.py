@@ -30,7 +30,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ceiling import matmul_ceiling  # benchmarks/ is on sys.path when run as a script
+from common import matmul_ceiling, random_dna  # benchmarks/ is on sys.path when run as a script
 from virnuc_hpc.encoders.dnabert import DNABERT2, DNABERTEncoder, load_dnabert_parts
 from virnuc_hpc.encoders.dnabert_packed import PackedDNABERTEncoder, pool
 from virnuc_hpc.random_models.dnabert import write_random_dnabert_dir
@@ -38,11 +38,6 @@ from virnuc_hpc.random_models.dnabert import write_random_dnabert_dir
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-
-def random_dna(n: int, length: int, seed: int) -> list[str]:
-    rng = np.random.default_rng(seed)
-    rows = np.frombuffer(b"ACGT", dtype=np.uint8)[rng.integers(0, 4, (n, length))]
-    return [r.tobytes().decode() for r in rows]
 
 
 def model_flops(model: DNABERT2, lengths: np.ndarray) -> float:

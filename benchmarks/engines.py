@@ -37,6 +37,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from common import random_dna, random_proteins  # benchmarks/ is on sys.path when run as a script
 from virnuc_hpc.encoders.dnabert import DNABERTEncoder, load_dnabert_parts
 from virnuc_hpc.encoders.dnabert_packed import PackedDNABERTEncoder
 from virnuc_hpc.encoders.esm2 import ESM2, ESM2Encoder
@@ -57,18 +58,6 @@ def card_slug() -> str:
     return re.sub(r"[^a-z0-9.]+", "-", torch.cuda.get_device_name().lower()).strip("-")
 
 
-def random_proteins(lo: int, hi: int, n: int, seed: int) -> list[str]:
-    rng = np.random.default_rng(seed)
-    lengths = rng.integers(lo, hi + 1, size=n)
-    letters = rng.choice(AMINO, size=int(lengths.sum()))
-    bounds = np.concatenate(([0], np.cumsum(lengths)))
-    return ["".join(letters[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
-
-
-def random_dna(n: int, length: int, seed: int) -> list[str]:
-    rng = np.random.default_rng(seed)
-    rows = np.frombuffer(b"ACGT", dtype=np.uint8)[rng.integers(0, 4, (n, length))]
-    return [r.tobytes().decode() for r in rows]
 
 
 def esm2_flops(model: ESM2, proteins: list[str]) -> float:
@@ -394,7 +383,7 @@ def main() -> None:
     ds = import_deepspeed(device)
     ceiling = 1.0
     if not args.smoke:
-        from ceiling import matmul_ceiling  # benchmarks/ is on sys.path when run as a script
+        from common import matmul_ceiling  # needs a GPU
         ceiling = matmul_ceiling()
     card = card_slug()
     result: dict[str, Any] = {"card": torch.cuda.get_device_name() if not args.smoke else "cpu (smoke)",

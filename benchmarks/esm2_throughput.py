@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ceiling import matmul_ceiling  # benchmarks/ is on sys.path when run as a script
+from common import matmul_ceiling, random_proteins  # benchmarks/ is on sys.path when run as a script
 from virnuc_hpc.encoders.esm2 import ESM2, _IGNORED_RE, mean_residues, pad_batch, plan_batches, tokenize_many
 from virnuc_hpc.encoders.esm2_packed import PackedESM2Encoder
 
@@ -43,13 +43,6 @@ RESULTS = Path(__file__).resolve().parent / "results"
 def card_name() -> str:
     return re.sub(r"[^a-z0-9.]+", "-", torch.cuda.get_device_name().lower()).strip("-")
 
-
-def random_proteins(lo: int, hi: int, n: int, seed: int) -> list[str]:
-    rng = np.random.default_rng(seed)
-    lengths = rng.integers(lo, hi + 1, size=n)
-    letters = rng.choice(AMINO, size=int(lengths.sum()))
-    bounds = np.concatenate(([0], np.cumsum(lengths)))
-    return ["".join(letters[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
 def flops(proteins: list[str]) -> float:

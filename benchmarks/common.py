@@ -1,0 +1,38 @@
+"""Shared by the benchmarks: the matmul ceiling (measured in the benchmark's own process), inputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def matmul_ceiling(n: int = 8192, reps: int = 30) -> float:
+    """bf16 n^3 matmul TFLOP/s on random operands: median of timed products after warm-up."""
+    a, b = (torch.randn(n, n, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    for _ in range(5):
+        a @ b
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        a @ b
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    return 2 * n ** 3 / float(np.median(times)) / 1e12
+
+
+def random_proteins(lo: int, hi: int, n: int, seed: int) -> list[str]:
+    """n random proteins with lengths uniform in [lo, hi] (seeded)."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(lo, hi + 1, size=n)
+    letters = rng.choice(np.array(list("ACDEFGHIKLMNPQRSTVWY")), size=int(lengths.sum()))
+    bounds = np.concatenate(([0], np.cumsum(lengths)))
+    return ["".join(letters[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def random_dna(n: int, length: int, seed: int) -> list[str]:
+    """n random ACGT strings of one length (seeded)."""
+    rng = np.random.default_rng(seed)
+    rows = np.frombuffer(b"ACGT", dtype=np.uint8)[rng.integers(0, 4, (n, length))]
+    return [r.tobytes().decode() for r in rows]
