@@ -4,7 +4,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import xarray as xr
 
 from virnuc_hpc import store
 from virnuc_hpc.bags import make_bags
