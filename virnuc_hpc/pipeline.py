@@ -223,7 +223,8 @@ def _schedule(client: Client, todo: list[Bag], outdir: Path, attrs: dict[str, An
     futures = as_completed(first, loop=client.loop)
     total = sum(len(b) for b in todo)
     t0, tokens = time.perf_counter(), 0
-    with tqdm(total=total, unit="frame", disable=not config.progress, dynamic_ncols=True,
+    with tqdm(total=total, unit="frame", disable=True if not config.progress else None,  # None: off when not a terminal
+              dynamic_ncols=True,
               desc="embedding") as bar:
         for future in futures:
             try:
