@@ -223,9 +223,9 @@ def _schedule(client: Client, todo: list[Bag], outdir: Path, attrs: dict[str, An
     futures = as_completed(first, loop=client.loop)
     total = sum(len(b) for b in todo)
     t0, tokens = time.perf_counter(), 0
-    with tqdm(total=total, unit="frame", disable=True if not config.progress else None,  # None: off when not a terminal
-              dynamic_ncols=True,
-              desc="embedding") as bar:
+    # disable=None: tqdm shows the bar only on a terminal (no carriage-return noise in log files)
+    with tqdm(total=total, unit="frame", disable=True if not config.progress else None,
+              dynamic_ncols=True, desc="embedding") as bar:
         for future in futures:
             try:
                 result = future.result()
