@@ -123,6 +123,26 @@ def row(section: str, config: str, n: int, tokens: int, seconds: float, flops: f
 
 # --------------------------------------------------------------------------- sections
 
+def time_interleaved(encs: dict[str, Any], data: list[str],
+                     repeats: int) -> dict[str, tuple[float, float, list[float]]]:
+    """Per engine: median seconds, peak GiB and every run's seconds; engines alternate each repeat
+    so that drift (clocks, heat) hits them alike."""
+    runs: dict[str, list[tuple[float, float]]] = {k: [] for k in encs}
+    for _ in range(repeats):
+        for name, enc in encs.items():
+            sec, _, peak = timed(enc.embed, data)
+            runs[name].append((sec, peak))
+    return {name: (float(np.median([r[0] for r in rs])), max(r[1] for r in rs), [r[0] for r in rs])
+            for name, rs in runs.items()}
+
+
+def fidelity(enc: Any, fid: list[str], ref: np.ndarray) -> dict[str, Any]:
+    """Cosine per sequence against the fp32 reference: min, median, how many below 0.999."""
+    cos = cosine(enc.embed(fid), ref)
+    return {"cos_min": float(cos.min()), "cos_median": float(np.median(cos)),
+            "below_0999": int((cos < 0.999).sum()), "fidelity_n": len(fid)}
+
+
 def esm2_3b(ds: Any, ctx: dict) -> list[dict]:
     device, smoke, ceiling = ctx["device"], ctx["smoke"], ctx["ceiling"]
     layers, dim, heads = (2, 64, 4) if smoke else (36, 2560, 40)
@@ -150,19 +170,12 @@ def esm2_3b(ds: Any, ctx: dict) -> list[dict]:
         t0 = time.perf_counter()
         enc.embed(data)
         warm[name] = time.perf_counter() - t0
-    runs: dict[str, list] = {k: [] for k in encs}
-    for _ in range(1 if smoke else 3):
-        for name, enc in encs.items():
-            sec, out, peak = timed(enc.embed, data)
-            runs[name].append((sec, peak))
+    runs = time_interleaved(encs, data, 1 if smoke else 3)
     rows = []
     for name, enc in encs.items():
-        cos = cosine(enc.embed(fid), ref)
-        sec = float(np.median([r[0] for r in runs[name]]))
+        sec, peak, times = runs[name]
         rows.append(row("esm2_3b", f"{name} packed {prec}", len(data), tokens, sec, esm2_flops(fp32, data),
-                        ceiling, max(r[1] for r in runs[name]), runs_s=[r[0] for r in runs[name]],
-                        warmup_s=warm[name], cos_min=float(cos.min()), cos_median=float(np.median(cos)),
-                        below_0999=int((cos < 0.999).sum()), fidelity_n=len(fid)))
+                        ceiling, peak, runs_s=times, warmup_s=warm[name], **fidelity(enc, fid, ref)))
     del encs
     # Proxy for DeepSpeed's injected MLP kernel: the same fp16 padded maths with tanh-GELU.
     half = copy.deepcopy(fp32).cast(device, {"fp16": torch.float16, "bf16": torch.bfloat16}[prec])
@@ -199,20 +212,13 @@ def dnabert_s(ds: Any, ctx: dict) -> list[dict]:
     encs = {"native": make("native"), "deepspeed": make("deepspeed")}
     for enc in encs.values():
         enc.embed(data[:2000])
-    runs: dict[str, list] = {k: [] for k in encs}
-    for _ in range(1 if smoke else 3):
-        for name, enc in encs.items():
-            sec, _, peak = timed(enc.embed, data)
-            runs[name].append((sec, peak))
+    runs = time_interleaved(encs, data, 1 if smoke else 3)
     rows = []
     for name, enc in encs.items():
-        cos = cosine(enc.embed(fid), ref)
-        sec = float(np.median([r[0] for r in runs[name]]))
+        sec, peak, times = runs[name]
         rows.append(row("dnabert_s", f"{name} packed {prec}", len(data), int(lengths.sum()), sec,
-                        dnabert_flops(model.cfg, lengths), ceiling, max(r[1] for r in runs[name]),
-                        runs_s=[r[0] for r in runs[name]], cos_min=float(cos.min()),
-                        cos_median=float(np.median(cos)), below_0999=int((cos < 0.999).sum()),
-                        fidelity_n=len(fid)))
+                        dnabert_flops(model.cfg, lengths), ceiling, peak, runs_s=times,
+                        **fidelity(enc, fid, ref)))
     return rows
 
 

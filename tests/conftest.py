@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -51,3 +53,17 @@ def reference(demo_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     assert proc.returncode == 0, proc.stderr
     assert "RANDOM WEIGHTS" in proc.stdout
     return outdir
+
+
+@contextmanager
+def small_tmpfs(tmp_path: Path, size: str) -> Iterator[Path]:
+    """A real, tiny filesystem to fill up (full-disk tests); needs root, as CI has."""
+    if os.geteuid() != 0:
+        pytest.fail("this test mounts a small tmpfs and needs root (CI runs as root)")
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)], check=True)
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=True)

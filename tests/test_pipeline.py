@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import DEMO, DEMO_FASTA, FINAL, assert_nothing_finished, cli, finished_outputs
+from conftest import (DEMO, DEMO_FASTA, FINAL, assert_nothing_finished, cli, finished_outputs,
+                      small_tmpfs)
 from virnuc_hpc import store
 from virnuc_hpc.config import load_config
 from virnuc_hpc.fasta import load_records
@@ -202,19 +203,12 @@ def test_unwritable_output_directory(tmp_path: Path, demo_cache: Path):
 
 
 def test_full_disk_fails_cleanly(tmp_path: Path, demo_cache: Path):
-    if os.geteuid() != 0:
-        pytest.fail("this test mounts a small tmpfs and needs root (CI runs as root)")
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=160k", "tmpfs", str(mnt)], check=True)
-    try:
+    with small_tmpfs(tmp_path, "160k") as mnt:
         proc = cli("predict", str(DEMO_FASTA), "-o", str(mnt / "out"), *DEMO)
         assert proc.returncode == 2, proc.stderr
         assert "No space left on device" in proc.stderr and "Traceback" not in proc.stderr
         assert_nothing_finished(mnt / "out")
         assert not list(mnt.rglob(".*.tmp-*"))
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=True)
 
 
 def test_classifier_named_for_another_chunk_size_warns(tmp_path: Path, demo_cache: Path):

@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import small_tmpfs
 from virnuc_hpc import store
 from virnuc_hpc.bags import make_bags
 
@@ -85,14 +86,7 @@ def test_bag_roundtrip_and_completeness(tmp_path: Path):
 
 
 def test_full_disk_leaves_no_partial_bag(tmp_path: Path):
-    import os
-    import subprocess
-    if os.geteuid() != 0:
-        pytest.fail("this test mounts a tiny tmpfs and needs root (CI runs as root)")
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=96k", "tmpfs", str(mnt)], check=True)
-    try:
+    with small_tmpfs(tmp_path, "96k") as mnt:
         store.check_writable(mnt)
         bag = make_bags(_Table(300), 300, "k")[0]
         big = np.ones((len(bag), 1000), np.float32)
@@ -100,8 +94,6 @@ def test_full_disk_leaves_no_partial_bag(tmp_path: Path):
             store.write_bag(mnt, bag, big, big, None, {})
         assert not store.bag_path(mnt, bag).exists()
         assert not list(mnt.rglob(".*.tmp-*"))
-    finally:
-        subprocess.run(["umount", str(mnt)], check=True)
 
 
 @pytest.mark.parametrize("n,size", [(0, 5), (1, 5), (10, 4), (1000, 64), (100_003, 2000)])
