@@ -75,10 +75,6 @@ class Classifier:
         with torch.inference_mode():
             return self.model(x).float()
 
-    def predict_logits(self, features: np.ndarray) -> np.ndarray:
-        """Raw float32 logits (N, 2): logits a hair apart can round to an exact tie after softmax."""
-        return self._logits(features).cpu().numpy()
-
     def predict_proba(self, features: np.ndarray) -> np.ndarray:
         """Softmax probabilities (N, 2) in float32: column 0 = P(others), column 1 = P(virus)."""
         return torch.softmax(self._logits(features), dim=1).cpu().numpy()

@@ -6,12 +6,7 @@ benchmarks agree on it.
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
-
-Precision = Literal["auto", "fp32", "fp16", "bf16"]
-DeviceSpec = Literal["auto", "cpu", "cuda"] | str
 
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 

@@ -29,6 +29,7 @@ import numpy as np
 import xarray as xr
 
 from .bags import Bag
+from .classifier import LABELS as CLASSES, labels_from_proba
 
 ENGINE = "h5netcdf"
 BAGS_DIR = "bags"
@@ -39,7 +40,6 @@ READS = "reads.tsv"
 RUN_JSON = "run.json"
 CONFIG = "config.yaml"
 FINAL_OUTPUTS = (PREDICTIONS, HIGHEST, READS, RUN_JSON)
-CLASSES = ("others", "virus")
 RANDOM_WEIGHTS_WARNING = ("RANDOM WEIGHTS: produced by randomly initialised models (virnuc-hpc demo/"
                           "test); these numbers are NOT a biological result")
 
@@ -192,15 +192,10 @@ def open_features(outdir: str | Path) -> xr.Dataset:
 
 # --- VirNucPro-compatible tables (pure functions) -------------------------------------------
 
-def labels(probability: np.ndarray) -> np.ndarray:
-    """argmax with ties to column 0, as torch.max returns the first index."""
-    return np.where(probability[:, 1] > probability[:, 0], "virus", "others")
-
-
 def format_prediction_results(frame_ids: Sequence[str], probability: np.ndarray) -> str:
     prob = np.asarray(probability, dtype=np.float32)
     lines = ["Sequence_ID\tPrediction\tscore1\tscore2\n"]
-    for fid, label, p in zip(frame_ids, labels(prob), prob):
+    for fid, label, p in zip(frame_ids, labels_from_proba(prob), prob):
         lines.append(f"{fid}\t{label}\t{str(p[0])}\t{str(p[1])}\n")
     return "".join(lines)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,10 +45,8 @@ class Encoders:
     esm2: Any
     dnabert: Any
     classifier: Any | None
-    load_seconds: float
     precision: str
     device: str
-    stats: dict[str, float] = field(default_factory=dict)
 
 
 def load_encoders(spec: ModelSpec) -> Encoders:
@@ -56,13 +54,11 @@ def load_encoders(spec: ModelSpec) -> Encoders:
     from .classifier import load_classifier
     from .engines import load_engine_encoders
 
-    t0 = time.perf_counter()
     esm2, dnabert = load_engine_encoders(spec)
     classifier = None
     if spec.classifier_path:  # its input must be [DNABERT | ESM-2] of exactly these encoders
         classifier = load_classifier(spec.classifier_path, input_dim=dnabert.dim + esm2.dim)
     return Encoders(esm2=esm2, dnabert=dnabert, classifier=classifier,
-                    load_seconds=time.perf_counter() - t0,
                     precision=getattr(esm2, "precision", spec.precision),
                     device=str(getattr(esm2, "device", spec.device)))
 
