@@ -181,7 +181,7 @@ def _claim_outdir(outdir: Path, previous: dict[str, Any] | None, run_key: str, c
 
 
 class BagsFailedError(RuntimeError):
-    """Bags whose worker died on every attempt; their frame ids are listed in failed_bags.tsv."""
+    """Bags that killed their worker even when run alone; frame ids are listed in failed_bags.tsv."""
 
 
 def _load_models_everywhere(client: Client, spec: ModelSpec) -> None:
@@ -199,8 +199,10 @@ def _schedule(client: Client, todo: list[Bag], outdir: Path, attrs: dict[str, An
     """Submit bags with bounded look-ahead (a few per worker); results as they complete.
 
     Dynamic scheduling: a worker that finishes gets the next bag, so faster or joining workers take
-    more. A bag whose worker dies is recomputed elsewhere by Dask; one that kills its worker twice
-    is reported with its frame ids instead of being retried forever.
+    more. A bag whose worker dies is recomputed elsewhere by Dask. Dask blames every bag that was on
+    a dying worker, so a bag given up on (KilledWorker) is a suspect, not a culprit: suspects are
+    rerun one at a time at the end, where a death can only be their own, and only a bag that then
+    kills its worker again is reported with its frame ids.
     """
     from distributed import KilledWorker
     from tqdm.auto import tqdm
@@ -208,14 +210,15 @@ def _schedule(client: Client, todo: list[Bag], outdir: Path, attrs: dict[str, An
     pending = iter(todo)
     by_key: dict[str, Bag] = {}
     results: list[dict[str, Any]] = []
+    suspects: list[Bag] = []
     failed: list[Bag] = []
 
     def in_flight_limit() -> int:
         workers = max(1, len(client.scheduler_info(n_workers=-1).get("workers", {})))
         return workers * config.bags_in_flight_per_worker
 
-    def submit(bag: Bag) -> Any:
-        key = f"{bag.name}-{bag.digest[:12]}"
+    def submit(bag: Bag, attempt: str = "") -> Any:
+        key = f"{bag.name}-{bag.digest[:12]}{attempt}"
         by_key[key] = bag
         return client.submit(run_bag, bag, str(outdir), attrs, pure=False, key=key)
 
@@ -230,10 +233,9 @@ def _schedule(client: Client, todo: list[Bag], outdir: Path, attrs: dict[str, An
             try:
                 result = future.result()
             except KilledWorker:
-                bag = by_key[future.key]
-                if bag not in failed:
-                    failed.append(bag)
-                    log.error("%s killed its worker twice; continuing without it", bag.name)
+                suspects.append(by_key[future.key])
+                log.warning("%s was on two workers that died; it is retried alone at the end",
+                            by_key[future.key].name)
             else:
                 results.append(result)
                 tokens += result["protein_tokens"]
@@ -244,12 +246,22 @@ def _schedule(client: Client, todo: list[Bag], outdir: Path, attrs: dict[str, An
                 if bag is None:
                     break
                 futures.add(submit(bag))
+        for bag in suspects:  # alone on the cluster: a worker death now is this bag's own doing
+            try:
+                result = submit(bag, attempt="-alone").result()
+            except KilledWorker:
+                failed.append(bag)
+                log.error("%s killed its worker again when run alone; giving up on it", bag.name)
+            else:
+                results.append(result)
+                bar.update(result["frames"])
     if failed:
         rows = [(b.name, fid) for b in failed for fid in b.frame_ids]
         store.write_text_atomic(outdir / "failed_bags.tsv", store.format_tsv(("bag", "frame_id"), rows))
         raise BagsFailedError(f"{len(failed)} bag(s) ({', '.join(b.name for b in failed)}; "
-                              f"{len(rows)} frames) killed their worker twice; frame ids in "
-                              f"{outdir / 'failed_bags.tsv'}. The other bags are kept: rerun to retry.")
+                              f"{len(rows)} frames) kept killing their worker, also when run alone; "
+                              f"frame ids in {outdir / 'failed_bags.tsv'}. The other bags are kept: "
+                              "rerun to retry.")
     return results
 
 
