@@ -269,47 +269,68 @@ def offload_3b(ds: Any, ctx: dict) -> list[dict]:
 
 
 def esm2_15b(ds: Any, ctx: dict, cap_gib: float) -> list[dict]:
+    """ESM-2 15B under ZeRO-3 CPU offload on a card capped below the model's fp16 size."""
+    shape = (3, 128, 4) if ctx["smoke"] else (48, 5120, 40)
+    budgets = (1024, 4096) if ctx["smoke"] else (16384, 32768)
+    return zero_offload_run(ds, ctx, "esm2_15b", shape, "cpu", budgets, cap_gib, proteins=600)
+
+
+def esm2_3b_nvme(ds: Any, ctx: dict) -> list[dict]:
+    """ESM-2 3B under ZeRO-3 NVMe offload (weights streamed from a local disk for every batch)."""
+    shape = (3, 128, 4) if ctx["smoke"] else (36, 2560, 40)
+    budgets = (4096,) if ctx["smoke"] else (65536,)
+    with tempfile.TemporaryDirectory(prefix="virnuc-nvme-") as nvme:
+        return zero_offload_run(ds, ctx, "esm2_3b_nvme", shape, "nvme", budgets, None, proteins=800,
+                                nvme_path=nvme)
+
+
+def zero_offload_run(ds: Any, ctx: dict, section: str, shape: tuple[int, int, int], offload: str,
+                     budgets: tuple[int, ...], cap_gib: float | None, *, proteins: int,
+                     nvme_path: str | None = None) -> list[dict]:
     device, smoke, ceiling = ctx["device"], ctx["smoke"], ctx["ceiling"]
-    layers, dim, heads = (3, 128, 4) if smoke else (48, 5120, 40)
+    layers, dim, heads = shape
     params = layers * esm2_params_per_layer(dim) + 33 * dim + 2 * dim
-    weights_gib = params * 2 / 2**30
-    info: dict[str, Any] = {"section": "esm2_15b", "params": params, "weights_gib_fp16": weights_gib}
+    info: dict[str, Any] = {"section": section, "offload": offload, "params": params,
+                            "weights_gib_fp16": params * 2 / 2**30}
     if device.type == "cuda":
         gc.collect()
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
         info["allocated_before_gib"] = torch.cuda.memory_allocated() / 2**30
         total = torch.cuda.get_device_properties(device).total_memory
-        torch.cuda.set_per_process_memory_fraction(cap_gib * 2**30 / total)
-        info["cap_gib"] = cap_gib
         info["card_total_gib"] = total / 2**30
+        info["cap_gib"] = cap_gib
+        torch.cuda.set_per_process_memory_fraction((cap_gib * 2**30 if cap_gib else total) / total)
     init_single_process_group(ds, device)
     on_gpu = device.type == "cuda"
     # zero.Init casts as it builds; DeepSpeed's own fp16 mode stays off (it would recast the module).
-    config = zero3_config("cpu", params_per_layer=esm2_params_per_layer(dim), pin_memory=on_gpu)
+    config = zero3_config(offload, params_per_layer=esm2_params_per_layer(dim), pin_memory=on_gpu,
+                          nvme_path=nvme_path)
     t0 = time.perf_counter()
     torch.manual_seed(0)
-    with ds.zero.Init(config_dict_or_path=config, remote_device="cpu", pin_memory=on_gpu,
+    with ds.zero.Init(config_dict_or_path=config, remote_device=offload, pin_memory=on_gpu,
                       dtype=torch.half if on_gpu else torch.bfloat16):
         model = ESM2(layers, dim, heads)
     engine = zero3_engine(ds, model, config)
     info["build_s"] = time.perf_counter() - t0
     print(json.dumps(info), flush=True)
     prec = "fp16" if on_gpu else "bf16"
-    data = random_proteins(60, 166, 24 if smoke else 600, seed=4)
+    data = random_proteins(60, 166, 24 if smoke else proteins, seed=4)
     tokens = sum(len(p) + 2 for p in data)
     rows = [info]
-    for budget in ((1024, 4096) if smoke else (16384, 65536)):
-        enc = ESM2Encoder(EngineView(engine, model), name="esm2-15b-random", device=device, precision=prec,
+    for budget in budgets:
+        enc = ESM2Encoder(EngineView(engine, model), name=f"{section}-random", device=device, precision=prec,
                           max_tokens=budget)
         _no_fp32_fallback(enc)
         enc.embed(data[:16])
         sec, out, peak = timed(enc.embed, data)
-        rows.append(row("esm2_15b", f"deepspeed ZeRO-3 cpu offload {prec} {budget}-tok", len(data), tokens, sec,
-                        esm2_flops(model, data), ceiling, peak, finite=bool(np.isfinite(out).all()),
+        rows.append(row(section, f"deepspeed ZeRO-3 {offload} offload {prec} {budget}-tok", len(data), tokens,
+                        sec, esm2_flops(model, data), ceiling, peak, finite=bool(np.isfinite(out).all()),
                         nonfinite_batches=enc.stats["nonfinite_recomputed_batches"]))
-    if device.type == "cuda":
+    if on_gpu:
         info["max_reserved_gib"] = torch.cuda.max_memory_reserved() / 2**30
+        torch.cuda.set_per_process_memory_fraction(1.0)
+    engine.destroy() if hasattr(engine, "destroy") else None
     return rows
 
 
@@ -379,7 +400,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out-dir", type=Path, default=RESULTS)
     parser.add_argument("--smoke", action="store_true", help="CPU, tiny models: checks the script only")
-    parser.add_argument("--cap-gib", type=float, default=28.0, help="usable GPU memory for the 15B run")
+    parser.add_argument("--cap-gib", type=float, default=20.0, help="usable GPU memory for the 15B run")
+    parser.add_argument("--name", default="engines", help="results file stem (a partial run: another name)")
     parser.add_argument("--sections", nargs="*",
                         default=["esm2_3b", "offload_3b", "esm2_15b", "dnabert_s", "pipeline"])
     args = parser.parse_args()
@@ -398,7 +420,8 @@ def main() -> None:
     print(f"card {result['card']}; ceiling {ceiling:.1f} TFLOP/s", flush=True)
     ctx = {"device": device, "smoke": args.smoke, "ceiling": ceiling}
     sections = {"esm2_3b": esm2_3b, "dnabert_s": dnabert_s, "offload_3b": offload_3b,
-                "esm2_15b": lambda d, c: esm2_15b(d, c, args.cap_gib), "pipeline": pipeline}
+                "esm2_15b": lambda d, c: esm2_15b(d, c, args.cap_gib), "esm2_3b_nvme": esm2_3b_nvme,
+                "pipeline": pipeline}
     args.out_dir.mkdir(parents=True, exist_ok=True)
     for name in args.sections:
         t0 = time.perf_counter()
@@ -409,8 +432,8 @@ def main() -> None:
             result["errors"][name] = f"{type(exc).__name__}: {exc}"[:600]
         print(f"section {name}: {time.perf_counter() - t0:.1f} s", flush=True)
         gc.collect()
-        (args.out_dir / f"engines-{card}.json").write_text(json.dumps(result, indent=2))
-        (args.out_dir / f"engines-{card}.md").write_text(markdown(result))
+        (args.out_dir / f"{args.name}-{card}.json").write_text(json.dumps(result, indent=2))
+        (args.out_dir / f"{args.name}-{card}.md").write_text(markdown(result))
     print(markdown(result), flush=True)
 
 

@@ -90,3 +90,20 @@ def test_packed_encoders_run_through_the_engine(demo_cache: Path):
         wrapped.forward.register_forward_hook(lambda *args: calls.append(1))
         np.testing.assert_array_equal(wrapped.embed(inputs), native.embed(inputs))
         assert calls and wrapped.stats["batches"] == len(calls)
+
+
+def test_nvme_offload_problems_are_named(demo_cache: Path, tmp_path: Path):
+    """NVMe offload needs libaio (DeepSpeed's async_io op) and a writable nvme_path: whichever is
+    missing is said plainly, before any bag, and nothing looks finished."""
+    from deepspeed.ops.op_builder import AsyncIOBuilder
+
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("x")
+    outdir = tmp_path / "out"
+    proc = cli("predict", str(DEMO_FASTA), "-o", str(outdir), *DEMO, "--engine", "deepspeed",
+               "--zero-offload", "nvme", "--nvme-path", str(not_a_dir / "sub"))
+    assert proc.returncode != 0
+    expected = "not a writable directory" if AsyncIOBuilder().is_compatible(verbose=False) else "libaio"
+    assert expected in proc.stderr, proc.stderr[-3000:]
+    assert not (outdir / store.RUN_JSON).exists()
+    assert not list((outdir / "bags").glob("*.nc")) if (outdir / "bags").exists() else True

@@ -35,6 +35,7 @@ def _run_options(classifier: bool) -> Callable[[Callable[..., Any]], Callable[..
                      help="Inference engine (default native; deepspeed needs the deepspeed package)."),
         click.option("--zero-offload", type=click.Choice(["none", "cpu", "nvme"]),
                      help="deepspeed engine: ZeRO-3 offload of the ESM-2 weights (models too big for the card)."),
+        click.option("--nvme-path", help="Directory on a fast local disk for --zero-offload nvme (needs libaio)."),
         click.option("--workers", type=int, help="Dask workers (default: one per GPU, or 1)."),
         click.option("--threads-per-worker", type=int, help="torch threads per CPU worker."),
         click.option("--bag-size", type=int, help="Frames per bag (scheduling/output unit)."),
@@ -108,6 +109,9 @@ def render_summary(result: Any) -> str:
     lines += ["", "stage                 seconds"]
     lines += [f"{stage:<20}{seconds:>9.1f}" for stage, seconds in result.seconds.items()]
     lines.append(f"{'total':<20}{sum(result.seconds.values()):>9.1f}")
+    if result.model_load_on_workers_s is not None:
+        lines.append(f"(workers loaded and compiled the models in {result.model_load_on_workers_s:.1f} s, "
+                     "while the input was read; model_load is what was left to wait)")
     lines.append(f"outputs in {result.outdir}/: " + ", ".join(result.files + ["bags/"]))
     return "\n".join(lines)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -64,19 +64,34 @@ def _esm2_is_random(path: Path) -> bool:
 
 def resolve_models(config: RunConfig, *, classify: bool,
                    known: dict[str, Any] | None = None) -> dict[str, ModelFile]:
-    """Local files for each model the run needs; raises ModelNotFoundError with where it looked."""
+    """Local files for each model the run needs, with checksums (see locate_models, hash_models)."""
+    return hash_models(locate_models(config, classify=classify), known)
+
+
+def hash_models(located: dict[str, ModelFile], known: dict[str, Any] | None = None) -> dict[str, ModelFile]:
+    """Fill in each model's sha256, reusing ``known`` records (a previous manifest) where the
+    weights file is the same path, size and mtime. Slow for big files: run it beside other work."""
+    known = known or {}
+    out = {}
+    for role, m in located.items():
+        prev = known.get(role) if known.get(role, {}).get("weights") == m.weights else None
+        out[role] = replace(m, sha256=file_sha256(Path(m.weights), prev))
+    return out
+
+
+def locate_models(config: RunConfig, *, classify: bool) -> dict[str, ModelFile]:
+    """Local files for each model the run needs, checksums not yet computed (``sha256`` empty);
+    raises ModelNotFoundError with where it looked. Fast, so workers can start loading at once."""
     from .encoders.dnabert import resolve_dnabert_dir
     from .encoders.esm2 import resolve_esm2_checkpoint
 
-    known = known or {}
     demo = None
     if DEMO in (config.esm2_model, config.dnabert_model, config.classifier):
         from .demo import ensure_demo_models
         demo = ensure_demo_models()
 
     def record(role: str, spec: str, path: Path, weights: Path, random: bool) -> ModelFile:
-        prev = known.get(role) if known.get(role, {}).get("weights") == str(weights) else None
-        return ModelFile(role, spec, str(path), str(weights), file_sha256(weights, prev), random)
+        return ModelFile(role, spec, str(path), str(weights), "", random)
 
     out: dict[str, ModelFile] = {}
     esm2 = demo.esm2 if demo and config.esm2_model == DEMO else resolve_esm2_checkpoint(config.esm2_model)

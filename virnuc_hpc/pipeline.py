@@ -14,6 +14,7 @@ import socket
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,8 +28,9 @@ from .bags import Bag, make_bags
 from .cluster import connect, dashboard_link
 from .config import RESULT_FIELDS, RunConfig, fingerprint, dump_config, load_config
 from .fasta import LoadResult, load_records
+from .gpu_monitor import mean_utilization
 from .frames import frames_for_records
-from .models import ModelFile, file_sha256, resolve_models
+from .models import ModelFile, file_sha256, hash_models, locate_models
 from .worker import EncoderPlugin, ModelSpec, run_bag, warm_up
 
 log = logging.getLogger("virnuc_hpc")
@@ -43,6 +45,7 @@ class RunResult:
     random_weights: bool
     dashboard: str | None = None
     files: list[str] = field(default_factory=list)
+    model_load_on_workers_s: float | None = None
 
 
 class StageTimer:
@@ -84,62 +87,67 @@ def run(inputs: Sequence[str | Path] | str | Path, outdir: str | Path, *, client
     config = RunConfig(**config.model_dump())  # re-validate the overrides
     paths, outdir, timer = _inputs(inputs), Path(outdir), StageTimer()
     started = _dt.datetime.now(_dt.timezone.utc)
-
-    with timer("read_validate"):
-        loaded = load_records(paths, skip_invalid=config.skip_invalid)
-    with timer("chunk_translate"):
-        table = frames_for_records(loaded.records, config.expected_length)
-    store.check_writable(outdir)
     previous = store.read_manifest(outdir)
-    with timer("resolve_models"):
-        models = resolve_models(config, classify=classify, known=(previous or {}).get("models"))
-        inputs_meta = [{"path": str(p), "sha256": file_sha256(p)} for p in paths]
-    run_key = fingerprint({
-        "format": FORMAT_VERSION, "classify": classify, "inputs": [m["sha256"] for m in inputs_meta],
-        "config": {k: getattr(config, k) for k in RESULT_FIELDS},
-        "models": {role: m.sha256 for role, m in models.items()},
-    })
-    _claim_outdir(outdir, previous, run_key, config, models, inputs_meta, classify)
-
-    bags = make_bags(table, config.bag_size, run_key)
-    todo = [b for b in bags if not store.bag_is_complete(outdir, b, with_probability=classify)]
-    log.info("%d frames in %d bags; %d already done, %d to compute",
-             len(table.frame_id), len(bags), len(bags) - len(todo), len(todo))
-    spec = ModelSpec(esm2_path=models["esm2"].path, dnabert_path=models["dnabert"].path,
-                     classifier_path=models["classifier"].path if classify else None,
+    located = locate_models(config, classify=classify)  # fast: a missing model fails right away
+    spec = ModelSpec(esm2_path=located["esm2"].path, dnabert_path=located["dnabert"].path,
+                     classifier_path=located["classifier"].path if classify else None,
                      device=config.device, precision=config.precision, engine=config.engine,
                      zero_offload=config.zero_offload, nvme_path=config.nvme_path,
                      esm2_max_tokens=config.esm2_max_tokens, dnabert_max_tokens=config.dnabert_max_tokens,
                      threads=config.threads_per_worker)
-    warnings = []
-    if classify and models["classifier"].spec != "demo":
-        from .classifier import check_chunk_size
-        warnings = [w for w in [check_chunk_size(models["classifier"].path, config.expected_length)] if w]
-    for warning in warnings:
-        log.warning("warning: %s", warning)
-    random_weights = any(m.random_weights for m in models.values())
-    attrs = {"virnuc_hpc_version": __version__, "run_key": run_key,
-             "random_weights": int(random_weights), "expected_length": config.expected_length,
-             **{f"{role}_sha256": m.sha256 for role, m in models.items()},
-             **{f"{role}_model": m.spec for role, m in models.items()}}
-    if random_weights:
-        attrs["warning"] = store.RANDOM_WEIGHTS_WARNING
 
     results: list[dict[str, Any]] = []
-    dashboard = None
-    if todo:
-        with ExitStack() as stack:
-            with timer("cluster_start"):
-                dask_client = stack.enter_context(connect(config, client))
-            dashboard = dashboard_link(dask_client)
-            log.info("Dask scheduler: %s (more workers can join: virnuc-hpc worker "
-                     "--scheduler-address ...)", dask_client.scheduler.address)
-            if dashboard:
-                log.info("Dask dashboard: %s", dashboard)
-            with timer("model_load"):
-                _load_models_everywhere(dask_client, spec)
+    dashboard, worker_load_s = None, None
+    with ExitStack() as stack, ThreadPoolExecutor(1, thread_name_prefix="virnuc-sha256") as hasher:
+        # Checksums (gigabytes for ESM-2 3B) are read beside the input parsing: hashlib and file
+        # reads release the GIL.
+        hashed = hasher.submit(lambda: (hash_models(located, (previous or {}).get("models")),
+                                        [{"path": str(p), "sha256": file_sha256(p)} for p in paths]))
+        workers: _Workers | None = None
+        if previous is None:  # a fresh run: workers start and load models while the client reads
+            workers = _start_workers(stack, timer, config, client, spec)
+        with timer("read_validate"):
+            loaded = load_records(paths, skip_invalid=config.skip_invalid)
+        with timer("chunk_translate"):
+            table = frames_for_records(loaded.records, config.expected_length)
+        store.check_writable(outdir)
+        with timer("checksums"):
+            models, inputs_meta = hashed.result()
+        run_key = fingerprint({
+            "format": FORMAT_VERSION, "classify": classify, "inputs": [m["sha256"] for m in inputs_meta],
+            "config": {k: getattr(config, k) for k in RESULT_FIELDS},
+            "models": {role: m.sha256 for role, m in models.items()},
+        })
+        _claim_outdir(outdir, previous, run_key, config, models, inputs_meta, classify)
+
+        bags = make_bags(table, config.bag_size, run_key)
+        todo = [b for b in bags if not store.bag_is_complete(outdir, b, with_probability=classify)]
+        log.info("%d frames in %d bags; %d already done, %d to compute",
+                 len(table.frame_id), len(bags), len(bags) - len(todo), len(todo))
+        warnings = []
+        if classify and models["classifier"].spec != "demo":
+            from .classifier import check_chunk_size
+            warnings = [w for w in [check_chunk_size(models["classifier"].path, config.expected_length)] if w]
+        for warning in warnings:
+            log.warning("warning: %s", warning)
+        random_weights = any(m.random_weights for m in models.values())
+        attrs = {"virnuc_hpc_version": __version__, "run_key": run_key,
+                 "random_weights": int(random_weights), "expected_length": config.expected_length,
+                 **{f"{role}_sha256": m.sha256 for role, m in models.items()},
+                 **{f"{role}_model": m.spec for role, m in models.items()}}
+        if random_weights:
+            attrs["warning"] = store.RANDOM_WEIGHTS_WARNING
+
+        if todo:
+            workers = workers or _start_workers(stack, timer, config, client, spec)
+            dashboard = workers.dashboard
+            with timer("model_load"):  # what is left of it once the client is ready
+                load_seconds = workers.client.gather(workers.warm_up)
+            worker_load_s = max(load_seconds, default=0.0)
             with timer("embed_classify"):
-                results = _schedule(dask_client, todo, outdir, attrs, config)
+                results = _schedule(workers.client, todo, outdir, attrs, config)
+        with timer("cluster_stop"):
+            stack.close()
 
     with timer("finalize"):
         counts, files = _finalize(outdir, bags, table, loaded, classify, random_weights)
@@ -150,13 +158,16 @@ def run(inputs: Sequence[str | Path] | str | Path, outdir: str | Path, *, client
         "started": started.isoformat(), "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(),
         "run_key": run_key, "inputs": inputs_meta, "models": {r: m.as_dict() for r, m in models.items()},
         "config": config.model_dump(mode="json"), "counts": counts, "seconds": timer.seconds,
+        # longest load + compile of the models on a worker, mostly hidden behind the client's reading
+        "model_load_on_workers_s": worker_load_s,
         "bags": {"total": len(bags), "computed_now": len(todo), "reused": len(bags) - len(todo)},
         "warnings": warnings, "guards": _guard_totals(results),
         "workers": _worker_summary(results), "environment": _environment(),
     }
     store.write_json(outdir / store.RUN_JSON, payload)  # last: marks the run finished
     return RunResult(outdir=outdir, counts=counts, seconds=timer.seconds,
-                     random_weights=random_weights, dashboard=dashboard, files=files + [store.RUN_JSON])
+                     random_weights=random_weights, dashboard=dashboard, files=files + [store.RUN_JSON],
+                     model_load_on_workers_s=worker_load_s)
 
 
 def _claim_outdir(outdir: Path, previous: dict[str, Any] | None, run_key: str, config: RunConfig,
@@ -184,14 +195,31 @@ class BagsFailedError(RuntimeError):
     """Bags that killed their worker even when run alone; frame ids are listed in failed_bags.tsv."""
 
 
-def _load_models_everywhere(client: Client, spec: ModelSpec) -> None:
-    """Register the encoder plugin and load the models on every current worker, in parallel,
-    before any bag is sent: model errors surface at once and startup is timed on its own.
-    Workers that join later load them with their first bag."""
-    client.register_plugin(EncoderPlugin(spec), name=EncoderPlugin.name)
-    workers = list(client.scheduler_info(n_workers=-1).get("workers", {}))
-    client.gather([client.submit(warm_up, workers=[w], allow_other_workers=False, pure=False,
-                                 key=f"virnuc-warm-up-{i}") for i, w in enumerate(workers)])
+@dataclass
+class _Workers:
+    client: Client
+    warm_up: list[Any]            # futures: seconds each worker took to load and compile
+    dashboard: str | None
+
+
+def _start_workers(stack: ExitStack, timer: StageTimer, config: RunConfig, client: Client | None,
+                   spec: ModelSpec) -> _Workers:
+    """Connect (or start the local cluster), register the encoder plugin and have every current
+    worker load and compile the models, in parallel and without waiting: model errors surface when
+    the warm-ups are gathered, before any bag; workers that join later load with their first bag."""
+    with timer("cluster_start"):
+        dask_client = stack.enter_context(connect(config, client))
+    dashboard = dashboard_link(dask_client)
+    log.info("Dask scheduler: %s (more workers can join: virnuc-hpc worker "
+             "--scheduler-address ...)", dask_client.scheduler.address)
+    if dashboard:
+        log.info("Dask dashboard: %s", dashboard)
+    dask_client.register_plugin(EncoderPlugin(spec), name=EncoderPlugin.name)
+    addresses = list(dask_client.scheduler_info(n_workers=-1).get("workers", {}))
+    futures = [dask_client.submit(warm_up, workers=[w], allow_other_workers=False, pure=False,
+                                  key=f"virnuc-warm-up-{i}") for i, w in enumerate(addresses)]
+    stack.callback(dask_client.cancel, futures)  # an input error while they load: stop them
+    return _Workers(dask_client, futures, dashboard)
 
 
 def _schedule(client: Client, todo: list[Bag], outdir: Path, attrs: dict[str, Any],
@@ -289,8 +317,8 @@ def _finalize(outdir: Path, bags: list[Bag], table: Any, loaded: LoadResult, cla
         store.write_text_atomic(outdir / store.HIGHEST, prefix + store.format_highest_scores(calls))
         files += [store.PREDICTIONS, store.HIGHEST]
 
-    rows, counts = _read_rows(table, loaded, calls, classify)
-    store.write_text_atomic(outdir / store.READS, store.format_tsv(READS_HEADER, rows, comment))
+    columns, counts = _read_rows(table, loaded, calls, classify)
+    store.write_text_atomic(outdir / store.READS, store.format_columns(READS_HEADER, columns, comment))
     files.append(store.READS)
     counts["frames"] = len(table.frame_id)
     counts["bags"] = len(bags)
@@ -302,37 +330,49 @@ READS_HEADER = ("read_id", "file", "length", "status", "chunks", "chunks_with_fr
 
 
 def _read_rows(table: Any, loaded: LoadResult, calls: dict[str, bool],
-               classify: bool) -> tuple[list[tuple[Any, ...]], dict[str, int]]:
-    frames_per_read = Counter(table.read_id)
+               classify: bool) -> tuple[list[list[Any]], dict[str, int]]:
+    """reads.tsv as columns (one row per input record, then one per skipped record) and counts.
+
+    Column-wise with numpy: at a million reads this is on the critical path after the last bag."""
+    records = loaded.records
+    n = len(records)
+    n_chunks = np.asarray(table.read_n_chunks, dtype=np.int64)
+    read_of_chunk = np.repeat(np.arange(n), n_chunks)
+    chunk_no = np.arange(len(read_of_chunk)) - np.repeat(np.cumsum(n_chunks) - n_chunks, n_chunks) + 1
+    ids = [r.id for r in records]
+    chunk_ids = [f"{ids[r]}_chunk_{c}" for r, c in zip(read_of_chunk.tolist(), chunk_no.tolist())]
     no_frame = set(table.chunks_without_frames)
-    rows: list[tuple[Any, ...]] = []
-    counts = Counter()
-    for record, n_chunks in zip(loaded.records, table.read_n_chunks):
-        chunk_ids = [f"{record.id}_chunk_{i + 1}" for i in range(n_chunks)]
-        missing = [c for c in chunk_ids if c in no_frame]
-        with_frames = n_chunks - len(missing)
-        virus = sum(calls.get(c, False) for c in chunk_ids)
-        status = "ok" if with_frames else "no_open_frame"
-        call = "-" if not classify or not with_frames else ("virus" if virus else "others")
-        rows.append((record.id, record.path, len(record.seq), status, n_chunks, with_frames,
-                     frames_per_read[record.id], virus if classify else "-", call,
-                     ",".join(missing) or "-"))
-        counts["reads"] += 1
-        counts["chunks"] += n_chunks
-        counts["chunks_without_frames"] += len(missing)
-        counts["reads_without_frames"] += not with_frames
-        counts["virus_reads"] += call == "virus"
+    missing = np.fromiter((c in no_frame for c in chunk_ids), dtype=bool, count=len(chunk_ids))
+    virus_chunk = np.fromiter((calls.get(c, False) for c in chunk_ids), dtype=bool, count=len(chunk_ids))
+    missing_per_read = np.bincount(read_of_chunk, weights=missing, minlength=n).astype(np.int64)
+    virus = np.bincount(read_of_chunk, weights=virus_chunk, minlength=n).astype(np.int64)
+    with_frames = n_chunks - missing_per_read
+    missing_names: dict[int, list[str]] = {}
+    for i in np.flatnonzero(missing).tolist():
+        missing_names.setdefault(int(read_of_chunk[i]), []).append(chunk_ids[i])
+    frames_per_read = Counter(table.read_id)
+    call = np.where(with_frames == 0, "-", np.where(virus > 0, "virus", "others")) if classify \
+        else np.full(n, "-")
+    columns: list[list[Any]] = [
+        ids, [r.path for r in records], [len(r.seq) for r in records],
+        np.where(with_frames > 0, "ok", "no_open_frame").tolist(), n_chunks.tolist(), with_frames.tolist(),
+        [frames_per_read[i] for i in ids], virus.tolist() if classify else ["-"] * n, call.tolist(),
+        [",".join(missing_names[i]) if i in missing_names else "-" for i in range(n)],
+    ]
     skipped: dict[tuple[str, str], list[str]] = {}
     for problem in loaded.skipped:  # one row per skipped record id, all its problems named
         kinds = skipped.setdefault((problem.path, problem.record or f"line {problem.line}"), [])
         if problem.kind not in kinds:
             kinds.append(problem.kind)
     for (path, record_id), kinds in skipped.items():
-        rows.append((record_id, path, "-", "skipped:" + "+".join(kinds), 0, 0, 0, "-", "-", "-"))
-        counts["skipped_records"] += 1
-    counts["virus_chunks"] = sum(calls.values())
-    counts["chunks_called"] = len(calls)
-    return rows, dict(counts)
+        row = (record_id, path, "-", "skipped:" + "+".join(kinds), 0, 0, 0, "-", "-", "-")
+        for column, value in zip(columns, row):
+            column.append(value)
+    counts = {"reads": n, "chunks": int(n_chunks.sum()), "chunks_without_frames": int(missing.sum()),
+              "reads_without_frames": int((with_frames == 0).sum()),
+              "virus_reads": int((call == "virus").sum()), "skipped_records": len(skipped),
+              "virus_chunks": sum(calls.values()), "chunks_called": len(calls)}
+    return columns, counts
 
 
 def _guard_totals(results: list[dict[str, Any]]) -> dict[str, int]:
@@ -355,11 +395,14 @@ def _busy_fraction(intervals: list[tuple[float, float]]) -> float | None:
 
 
 def _worker_summary(results: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per worker: bags, frames, tokens, summed stage seconds, counters and device busy fraction
-    (overall, and in the steady state, i.e. after the worker's first bag, which pays for compiles)."""
+    """Per worker: bags, frames, tokens, summed stage seconds, counters, and how busy the device was:
+    the device lock's hold time (an upper bound; overall, and in the steady state after the worker's
+    first bag) and, on GPUs, NVML's utilization averaged over the steady state."""
     per: dict[str, dict[str, Any]] = {}
     intervals: dict[str, list[tuple[float, float]]] = {}
+    samples: dict[str, list[tuple[float, int]]] = {}
     for r in results:
+        samples.setdefault(r["worker"], []).extend(r.get("gpu_utilization", []))
         w = per.setdefault(r["worker"], {"bags": 0, "frames": 0, "protein_tokens": 0, "seconds": {},
                                          "counters": {}})
         w["bags"] += 1
@@ -373,6 +416,9 @@ def _worker_summary(results: list[dict[str, Any]]) -> dict[str, Any]:
         spans.sort()
         per[worker]["device_busy_fraction"] = _busy_fraction(spans)
         per[worker]["device_busy_fraction_steady"] = _busy_fraction(spans[1:])
+        steady = spans[1:] or spans
+        per[worker]["gpu_utilization_steady"] = mean_utilization(  # NVML: None without a GPU
+            samples.get(worker, []), min(s for s, _ in steady), max(e for _, e in steady))
     return per
 
 

@@ -26,6 +26,7 @@ from typing import Any
 import dask
 import h5netcdf
 import numpy as np
+import pandas as pd
 import xarray as xr
 
 from .bags import Bag
@@ -202,17 +203,25 @@ def format_prediction_results(frame_ids: Sequence[str], probability: np.ndarray)
 
 def chunk_calls(frame_ids: Sequence[str], probability: np.ndarray) -> dict[str, bool]:
     """Chunk id (frame id minus its last 2 characters) -> max P(virus) >= max P(others)."""
-    best: dict[str, list[float]] = {}
-    for fid, (p0, p1) in zip(frame_ids, np.asarray(probability, dtype=np.float32)):
-        cur = best.setdefault(fid[:-2], [-1.0, -1.0])
-        cur[0], cur[1] = max(cur[0], p0), max(cur[1], p1)
-    return {chunk: bool(v[1] >= v[0]) for chunk, v in best.items()}
+    prob = np.asarray(probability, dtype=np.float32).reshape(-1, 2)
+    best = pd.DataFrame({"others": prob[:, 0], "virus": prob[:, 1]},
+                        index=pd.Index([fid[:-2] for fid in frame_ids])).groupby(level=0, sort=False).max()
+    return dict(zip(best.index.tolist(), (best["virus"].to_numpy() >= best["others"].to_numpy()).tolist()))
 
 
 def format_highest_scores(calls: dict[str, bool]) -> str:
     lines = ["Modified_ID\tIs_Virus\n"]
     lines += [f"{chunk}\t{calls[chunk]}\n" for chunk in sorted(calls)]
     return "".join(lines)
+
+
+def format_columns(header: Iterable[str], columns: Sequence[Sequence[Any]],
+                   comment: str | None = None) -> str:
+    """format_tsv for data held as columns (each converted to text once, then joined row-wise)."""
+    text = [list(map(str, column)) for column in columns]
+    head = ([f"# {comment}\n"] if comment else []) + ["\t".join(header) + "\n"]
+    body = "\n".join(map("\t".join, zip(*text)))
+    return "".join(head) + (body + "\n" if body else "")
 
 
 def format_tsv(header: Iterable[str], rows: Iterable[Iterable[Any]], comment: str | None = None) -> str:

@@ -72,6 +72,7 @@ class EncoderPlugin(WorkerPlugin):
         self.spec = spec
         self._encoders: Encoders | None = None
         self._lock: threading.Lock | None = None
+        self.utilization: Any = None
 
     def setup(self, worker: Any = None) -> None:
         self._lock = threading.Lock()
@@ -81,6 +82,13 @@ class EncoderPlugin(WorkerPlugin):
         if self.spec.threads:
             import torch
             torch.set_num_threads(self.spec.threads)
+        if self.spec.device != "cpu":
+            from .gpu_monitor import UtilizationSampler
+            self.utilization = UtilizationSampler.for_current_device()
+
+    def teardown(self, worker: Any = None) -> None:
+        if self.utilization is not None:
+            self.utilization.close()
 
     def encoders(self) -> Encoders:
         assert self._lock is not None, "plugin used before setup()"
@@ -125,6 +133,8 @@ def run_bag(bag: Bag, outdir: str, attrs: dict[str, Any]) -> dict[str, Any]:
         "seconds": {"model_load": t1 - t0, "device_wait": td - t1, "dnabert": t2 - td, "esm2": t3 - t2,
                     "classifier": t4 - t3, "write": t5 - t4},
         "counters": counters,
+        # NVML samples since the previous drain on this worker (any bag's): GPU-side busy
+        "gpu_utilization": plugin.utilization.drain() if plugin.utilization is not None else [],
     }
 
 

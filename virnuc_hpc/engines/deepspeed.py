@@ -25,6 +25,7 @@ import logging
 import os
 import socket
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 import torch
@@ -186,10 +187,30 @@ def zero3_engine(deepspeed: Any, model: nn.Module, config: dict[str, Any]) -> An
     return engine
 
 
+def check_nvme(deepspeed: Any, nvme_path: str | None) -> None:
+    """NVMe offload needs DeepSpeed's async_io op (built against libaio) and a writable directory;
+    say so before loading gigabytes, rather than fail deep inside DeepSpeed."""
+    from deepspeed.ops.op_builder import AsyncIOBuilder
+
+    if not AsyncIOBuilder().is_compatible(verbose=False):
+        raise RuntimeError("zero_offload: nvme needs DeepSpeed's async_io op, which needs libaio "
+                           "(Debian/Ubuntu: apt install libaio-dev; conda: libaio); it is not usable "
+                           "here. Use zero_offload: cpu, or install libaio and rerun.")
+    path = Path(nvme_path or "")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        (path / ".virnuc-probe").write_bytes(b"x")
+        (path / ".virnuc-probe").unlink()
+    except OSError as err:
+        raise RuntimeError(f"nvme_path {path} is not a writable directory: {err}") from err
+
+
 def load_esm2_zero(deepspeed: Any, spec: "ModelSpec", device: torch.device, precision: str) -> Any:
     """Padded ESM2Encoder whose module runs under ZeRO-3 parameter offload."""
     from ..encoders.esm2 import KNOWN_MODELS, ESM2Encoder, load_esm2_model, resolve_esm2_checkpoint
 
+    if spec.zero_offload == "nvme":
+        check_nvme(deepspeed, spec.nvme_path)
     init_single_process_group(deepspeed, device)
     path = resolve_esm2_checkpoint(spec.esm2_path)
     model = load_esm2_model(path, device="cpu", dtype=dtype_of(precision))  # LayerNorms stay fp32

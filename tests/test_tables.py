@@ -1,0 +1,68 @@
+"""reads.tsv and the chunk calls are built column-wise; check them against per-read loops."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import numpy as np
+
+from virnuc_hpc import pipeline, store
+from virnuc_hpc.fasta import load_records
+from virnuc_hpc.frames import frames_for_records
+
+
+def slow_read_rows(table, loaded, calls, classify):
+    """The rules of reads.tsv written out per read (the reference)."""
+    frames_per_read = Counter(table.read_id)
+    no_frame = set(table.chunks_without_frames)
+    rows = []
+    for record, n_chunks in zip(loaded.records, table.read_n_chunks):
+        chunk_ids = [f"{record.id}_chunk_{i + 1}" for i in range(n_chunks)]
+        missing = [c for c in chunk_ids if c in no_frame]
+        with_frames = n_chunks - len(missing)
+        virus = sum(calls.get(c, False) for c in chunk_ids)
+        call = "-" if not classify or not with_frames else ("virus" if virus else "others")
+        rows.append((record.id, record.path, len(record.seq), "ok" if with_frames else "no_open_frame",
+                     n_chunks, with_frames, frames_per_read[record.id], virus if classify else "-", call,
+                     ",".join(missing) or "-"))
+    return rows
+
+
+def slow_chunk_calls(frame_ids, proba):
+    best = {}
+    for fid, (p0, p1) in zip(frame_ids, proba):
+        cur = best.setdefault(fid[:-2], [-1.0, -1.0])
+        cur[0], cur[1] = max(cur[0], p0), max(cur[1], p1)
+    return {chunk: bool(v[1] >= v[0]) for chunk, v in best.items()}
+
+
+def test_reads_table_matches_per_read_rules(tmp_path):
+    rng = random.Random(3)
+    lines = []
+    for i in range(400):  # lengths 40..1700: one chunk, several chunks, short tails
+        seq = "".join(rng.choices("ACGT", k=rng.choice([40, 150, 300, 520, 1700])))
+        lines += [f">r{i} description", seq]
+    lines += [">bad", "ACGT!!"]
+    fasta = tmp_path / "in.fa"
+    fasta.write_text("\n".join(lines) + "\n")
+    loaded = load_records([fasta], skip_invalid=True)
+    table = frames_for_records(loaded.records, 300)
+    proba = np.random.default_rng(0).random((len(table.frame_id), 2)).astype(np.float32)
+    calls = store.chunk_calls(table.frame_id, proba)
+    assert calls == slow_chunk_calls(table.frame_id, proba)
+    assert list(calls) == list(slow_chunk_calls(table.frame_id, proba))  # first-seen order
+    for classify in (True, False):
+        columns, counts = pipeline._read_rows(table, loaded, calls if classify else {}, classify)
+        rows = list(zip(*columns))
+        expected = slow_read_rows(table, loaded, calls if classify else {}, classify)
+        assert rows[:len(expected)] == expected
+        (skipped,) = rows[len(expected):]
+        assert skipped[:3] == ("bad", str(fasta), "-") and skipped[3].startswith("skipped:")
+        assert skipped[4:] == (0, 0, 0, "-", "-", "-")
+        assert counts["reads"] == len(expected) and counts["skipped_records"] == 1
+        assert counts["reads_without_frames"] == sum(r[3] == "no_open_frame" for r in expected) > 0
+        assert counts["virus_reads"] == sum(r[8] == "virus" for r in expected)
+        assert any(r[4] > 1 for r in expected) and any(r[9] != "-" for r in expected)
+    text = store.format_columns(pipeline.READS_HEADER, columns, "a comment")
+    assert text == store.format_tsv(pipeline.READS_HEADER, rows, "a comment")
