@@ -1,9 +1,10 @@
 """The deepspeed engine inside the Dask pipeline, next to native: 1 and 2 GPUs, real model sizes.
 
 Random-weight ESM-2 3B, DNABERT-S and classifier (the real file formats; timings real, calls not).
-Each engine runs `predict` on the same synthetic reads on 1 GPU and on 2 GPUs; every stored feature
-vector of every run is compared with the native 1-GPU run (cosine per frame), and so are the frame
-labels. Prints a table; writes engines_pipeline-<card>.json|md under benchmarks/results/.
+Each engine runs `predict` on the same synthetic reads on 1 GPU and on 2 GPUs (and native once per
+precision in --precisions); every stored feature vector of every run is compared with the reference
+run, native fp32 on 1 GPU with --fp32-reference (else the first native run): cosine per frame, and
+the share of frame labels equal to the reference's. Prints a table; writes engines_pipeline-<card>.json|md under benchmarks/results/.
 
     python benchmarks/engines_pipeline.py --reads 40000 --gpus 1,2
 """
@@ -28,9 +29,11 @@ def features(outdir: Path) -> tuple[list[str], np.ndarray]:
         return [str(x) for x in ds.frame.values], ds.features.values
 
 
-def labels(outdir: Path) -> list[str]:
+def predictions(outdir: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, P(virus)) per frame from prediction_results.txt."""
     lines = (outdir / "prediction_results.txt").read_text().splitlines()
-    return [line.split("\t")[1] for line in lines if not line.startswith("#")][1:]
+    rows = [line.split("\t") for line in lines if not line.startswith("#")][1:]
+    return np.array([r[1] for r in rows]), np.array([float(r[3]) for r in rows])
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -44,7 +47,8 @@ def main() -> None:
     parser.add_argument("--read-length", type=int, default=150)
     parser.add_argument("--coding-fraction", type=float, default=0.26)
     parser.add_argument("--gpus", default="1,2")
-    parser.add_argument("--precision", default="fp16")
+    parser.add_argument("--precisions", default="fp16,bf16", help="native runs; deepspeed uses the first")
+    parser.add_argument("--fp32-reference", action="store_true", help="reference: native fp32 on 1 GPU")
     parser.add_argument("--bag-size", type=int, default=4000)
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--demo-models", action="store_true", help="tiny random models (smoke run on CPU)")
@@ -61,40 +65,55 @@ def main() -> None:
     models = ({k: "demo" for k in ("esm2", "dnabert", "classifier")} if args.demo_models
               else make_models(args.workdir / "models"))
 
+    precisions = args.precisions.split(",")
+    plan = ([("native", "fp32", 1)] if args.fp32_reference else [])
+    plan += [("native", p, gpu_counts[0]) for p in precisions]
+    plan += [("deepspeed", precisions[0], g) for g in gpu_counts]
     runs, outs = [], {}
-    for engine in ("native", "deepspeed"):
-        for gpus in gpu_counts:
-            args.engine, out = engine, args.workdir / f"out_{engine}_{gpus}"
-            r = one_run(fasta, out, models, gpus, args)
-            r["engine"], outs[(engine, gpus)] = engine, out
-            runs.append(r)
-            print(json.dumps(r), flush=True)
-    ref_ids, ref = features(outs[("native", gpu_counts[0])])
-    ref_labels = labels(outs[("native", gpu_counts[0])])
+    for engine, precision, gpus in plan:
+        args.engine, args.precision = engine, precision
+        out = args.workdir / f"out_{engine}_{precision}_{gpus}"
+        r = one_run(fasta, out, models, gpus, args)
+        r.update(engine=engine, precision=precision)
+        outs[(engine, precision, gpus)] = out
+        runs.append(r)
+        print(json.dumps(r), flush=True)
+    reference = outs[plan[0]]
+    ref_ids, ref = features(reference)
+    ref_labels, ref_p = predictions(reference)
     for r in runs:
-        ids, got = features(outs[(r["engine"], r["gpus"])])
-        cos = cosine(got, ref)
-        r["same_frames_as_native"] = ids == ref_ids
-        r["cosine_min_vs_native"] = float(cos.min())
-        r["labels_equal_to_native"] = float(np.mean(np.array(labels(outs[(r["engine"], r["gpus"])]))
-                                                    == np.array(ref_labels)))
+        out = outs[(r["engine"], r["precision"], r["gpus"])]
+        ids, got = features(out)
+        r["same_frames_as_reference"] = ids == ref_ids
+        r["cosine_min_vs_reference"] = float(cosine(got, ref).min())
+        got_labels, got_p = predictions(out)
+        r["labels_equal_to_reference"] = float(np.mean(got_labels == ref_labels))
+        r["p_virus_max_abs_diff"] = float(np.abs(got_p - ref_p).max())
+        # a random classifier puts many frames at P ~ 0.5, where any rounding flips a label; frames
+        # whose reference P(virus) is at least 0.01 from the boundary show what a confident model sees
+        clear = np.abs(ref_p - 0.5) >= 0.01
+        r["labels_equal_where_clear"] = float(np.mean(got_labels[clear] == ref_labels[clear]))
+        r["clear_frames"] = int(clear.sum())
     payload = {"benchmark": "engines_pipeline", "card": card, "reads": args.reads,
-               "read_length": args.read_length, "precision": args.precision, "bag_size": args.bag_size,
+               "read_length": args.read_length, "reference": "-".join(map(str, plan[0])),
+               "bag_size": args.bag_size,
                "note": "random weights: timings are real, calls are not biological", "runs": runs}
     tag = re.sub(r"[^a-z0-9.]+", "-", card.lower()).strip("-")
     args.results.mkdir(parents=True, exist_ok=True)
     stem = args.results / f"engines_pipeline-{tag}"
     stem.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n")
     lines = [f"# engines in the pipeline on {card}: {args.reads:,} reads of {args.read_length} bp, "
-             f"{args.precision}, random weights", "",
-             "| engine | GPUs | wall s | startup s | embed s | ESM tok/s (embed) | same frames | cos min vs native 1-GPU "
-             "| labels = native |", "|---|---|---|---|---|---|---|---|---|"]
+             "random weights", "", f"Reference: {' '.join(map(str, plan[0]))} GPU.", "",
+             "| engine | precision | GPUs | wall s | startup s | embed s | ESM tok/s (embed) | same frames "
+             "| cos min vs reference | P(virus) max diff | labels = reference | labels = ref. where abs(P-0.5) >= 0.01 |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
         startup = r["stages_s"].get("cluster_start", 0) + r["stages_s"].get("model_load", 0)
-        lines.append(f"| {r['engine']} | {r['gpus']} | {r['wall_s']:.1f} | {startup:.1f} | "
+        lines.append(f"| {r['engine']} | {r['precision']} | {r['gpus']} | {r['wall_s']:.1f} | {startup:.1f} | "
                      f"{r['stages_s']['embed_classify']:.1f} | {r['embed_stage_tokens_per_s']:,.0f} | "
-                     f"{r['same_frames_as_native']} | {r['cosine_min_vs_native']:.6f} | "
-                     f"{r['labels_equal_to_native']:.4f} |")
+                     f"{r['same_frames_as_reference']} | {r['cosine_min_vs_reference']:.6f} | "
+                     f"{r['p_virus_max_abs_diff']:.2e} | {r['labels_equal_to_reference']:.4f} | "
+                     f"{r['labels_equal_where_clear']:.4f} ({r['clear_frames']:,}) |")
     table = "\n".join(lines)
     stem.with_suffix(".md").write_text(table + "\n")
     print(table)

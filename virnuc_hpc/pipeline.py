@@ -11,6 +11,7 @@ import itertools
 import logging
 import platform
 import socket
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -82,61 +83,68 @@ def _inputs(inputs: Sequence[str | Path] | str | Path) -> list[Path]:
 
 def run(inputs: Sequence[str | Path] | str | Path, outdir: str | Path, *, client: Client | None = None,
         config: RunConfig | None = None, classify: bool = True, **overrides: Any) -> RunResult:
-    config = (config or load_config()).model_copy(update={k: v for k, v in overrides.items()
-                                                          if v is not None})
-    config = RunConfig(**config.model_dump())  # re-validate the overrides
-    paths, outdir, timer = _inputs(inputs), Path(outdir), StageTimer()
+    timer = StageTimer()
     started = _dt.datetime.now(_dt.timezone.utc)
-    previous = store.read_manifest(outdir)
-    located = locate_models(config, classify=classify)  # fast: a missing model fails right away
-    spec = ModelSpec(esm2_path=located["esm2"].path, dnabert_path=located["dnabert"].path,
-                     classifier_path=located["classifier"].path if classify else None,
-                     device=config.device, precision=config.precision, engine=config.engine,
-                     zero_offload=config.zero_offload, nvme_path=config.nvme_path,
-                     esm2_max_tokens=config.esm2_max_tokens, dnabert_max_tokens=config.dnabert_max_tokens,
-                     threads=config.threads_per_worker)
+    with timer("setup"):
+        config = (config or load_config()).model_copy(update={k: v for k, v in overrides.items()
+                                                              if v is not None})
+        config = RunConfig(**config.model_dump())  # re-validate the overrides
+        paths, outdir = _inputs(inputs), Path(outdir)
+        previous = store.read_manifest(outdir)
+        located = locate_models(config, classify=classify)  # fast: a missing model fails right away
+        spec = ModelSpec(esm2_path=located["esm2"].path, dnabert_path=located["dnabert"].path,
+                         classifier_path=located["classifier"].path if classify else None,
+                         device=config.device, precision=config.precision, engine=config.engine,
+                         zero_offload=config.zero_offload, nvme_path=config.nvme_path,
+                         esm2_max_tokens=config.esm2_max_tokens,
+                         dnabert_max_tokens=config.dnabert_max_tokens, threads=config.threads_per_worker)
 
     results: list[dict[str, Any]] = []
     dashboard, worker_load_s = None, None
-    with ExitStack() as stack, ThreadPoolExecutor(1, thread_name_prefix="virnuc-sha256") as hasher:
-        # Checksums (gigabytes for ESM-2 3B) are read beside the input parsing: hashlib and file
-        # reads release the GIL.
-        hashed = hasher.submit(lambda: (hash_models(located, (previous or {}).get("models")),
-                                        [{"path": str(p), "sha256": file_sha256(p)} for p in paths]))
-        workers: _Workers | None = None
-        if previous is None:  # a fresh run: workers start and load models while the client reads
-            workers = _start_workers(stack, timer, config, client, spec)
-        with timer("read_validate"):
-            loaded = load_records(paths, skip_invalid=config.skip_invalid)
-        with timer("chunk_translate"):
-            table = frames_for_records(loaded.records, config.expected_length)
-        store.check_writable(outdir)
-        with timer("checksums"):
-            models, inputs_meta = hashed.result()
-        run_key = fingerprint({
-            "format": FORMAT_VERSION, "classify": classify, "inputs": [m["sha256"] for m in inputs_meta],
-            "config": {k: getattr(config, k) for k in RESULT_FIELDS},
-            "models": {role: m.sha256 for role, m in models.items()},
-        })
-        _claim_outdir(outdir, previous, run_key, config, models, inputs_meta, classify)
-
-        bags = make_bags(table, config.bag_size, run_key)
-        todo = [b for b in bags if not store.bag_is_complete(outdir, b, with_probability=classify)]
-        log.info("%d frames in %d bags; %d already done, %d to compute",
-                 len(table.frame_id), len(bags), len(bags) - len(todo), len(todo))
-        warnings = []
-        if classify and models["classifier"].spec != "demo":
-            from .classifier import check_chunk_size
-            warnings = [w for w in [check_chunk_size(models["classifier"].path, config.expected_length)] if w]
-        for warning in warnings:
-            log.warning("warning: %s", warning)
-        random_weights = any(m.random_weights for m in models.values())
-        attrs = {"virnuc_hpc_version": __version__, "run_key": run_key,
-                 "random_weights": int(random_weights), "expected_length": config.expected_length,
-                 **{f"{role}_sha256": m.sha256 for role, m in models.items()},
-                 **{f"{role}_model": m.spec for role, m in models.items()}}
-        if random_weights:
-            attrs["warning"] = store.RANDOM_WEIGHTS_WARNING
+    stack = ExitStack()  # our cluster or the caller's client, and the warm-up futures
+    stopping: threading.Thread | None = None
+    try:
+        with ThreadPoolExecutor(1, thread_name_prefix="virnuc-sha256") as hasher:
+            # Checksums (gigabytes for ESM-2 3B) are read beside the input parsing: hashlib and file
+            # reads release the GIL.
+            hashed = hasher.submit(lambda: (hash_models(located, (previous or {}).get("models")),
+                                            [{"path": str(p), "sha256": file_sha256(p)} for p in paths]))
+            workers: _Workers | None = None
+            if previous is None:  # a fresh run: workers start and load models while the client reads
+                workers = _start_workers(stack, timer, config, client, spec)
+            with timer("read_validate"):
+                loaded = load_records(paths, skip_invalid=config.skip_invalid)
+            with timer("chunk_translate"):
+                table = frames_for_records(loaded.records, config.expected_length)
+            with timer("checksums"):
+                store.check_writable(outdir)
+                models, inputs_meta = hashed.result()
+        with timer("plan"):
+            run_key = fingerprint({
+                "format": FORMAT_VERSION, "classify": classify,
+                "inputs": [m["sha256"] for m in inputs_meta],
+                "config": {k: getattr(config, k) for k in RESULT_FIELDS},
+                "models": {role: m.sha256 for role, m in models.items()},
+            })
+            _claim_outdir(outdir, previous, run_key, config, models, inputs_meta, classify)
+            bags = make_bags(table, config.bag_size, run_key)
+            todo = [b for b in bags if not store.bag_is_complete(outdir, b, with_probability=classify)]
+            log.info("%d frames in %d bags; %d already done, %d to compute",
+                     len(table.frame_id), len(bags), len(bags) - len(todo), len(todo))
+            warnings = []
+            if classify and models["classifier"].spec != "demo":
+                from .classifier import check_chunk_size
+                warnings = [w for w in [check_chunk_size(models["classifier"].path,
+                                                         config.expected_length)] if w]
+            for warning in warnings:
+                log.warning("warning: %s", warning)
+            random_weights = any(m.random_weights for m in models.values())
+            attrs = {"virnuc_hpc_version": __version__, "run_key": run_key,
+                     "random_weights": int(random_weights), "expected_length": config.expected_length,
+                     **{f"{role}_sha256": m.sha256 for role, m in models.items()},
+                     **{f"{role}_model": m.spec for role, m in models.items()}}
+            if random_weights:
+                attrs["warning"] = store.RANDOM_WEIGHTS_WARNING
 
         if todo:
             workers = workers or _start_workers(stack, timer, config, client, spec)
@@ -146,11 +154,17 @@ def run(inputs: Sequence[str | Path] | str | Path, outdir: str | Path, *, client
             worker_load_s = max(load_seconds, default=0.0)
             with timer("embed_classify"):
                 results = _schedule(workers.client, todo, outdir, attrs, config)
-        with timer("cluster_stop"):
+        # the cluster shuts down (seconds) while the tables are written
+        stopping = threading.Thread(target=stack.close, name="virnuc-cluster-stop", daemon=True)
+        stopping.start()
+        with timer("finalize"):
+            counts, files = _finalize(outdir, bags, table, loaded, classify, random_weights)
+    finally:
+        if stopping is None:
             stack.close()
-
-    with timer("finalize"):
-        counts, files = _finalize(outdir, bags, table, loaded, classify, random_weights)
+        else:
+            with timer("cluster_stop"):  # what is left of it after finalize
+                stopping.join()
     payload = {
         "tool": "virnuc-hpc", "version": __version__, "command": "predict" if classify else "embed",
         "random_weights": random_weights,
@@ -209,16 +223,16 @@ def _start_workers(stack: ExitStack, timer: StageTimer, config: RunConfig, clien
     the warm-ups are gathered, before any bag; workers that join later load with their first bag."""
     with timer("cluster_start"):
         dask_client = stack.enter_context(connect(config, client))
-    dashboard = dashboard_link(dask_client)
-    log.info("Dask scheduler: %s (more workers can join: virnuc-hpc worker "
-             "--scheduler-address ...)", dask_client.scheduler.address)
-    if dashboard:
-        log.info("Dask dashboard: %s", dashboard)
-    dask_client.register_plugin(EncoderPlugin(spec), name=EncoderPlugin.name)
-    addresses = list(dask_client.scheduler_info(n_workers=-1).get("workers", {}))
-    futures = [dask_client.submit(warm_up, workers=[w], allow_other_workers=False, pure=False,
-                                  key=f"virnuc-warm-up-{i}") for i, w in enumerate(addresses)]
-    stack.callback(dask_client.cancel, futures)  # an input error while they load: stop them
+        dashboard = dashboard_link(dask_client)
+        log.info("Dask scheduler: %s (more workers can join: virnuc-hpc worker "
+                 "--scheduler-address ...)", dask_client.scheduler.address)
+        if dashboard:
+            log.info("Dask dashboard: %s", dashboard)
+        dask_client.register_plugin(EncoderPlugin(spec), name=EncoderPlugin.name)  # waits for setup()
+        addresses = list(dask_client.scheduler_info(n_workers=-1).get("workers", {}))
+        futures = [dask_client.submit(warm_up, workers=[w], allow_other_workers=False, pure=False,
+                                      key=f"virnuc-warm-up-{i}") for i, w in enumerate(addresses)]
+        stack.callback(dask_client.cancel, futures)  # an input error while they load: stop them
     return _Workers(dask_client, futures, dashboard)
 
 

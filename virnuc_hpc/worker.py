@@ -82,9 +82,6 @@ class EncoderPlugin(WorkerPlugin):
         if self.spec.threads:
             import torch
             torch.set_num_threads(self.spec.threads)
-        if self.spec.device != "cpu":
-            from .gpu_monitor import UtilizationSampler
-            self.utilization = UtilizationSampler.for_current_device()
 
     def teardown(self, worker: Any = None) -> None:
         if self.utilization is not None:
@@ -95,6 +92,9 @@ class EncoderPlugin(WorkerPlugin):
         with self._lock:
             if self._encoders is None:
                 self._encoders = load_encoders(self.spec)
+                if self.spec.device != "cpu":  # here, not in setup(): keeps registration quick
+                    from .gpu_monitor import UtilizationSampler
+                    self.utilization = UtilizationSampler.for_current_device()
             return self._encoders
 
 

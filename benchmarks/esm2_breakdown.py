@@ -1,0 +1,124 @@
+"""Where an ESM-2 3B packed forward spends its GPU time, and what the variants are worth.
+
+For fp16 and bf16: tokens/s and MFU of PackedESM2Encoder on 45-50 aa proteins (150-bp
+reads), then one profiled pass with CUDA kernel time grouped as matmul / attention / fused
+elementwise (Triton) / other. Random weights (cost does not depend on values). Writes
+esm2_breakdown-<card>.json|md under --out-dir.
+
+    python benchmarks/esm2_breakdown.py [--proteins 20000]
+
+(Tried once on an H100: with Inductor's max-autotune GEMMs the kernel-time mix stayed the same (matmul
+82%) after a 64 s first call; not pursued.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import re
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from common import matmul_ceiling, random_proteins  # benchmarks/ is on sys.path when run as a script
+from virnuc_hpc.encoders.esm2 import ESM2
+from virnuc_hpc.encoders.esm2_packed import PackedESM2Encoder
+
+GFLOP_PER_TOKEN = 5.66e9
+LAYERS, DIM, HEADS = 36, 2560, 40
+RESULTS = Path(__file__).resolve().parent / "results"
+KINDS = (("matmul", re.compile(r"gemm|cutlass|nvjet|sm90_xmma|cublas|_mm_|matmul", re.I)),
+         ("attention", re.compile(r"flash|fmha|attn", re.I)),
+         ("triton (fused elementwise, LayerNorm, rotary, GELU)", re.compile(r"triton", re.I)))
+
+
+def kind_of(name: str) -> str:
+    return next((kind for kind, pattern in KINDS if pattern.search(name)), "other")
+
+
+def kernel_breakdown(enc: PackedESM2Encoder, proteins: list[str]) -> dict[str, float]:
+    """Share of summed CUDA kernel time per kind over one embed() call."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        enc.embed(proteins)
+        torch.cuda.synchronize()
+    totals: dict[str, float] = defaultdict(float)
+    for event in prof.key_averages():
+        us = getattr(event, "device_time_total", None) or getattr(event, "cuda_time_total", 0.0)
+        if us and event.key and not event.key.startswith("ProfilerStep"):
+            totals[kind_of(event.key)] += us
+    whole = sum(totals.values()) or 1.0
+    return {k: v / whole for k, v in sorted(totals.items(), key=lambda kv: -kv[1])}
+
+
+def time_embed(enc: PackedESM2Encoder, proteins: list[str], repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        enc.embed(proteins)
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--proteins", type=int, default=20_000)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out-dir", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    torch.backends.cuda.matmul.allow_tf32 = False
+    ceiling = matmul_ceiling()
+    card = torch.cuda.get_device_name()
+    print(f"{card}: ceiling {ceiling:.1f} TFLOP/s", flush=True)
+    proteins = random_proteins(45, 50, args.proteins, seed=7)
+    tokens = sum(len(p) + 2 for p in proteins)
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        base = ESM2(LAYERS, DIM, HEADS).eval().requires_grad_(False)
+    rows = []
+    for precision in ("fp16", "bf16"):
+        torch._dynamo.reset()
+        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+        model = copy.deepcopy(base).cast(torch.device("cuda"), dtype)
+        enc = PackedESM2Encoder(model, name="esm2_t36_3B_random", device=torch.device("cuda"),
+                                precision=precision, max_tokens=65536)
+        t0 = time.perf_counter()
+        enc.embed(proteins[:2600])  # compiles the two shapes used below (full and tail bucket)
+        compile_s = time.perf_counter() - t0
+        seconds = time_embed(enc, proteins, args.repeats)
+        share = kernel_breakdown(enc, proteins[:2600])
+        r = {"precision": precision, "tokens": tokens, "seconds": seconds,
+             "tokens_per_s": tokens / seconds, "mfu": tokens * GFLOP_PER_TOKEN / seconds / (ceiling * 1e12),
+             "first_call_s": compile_s, "kernel_time_share": share,
+             "nonfinite_recomputed_batches": enc.stats["nonfinite_recomputed_batches"]}
+        rows.append(r)
+        print(json.dumps(r), flush=True)
+        del enc, model
+        torch.cuda.empty_cache()
+    tag = re.sub(r"[^a-z0-9.]+", "-", card.lower()).strip("-")
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    payload = {"card": card, "ceiling_tflops": ceiling, "torch": torch.__version__, "rows": rows}
+    (args.out_dir / f"esm2_breakdown-{tag}.json").write_text(json.dumps(payload, indent=2) + "\n")
+    kinds = sorted({k for r in rows for k in r["kernel_time_share"]})
+    lines = [f"# ESM-2 3B packed forward on {card} (ceiling {ceiling:.1f} TFLOP/s), {len(proteins):,} proteins "
+             "of 45-50 aa, random weights", "",
+             "| precision | tok/s | MFU | first call s | " + " | ".join(kinds) + " |",
+             "|---|---|---|---|" + "---|" * len(kinds)]
+    for r in rows:
+        lines.append(f"| {r['precision']} | {r['tokens_per_s']:,.0f} | {r['mfu']:.3f} | "
+                     f"{r['first_call_s']:.1f} | "
+                     + " | ".join(f"{r['kernel_time_share'].get(k, 0):.3f}" for k in kinds) + " |")
+    table = "\n".join(lines)
+    (args.out_dir / f"esm2_breakdown-{tag}.md").write_text(table + "\n")
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
