@@ -142,6 +142,34 @@ def test_embed_writes_features_only(tmp_path: Path, demo_cache: Path):
         assert "probability" not in ds and ds.features.shape[0] > 20
 
 
+def test_duplicate_reads_are_embedded_once_with_the_same_vectors(reference: Path, tmp_path: Path,
+                                                                 demo_cache: Path):
+    """Repeated sequences (other ids) are embedded once per bag: every copy gets the same vector as
+    the original, the original keeps the vector of the run without copies, and run.json shows fewer
+    sequences embedded than frames."""
+    records = load_records([DEMO_FASTA], skip_invalid=False).records
+    lines = [f">{r.id}\n{r.seq}\n" for r in records]
+    lines += [f">{r.id}_copy\n{r.seq.lower()}\n" for r in records[:6]]  # mostly in the same bags
+    fasta = tmp_path / "dups.fa"
+    fasta.write_text("".join(lines[:6]) + "".join(lines[len(records):]) + "".join(lines[6:len(records)]))
+    outdir = tmp_path / "dups"
+    proc = cli("embed", str(fasta), "-o", str(outdir), *DEMO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with store.open_features(outdir) as ds, store.open_features(reference) as ref:
+        got = dict(zip(map(str, ds.frame.values), ds.features.values))
+        want = dict(zip(map(str, ref.frame.values), ref.features.values))
+    copies = [fid for fid in got if "_copy_chunk_" in fid]
+    assert copies
+    for fid in copies:
+        original = fid.replace("_copy_chunk_", "_chunk_")
+        np.testing.assert_array_equal(got[fid], got[original])
+    for fid, vector in want.items():
+        np.testing.assert_allclose(got[fid], vector, atol=1e-5)
+    workers = json.loads((outdir / "run.json").read_text())["workers"].values()
+    embedded = sum(w["counters"]["esm2_sequences"] for w in workers)
+    assert len(got) - len(copies) <= embedded < len(got)  # a copy in another bag is embedded there
+
+
 # --- refused input: clear message, exit 2, nothing that looks finished ----------------------
 
 BAD_INPUTS = {

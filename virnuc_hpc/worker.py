@@ -102,6 +102,19 @@ def _stats_of(encoder: Any) -> dict[str, float]:
     return dict(getattr(encoder, "stats", {}) or {})
 
 
+def embed_distinct(encoder: Any, sequences: list[str]) -> np.ndarray:
+    """encoder.embed over the distinct sequences only, rows expanded back to input order.
+
+    Real samples repeat reads (PCR and optical duplicates, abundant genomes): each distinct frame is
+    embedded once per bag, and identical frames get identical vectors whatever batch they land in."""
+    first: dict[str, int] = {}
+    inverse = np.fromiter((first.setdefault(s, len(first)) for s in sequences), dtype=np.int64,
+                          count=len(sequences))
+    if len(first) == len(sequences):
+        return encoder.embed(sequences)
+    return encoder.embed(list(first))[inverse]
+
+
 def run_bag(bag: Bag, outdir: str, attrs: dict[str, Any]) -> dict[str, Any]:
     """Embed, classify and store one bag; returns timings and counters for the client."""
     plugin: EncoderPlugin = get_worker().plugins[PLUGIN_NAME]
@@ -112,9 +125,9 @@ def run_bag(bag: Bag, outdir: str, attrs: dict[str, Any]) -> dict[str, Any]:
         device_start = time.time()
         before = {"esm2": _stats_of(enc.esm2), "dnabert": _stats_of(enc.dnabert)}
         td = time.perf_counter()
-        dna = enc.dnabert.embed(bag.nucleotides)
+        dna = embed_distinct(enc.dnabert, bag.nucleotides)
         t2 = time.perf_counter()
-        prot = enc.esm2.embed(bag.proteins)
+        prot = embed_distinct(enc.esm2, bag.proteins)
         t3 = time.perf_counter()
         after = {"esm2": _stats_of(enc.esm2), "dnabert": _stats_of(enc.dnabert)}
         device_end = time.time()
