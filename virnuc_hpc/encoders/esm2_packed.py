@@ -261,25 +261,15 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
 
 
 def attention_inputs(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, ln_w: torch.Tensor,
-                     ln_b: torch.Tensor, w_qkv: torch.Tensor, b_qkv: torch.Tensor, heads: int,
+                     ln_b: torch.Tensor, wq: torch.Tensor, bq: torch.Tensor, wk: torch.Tensor,
+                     bk: torch.Tensor, wv: torch.Tensor, bv: torch.Tensor, heads: int,
                      eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """LN1, one fused q/k/v projection, rotary on q and k: (T, D) -> three (T, H, hd)."""
+    """LN1, q/k/v projections, rotary on q and k: (T, D) -> three (T, H, hd)."""
     h = _layer_norm(x, ln_w, ln_b, eps)
-    qkv = F.linear(h, w_qkv, b_qkv).view(x.shape[0], 3, heads, x.shape[1] // heads)
-    return _rotate(qkv[:, 0], cos, sin), _rotate(qkv[:, 1], cos, sin), qkv[:, 2].contiguous()
-
-
-def fuse_qkv(attn: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-    """One (3D, D) weight and (3D,) bias for q/k/v, with the three Linear modules re-pointed at
-    slices of it: one wide GEMM instead of three, no extra memory, and the padded path (fp32
-    recompute, tests) still reads the same numbers."""
-    projections = (attn.q_proj, attn.k_proj, attn.v_proj)
-    weight = torch.cat([p.weight.detach() for p in projections])
-    bias = torch.cat([p.bias.detach() for p in projections])
-    d = attn.q_proj.weight.shape[0]
-    for i, p in enumerate(projections):
-        p.weight.data, p.bias.data = weight[i * d:(i + 1) * d], bias[i * d:(i + 1) * d]
-    return weight, bias
+    shape = (x.shape[0], heads, x.shape[1] // heads)
+    q = _rotate(F.linear(h, wq, bq).view(shape), cos, sin)
+    k = _rotate(F.linear(h, wk, bk).view(shape), cos, sin)
+    return q, k, F.linear(h, wv, bv).view(shape)
 
 
 def attention_output_and_ffn(x: torch.Tensor, attn: torch.Tensor, wo: torch.Tensor, bo: torch.Tensor,
@@ -297,9 +287,11 @@ class PackedESM2:
         self.model, self.attend = model, ATTENTION[attention]
         self.heads = model.attention_heads
         self._inv_freq = model.inv_freq.to(model.embed_tokens.weight.device)
-        self._in_weights = [(layer.self_attn_layer_norm.weight.detach(),
-                             layer.self_attn_layer_norm.bias.detach(), *fuse_qkv(layer.self_attn))
-                            for layer in model.layers]
+        self._in_weights = [tuple(p.detach() for p in (
+            layer.self_attn_layer_norm.weight, layer.self_attn_layer_norm.bias,
+            layer.self_attn.q_proj.weight, layer.self_attn.q_proj.bias,
+            layer.self_attn.k_proj.weight, layer.self_attn.k_proj.bias,
+            layer.self_attn.v_proj.weight, layer.self_attn.v_proj.bias)) for layer in model.layers]
         self._out_weights = [tuple(p.detach() for p in (
             layer.self_attn.out_proj.weight, layer.self_attn.out_proj.bias,
             layer.final_layer_norm.weight, layer.final_layer_norm.bias,
