@@ -17,8 +17,11 @@ from typing import Any
 import numpy as np
 from distributed import WorkerPlugin, get_worker
 
-from . import store
 from .bags import Bag
+
+# Nothing heavy (torch, xarray) is imported at module level: unpickling the plugin, which the client
+# waits for when registering it, then takes milliseconds, and the imports happen in the warm-up task,
+# beside the client's reading of the input.
 
 PLUGIN_NAME = "virnuc-hpc-encoders"
 
@@ -135,6 +138,8 @@ def run_bag(bag: Bag, outdir: str, attrs: dict[str, Any]) -> dict[str, Any]:
     if enc.classifier is not None:
         proba = enc.classifier.predict_proba(np.concatenate([dna, prot], axis=1))
     t4 = time.perf_counter()
+    from . import store
+
     attrs = {**attrs, "precision": enc.precision, "device": enc.device}
     store.write_bag(Path(outdir), bag, dna, prot, proba, attrs)
     t5 = time.perf_counter()
