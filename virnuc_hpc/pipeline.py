@@ -92,12 +92,7 @@ def run(inputs: Sequence[str | Path] | str | Path, outdir: str | Path, *, client
         paths, outdir = _inputs(inputs), Path(outdir)
         previous = store.read_manifest(outdir)
         located = locate_models(config, classify=classify)  # fast: a missing model fails right away
-        spec = ModelSpec(esm2_path=located["esm2"].path, dnabert_path=located["dnabert"].path,
-                         classifier_path=located["classifier"].path if classify else None,
-                         device=config.device, precision=config.precision, engine=config.engine,
-                         zero_offload=config.zero_offload, nvme_path=config.nvme_path,
-                         esm2_max_tokens=config.esm2_max_tokens,
-                         dnabert_max_tokens=config.dnabert_max_tokens, threads=config.threads_per_worker)
+        spec = _model_spec(config, located)
 
     results: list[dict[str, Any]] = []
     dashboard, worker_load_s = None, None
@@ -131,20 +126,9 @@ def run(inputs: Sequence[str | Path] | str | Path, outdir: str | Path, *, client
             todo = [b for b in bags if not store.bag_is_complete(outdir, b, with_probability=classify)]
             log.info("%d frames in %d bags; %d already done, %d to compute",
                      len(table.frame_id), len(bags), len(bags) - len(todo), len(todo))
-            warnings = []
-            if classify and models["classifier"].spec != "demo":
-                from .classifier import check_chunk_size
-                warnings = [w for w in [check_chunk_size(models["classifier"].path,
-                                                         config.expected_length)] if w]
-            for warning in warnings:
-                log.warning("warning: %s", warning)
+            warnings = _chunk_size_warnings(config, models)
             random_weights = any(m.random_weights for m in models.values())
-            attrs = {"virnuc_hpc_version": __version__, "run_key": run_key,
-                     "random_weights": int(random_weights), "expected_length": config.expected_length,
-                     **{f"{role}_sha256": m.sha256 for role, m in models.items()},
-                     **{f"{role}_model": m.spec for role, m in models.items()}}
-            if random_weights:
-                attrs["warning"] = store.RANDOM_WEIGHTS_WARNING
+            attrs = _bag_attributes(run_key, config, models, random_weights)
 
         if todo:
             workers = workers or _start_workers(stack, timer, config, client, spec)
@@ -182,6 +166,41 @@ def run(inputs: Sequence[str | Path] | str | Path, outdir: str | Path, *, client
     return RunResult(outdir=outdir, counts=counts, seconds=timer.seconds,
                      random_weights=random_weights, dashboard=dashboard, files=files + [store.RUN_JSON],
                      model_load_on_workers_s=worker_load_s)
+
+
+def _model_spec(config: RunConfig, located: dict[str, ModelFile]) -> ModelSpec:
+    """What every worker needs to load the models: local paths and how to run them."""
+    return ModelSpec(esm2_path=located["esm2"].path, dnabert_path=located["dnabert"].path,
+                     classifier_path=located["classifier"].path if "classifier" in located else None,
+                     device=config.device, precision=config.precision, engine=config.engine,
+                     zero_offload=config.zero_offload, nvme_path=config.nvme_path,
+                     esm2_max_tokens=config.esm2_max_tokens, dnabert_max_tokens=config.dnabert_max_tokens,
+                     threads=config.threads_per_worker)
+
+
+def _chunk_size_warnings(config: RunConfig, models: dict[str, ModelFile]) -> list[str]:
+    """A classifier file named for the other chunk size (300_model vs 500) is almost surely a mistake."""
+    classifier = models.get("classifier")
+    if classifier is None or classifier.spec == "demo":
+        return []
+    from .classifier import check_chunk_size
+    warnings = [w for w in [check_chunk_size(classifier.path, config.expected_length)] if w]
+    for warning in warnings:
+        log.warning("warning: %s", warning)
+    return warnings
+
+
+def _bag_attributes(run_key: str, config: RunConfig, models: dict[str, ModelFile],
+                    random_weights: bool) -> dict[str, Any]:
+    """NetCDF attributes of every bag: provenance, and the random-weights warning where it applies."""
+    attrs: dict[str, Any] = {
+        "virnuc_hpc_version": __version__, "run_key": run_key, "random_weights": int(random_weights),
+        "expected_length": config.expected_length,
+        **{f"{role}_sha256": m.sha256 for role, m in models.items()},
+        **{f"{role}_model": m.spec for role, m in models.items()}}
+    if random_weights:
+        attrs["warning"] = store.RANDOM_WEIGHTS_WARNING
+    return attrs
 
 
 def _claim_outdir(outdir: Path, previous: dict[str, Any] | None, run_key: str, config: RunConfig,
