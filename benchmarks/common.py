@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import torch
 
@@ -36,3 +38,15 @@ def random_dna(n: int, length: int, seed: int) -> list[str]:
     rng = np.random.default_rng(seed)
     rows = np.frombuffer(b"ACGT", dtype=np.uint8)[rng.integers(0, 4, (n, length))]
     return [r.tobytes().decode() for r in rows]
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise cosine similarity, computed in float64."""
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+def card_slug(name: str | None = None) -> str:
+    """File-name form of a GPU's name (the current CUDA device's by default): 'nvidia-h200'."""
+    name = torch.cuda.get_device_name() if name is None else name
+    return re.sub(r"[^a-z0-9.]+", "-", name.lower()).strip("-")

@@ -21,7 +21,6 @@ import argparse
 import copy
 import json
 import platform
-import re
 import tempfile
 import time
 from pathlib import Path
@@ -30,14 +29,12 @@ from typing import Callable
 import numpy as np
 import torch
 
-from common import matmul_ceiling, random_dna  # benchmarks/ is on sys.path when run as a script
+from common import card_slug, cosine, matmul_ceiling, random_dna  # benchmarks/ is on sys.path
 from virnuc_hpc.encoders.dnabert import DNABERT2, DNABERTEncoder, load_dnabert_parts
 from virnuc_hpc.encoders.dnabert_packed import PackedDNABERTEncoder, pool
 from virnuc_hpc.random_models.dnabert import write_random_dnabert_dir
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
 
 
 def model_flops(model: DNABERT2, lengths: np.ndarray) -> float:
@@ -47,11 +44,6 @@ def model_flops(model: DNABERT2, lengths: np.ndarray) -> float:
     per_pair = 4 * d * n
     lengths = lengths.astype(np.float64)
     return float((lengths * per_token + lengths ** 2 * per_pair).sum())
-
-
-def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a, b = a.astype(np.float64), b.astype(np.float64)
-    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
 
 
 def timed(embed: Callable[[list[str]], np.ndarray], seqs: list[str]) -> tuple[np.ndarray, float, float]:
@@ -83,10 +75,6 @@ def device_only(enc: PackedDNABERTEncoder, seqs: list[str]) -> tuple[np.ndarray,
     for b, v in zip(batches, vecs):
         out[b.index] = v.cpu().numpy()
     return out, seconds
-
-
-def card_slug(name: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 
 def main() -> None:
@@ -142,7 +130,7 @@ def main() -> None:
         toks = int(lengths[name][:n].sum())
         flops = model_flops(model, lengths[name][:n])
         k = min(len(out), args.fidelity)
-        cos = cosines(out[:k], ref[name][:k])
+        cos = cosine(out[:k], ref[name][:k])
         row = dict(setting=setting, precision=precision, data=name, sequences=n, tokens=toks,
                    mean_tokens=round(toks / n, 2), seconds=round(seconds, 4),
                    tokens_per_s=round(toks / seconds), sequences_per_s=round(n / seconds, 1),

@@ -24,7 +24,6 @@ import argparse
 import copy
 import gc
 import json
-import re
 import tempfile
 import time
 import traceback
@@ -37,7 +36,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from common import random_dna, random_proteins  # benchmarks/ is on sys.path when run as a script
+from common import card_slug, cosine, random_dna, random_proteins  # benchmarks/ is on sys.path
 from virnuc_hpc.encoders.dnabert import DNABERTEncoder, load_dnabert_parts
 from virnuc_hpc.encoders.dnabert_packed import PackedDNABERTEncoder
 from virnuc_hpc.encoders.esm2 import ESM2, ESM2Encoder
@@ -52,14 +51,6 @@ RESULTS = Path(__file__).resolve().parent / "results"
 AMINO = np.array(list("ACDEFGHIKLMNPQRSTVWY"))
 
 
-def card_slug() -> str:
-    if not torch.cuda.is_available():
-        return "smoke-cpu"
-    return re.sub(r"[^a-z0-9.]+", "-", torch.cuda.get_device_name().lower()).strip("-")
-
-
-
-
 def esm2_flops(model: ESM2, proteins: list[str]) -> float:
     """Matmul FLOPs (2 x matmul parameters per token) + attention (4 * D * L per token and layer)."""
     d, layers = model.embed_dim, model.num_layers
@@ -71,11 +62,6 @@ def dnabert_flops(cfg: Any, lengths: np.ndarray) -> float:
     d, i, n = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers
     lengths = lengths.astype(np.float64)
     return float((lengths * 2 * n * (4 * d * d + 3 * d * i) + lengths ** 2 * 4 * d * n).sum())
-
-
-def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a, b = a.astype(np.float64), b.astype(np.float64)
-    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
 
 
 def sync() -> None:
@@ -413,7 +399,7 @@ def main() -> None:
     if not args.smoke:
         from common import matmul_ceiling  # needs a GPU
         ceiling = matmul_ceiling()
-    card = card_slug()
+    card = card_slug() if torch.cuda.is_available() else "smoke-cpu"
     result: dict[str, Any] = {"card": torch.cuda.get_device_name() if not args.smoke else "cpu (smoke)",
                               "torch": torch.__version__, "deepspeed": ds.__version__,
                               "ceiling_tflops": ceiling, "rows": [], "errors": {}}

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 from pathlib import Path
 
 import numpy as np
 
+from common import card_slug, cosine
 from pipeline_scaling import make_models, one_run, synthetic_reads  # benchmarks/ is on sys.path
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -34,11 +34,6 @@ def predictions(outdir: Path) -> tuple[np.ndarray, np.ndarray]:
     lines = (outdir / "prediction_results.txt").read_text().splitlines()
     rows = [line.split("\t") for line in lines if not line.startswith("#")][1:]
     return np.array([r[1] for r in rows]), np.array([float(r[3]) for r in rows])
-
-
-def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a, b = a.astype(np.float64), b.astype(np.float64)
-    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
 
 
 def main() -> None:
@@ -98,7 +93,7 @@ def main() -> None:
                "read_length": args.read_length, "reference": "-".join(map(str, plan[0])),
                "bag_size": args.bag_size,
                "note": "random weights: timings are real, calls are not biological", "runs": runs}
-    tag = re.sub(r"[^a-z0-9.]+", "-", card.lower()).strip("-")
+    tag = card_slug(card)
     args.results.mkdir(parents=True, exist_ok=True)
     stem = args.results / f"engines_pipeline-{tag}"
     stem.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n")

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import matmul_ceiling, random_proteins  # benchmarks/ is on sys.path when run as a script
+from common import card_slug, matmul_ceiling, random_proteins  # benchmarks/ is on sys.path
 from virnuc_hpc.encoders.esm2 import ESM2
 from virnuc_hpc.encoders.esm2_packed import PackedESM2Encoder
 
@@ -102,7 +102,7 @@ def main() -> None:
         print(json.dumps(r), flush=True)
         del enc, model
         torch.cuda.empty_cache()
-    tag = re.sub(r"[^a-z0-9.]+", "-", card.lower()).strip("-")
+    tag = card_slug(card)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     payload = {"card": card, "ceiling_tflops": ceiling, "torch": torch.__version__, "rows": rows}
     (args.out_dir / f"esm2_breakdown-{tag}.json").write_text(json.dumps(payload, indent=2) + "\n")

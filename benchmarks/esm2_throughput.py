@@ -21,7 +21,6 @@ import argparse
 import copy
 import inspect
 import json
-import re
 import time
 import warnings
 from pathlib import Path
@@ -29,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import matmul_ceiling, random_proteins  # benchmarks/ is on sys.path when run as a script
+from common import card_slug, cosine, matmul_ceiling, random_proteins  # benchmarks/ is on sys.path
 from virnuc_hpc.encoders.esm2 import ESM2, _IGNORED_RE, mean_residues, pad_batch, plan_batches, tokenize_many
 from virnuc_hpc.encoders.esm2_packed import PackedESM2Encoder
 
@@ -40,15 +39,9 @@ AMINO = np.array(list("ACDEFGHIKLMNPQRSTVWY"))
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def card_name() -> str:
-    return re.sub(r"[^a-z0-9.]+", "-", torch.cuda.get_device_name().lower()).strip("-")
-
-
-
 def flops(proteins: list[str]) -> float:
     n = np.array([len(p) + 2 for p in proteins], dtype=np.float64)
     return float((n * GFLOP_PER_TOKEN + ATTN_FLOP_PER_TOKEN_POS * n * n).sum())
-
 
 
 # --- fair-esm baselines ------------------------------------------------------------------------------------
@@ -112,11 +105,6 @@ def row(label: str, proteins: list[str], seconds: float, peak: float, ceiling: f
             "peak_activation_gib": peak, **extra}
 
 
-def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a, b = a.astype(np.float64), b.astype(np.float64)
-    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
-
-
 def fidelity_set() -> list[str]:
     lengths = sorted({1, 2, 3, 4, 5, 7, 10, 45, 50, 60, 166, 1021, 1022,
                       *np.geomspace(6, 1020, 40).astype(int).tolist()})
@@ -145,7 +133,7 @@ def main() -> None:
     from torch.nn.attention import varlen
 
     print(f"torch {torch.__version__}; varlen_attn{inspect.signature(varlen.varlen_attn)}", flush=True)
-    card = card_name()
+    card = card_slug()
     ceiling = matmul_ceiling()
     print(f"card {torch.cuda.get_device_name()} ; bf16 8192^3 matmul ceiling {ceiling:.1f} TFLOP/s", flush=True)
 

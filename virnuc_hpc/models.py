@@ -62,12 +62,6 @@ def _esm2_is_random(path: Path) -> bool:
     return is_random_checkpoint(path)
 
 
-def resolve_models(config: RunConfig, *, classify: bool,
-                   known: dict[str, Any] | None = None) -> dict[str, ModelFile]:
-    """Local files for each model the run needs, with checksums (see locate_models, hash_models)."""
-    return hash_models(locate_models(config, classify=classify), known)
-
-
 def hash_models(located: dict[str, ModelFile], known: dict[str, Any] | None = None) -> dict[str, ModelFile]:
     """Fill in each model's sha256, reusing ``known`` records (a previous manifest) where the
     weights file is the same path, size and mtime. Slow for big files: run it beside other work."""
