@@ -107,14 +107,14 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = write_random_dnabert_dir(Path(tmp) / "dnabert-s", seed=0, **size)
-        model, tokenizer, sha = load_dnabert_parts(str(model_dir))
+        model, tokenizer, weights = load_dnabert_parts(str(model_dir))
     data = {"150bp_reads_151nt": random_dna(args.reads, 151, 1),
             "500bp_chunks_499nt": random_dna(args.chunks, 499, 2)}
     lengths = {k: np.array([len(e.ids) for e in tokenizer.encode_batch(v)]) for k, v in data.items()}
 
     def encoder(kind: str, precision: str, **kw):
         cls = PackedDNABERTEncoder if kind == "packed" else DNABERTEncoder
-        return cls(copy.deepcopy(model), tokenizer, name="random DNABERT-S", sha256=sha, device=device,
+        return cls(copy.deepcopy(model), tokenizer, name="random DNABERT-S", weights=weights, device=device,
                    precision=precision, **kw)
 
     ref = {}

@@ -182,16 +182,16 @@ def dnabert_s(ds: Any, ctx: dict) -> list[dict]:
     size = dict(layers=2, hidden=64, heads=4, intermediate=128, vocab_size=256) if smoke else {}
     prec = "bf16" if smoke else "fp16"
     with tempfile.TemporaryDirectory() as tmp:
-        model, tok, sha = load_dnabert_parts(str(write_random_dnabert_dir(Path(tmp) / "d", seed=0, **size)))
+        model, tok, weights = load_dnabert_parts(str(write_random_dnabert_dir(Path(tmp) / "d", seed=0, **size)))
     data = random_dna(60 if smoke else 16000, 499, 2)
     lengths = np.array([len(e.ids) for e in tok.encode_batch(data)])
     fid = data[:50 if smoke else 2000]
-    ref = DNABERTEncoder(copy.deepcopy(model), tok, name="ref", sha256=sha, device=str(device),
+    ref = DNABERTEncoder(copy.deepcopy(model), tok, name="ref", weights=weights, device=str(device),
                          precision="fp32", max_tokens=16384).embed(fid)
     kw = dict(attention="dense", compile=False, max_tokens=1024) if smoke else {}
 
     def make(engine: str) -> Any:
-        enc = PackedDNABERTEncoder(copy.deepcopy(model), tok, name="dnabert-s-random", sha256=sha,
+        enc = PackedDNABERTEncoder(copy.deepcopy(model), tok, name="dnabert-s-random", weights=weights,
                                    device=str(device), precision=prec, **kw)
         return wrap_encoder(ds, enc) if engine == "deepspeed" else enc
 

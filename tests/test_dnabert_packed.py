@@ -39,9 +39,9 @@ def small(tmp_path_factory) -> Path:
 
 
 def packed(directory: Path, **kwargs) -> PackedDNABERTEncoder:
-    model, tok, sha = load_dnabert_parts(str(directory))
+    model, tok, weights = load_dnabert_parts(str(directory))
     kwargs.setdefault("device", "cpu")
-    return PackedDNABERTEncoder(model, tok, name=str(directory), sha256=sha, **kwargs)
+    return PackedDNABERTEncoder(model, tok, name=str(directory), weights=weights, **kwargs)
 
 
 # --------------------------------------------------------------------------- packing logic

@@ -80,8 +80,8 @@ def test_packed_encoders_run_through_the_engine(demo_cache: Path):
         return PackedESM2Encoder(load_esm2_model(models.esm2), name="demo", device=cpu, precision="fp32")
 
     def dna() -> PackedDNABERTEncoder:
-        model, tok, sha = load_dnabert_parts(str(models.dnabert))
-        return PackedDNABERTEncoder(model, tok, name="demo", sha256=sha, device="cpu", precision="fp32")
+        model, tok, weights = load_dnabert_parts(str(models.dnabert))
+        return PackedDNABERTEncoder(model, tok, name="demo", weights=weights, device="cpu", precision="fp32")
 
     for make, inputs in ((esm, proteins), (dna, nucleotides)):
         native, wrapped = make(), wrap_encoder(deepspeed, make())

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,13 @@ class ModelFile:
         return asdict(self)
 
 
+def offline() -> bool:
+    """VIRNUC_HPC_OFFLINE or HF_HUB_OFFLINE set to 1/true/yes/on (Hugging Face's reading): no
+    model download is tried, for ESM-2 and DNABERT alike."""
+    return any(os.environ.get(v, "").strip().lower() in {"1", "true", "yes", "on"}
+               for v in ("VIRNUC_HPC_OFFLINE", "HF_HUB_OFFLINE"))
+
+
 def file_sha256(path: Path, known: dict[str, Any] | None = None) -> str:
     """sha256 of a file, reusing ``known`` (a previous record) when size and mtime are unchanged."""
     st = path.stat()
@@ -43,16 +51,10 @@ def file_sha256(path: Path, known: dict[str, Any] | None = None) -> str:
     return h.hexdigest()
 
 
-def _dnabert_weights(directory: Path) -> Path:
-    for name in ("model.safetensors", "pytorch_model.bin"):
-        if (directory / name).is_file():
-            return directory / name
-    raise ModelNotFoundError(f"no model.safetensors or pytorch_model.bin in {directory}")
-
-
 def _dnabert_is_random(directory: Path) -> bool:
     try:
-        return bool(json.loads((directory / "config.json").read_text()).get("virnuc_hpc_random_weights"))
+        from .encoders.dnabert import RANDOM_WEIGHTS_FLAG
+        return bool(json.loads((directory / "config.json").read_text()).get(RANDOM_WEIGHTS_FLAG))
     except (OSError, ValueError):
         return False
 
@@ -77,6 +79,7 @@ def locate_models(config: RunConfig, *, classify: bool) -> dict[str, ModelFile]:
     """Local files for each model the run needs, checksums not yet computed (``sha256`` empty);
     raises ModelNotFoundError with where it looked. Fast, so workers can start loading at once."""
     from .encoders.dnabert import resolve_dnabert_dir
+    from .encoders.dnabert import weights_file as dnabert_weights_file
     from .encoders.esm2 import resolve_esm2_checkpoint
 
     demo = None
@@ -91,7 +94,7 @@ def locate_models(config: RunConfig, *, classify: bool) -> dict[str, ModelFile]:
     esm2 = demo.esm2 if demo and config.esm2_model == DEMO else resolve_esm2_checkpoint(config.esm2_model)
     out["esm2"] = record("esm2", config.esm2_model, esm2, esm2, _esm2_is_random(esm2))
     dna = demo.dnabert if demo and config.dnabert_model == DEMO else resolve_dnabert_dir(config.dnabert_model)
-    out["dnabert"] = record("dnabert", config.dnabert_model, dna, _dnabert_weights(dna),
+    out["dnabert"] = record("dnabert", config.dnabert_model, dna, dnabert_weights_file(dna),
                             _dnabert_is_random(dna))
     if classify:
         if not config.classifier:

@@ -8,7 +8,6 @@ formats, so fp32 results equal the reference and a user's real directory loads t
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import math
 import os
@@ -25,6 +24,7 @@ from torch import Tensor, nn
 
 from ..devices import dtype_of, resolve_device, resolve_precision
 from ..errors import ModelFileError, ModelNotFoundError
+from ..models import offline
 
 if TYPE_CHECKING:
     from .dnabert_packed import PackedDNABERTEncoder
@@ -169,14 +169,20 @@ def read_config(directory: Path) -> DNABERTConfig:
     return cfg
 
 
+RANDOM_WEIGHTS_FLAG = "virnuc_hpc_random_weights"  # set in config.json by random_models.dnabert
+
+
+def weights_file(directory: Path) -> Path:
+    """model.safetensors (preferred) or pytorch_model.bin in a model directory."""
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        if (directory / name).is_file():
+            return directory / name
+    raise ModelFileError(f"no model.safetensors or pytorch_model.bin in {directory}")
+
+
 def read_weights(directory: Path) -> tuple[dict[str, Tensor], Path]:
     """model.safetensors (preferred) or pytorch_model.bin (weights_only), as fp32 CPU tensors."""
-    for name in ("model.safetensors", "pytorch_model.bin"):
-        path = directory / name
-        if path.is_file():
-            break
-    else:
-        raise ModelFileError(f"no model.safetensors or pytorch_model.bin in {directory}")
+    path = weights_file(directory)
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -256,11 +262,6 @@ def _hf_cache_dir() -> Path:
     return Path(home).expanduser() / "hub"
 
 
-def _offline() -> bool:
-    return any(os.environ.get(v, "").strip().lower() in {"1", "true", "yes", "on"}
-               for v in ("HF_HUB_OFFLINE", "VIRNUC_HPC_OFFLINE"))
-
-
 def resolve_dnabert_dir(spec: str) -> Path:
     """A directory as is; a hub id (``zhihan1996/DNABERT-S``) from the HF cache, downloading if online."""
     path = Path(spec).expanduser()
@@ -275,7 +276,7 @@ def resolve_dnabert_dir(spec: str) -> Path:
         return Path(snapshot_download(spec, allow_patterns=HUB_FILES, cache_dir=cache, local_files_only=True))
     except Exception as exc:
         reason = f"{type(exc).__name__}: {exc}"
-    if not _offline():
+    if not offline():
         try:
             return Path(snapshot_download(spec, allow_patterns=HUB_FILES, cache_dir=cache))
         except Exception as exc:
@@ -292,22 +293,14 @@ def resolve_dnabert_dir(spec: str) -> Path:
 
 # --------------------------------------------------------------------------- the encoder
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 24), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 class DNABERTEncoder:
     """Nucleotide strings -> (N, D) float32: mean of the last hidden states over [CLS], tokens, [SEP].
 
     Length-sorted, token-budget batches; results come back in input order. In fp16/bf16 a batch
     with NaN/Inf is recomputed in fp32 (``stats['nonfinite_recomputed_batches']``)."""
 
-    def __init__(self, model: DNABERT2, tokenizer, *, name: str, sha256: str, device: str = "auto",
-                 precision: str = "auto", max_tokens: int | None = None,
+    def __init__(self, model: DNABERT2, tokenizer, *, name: str, weights: Path | None = None,
+                 device: str = "auto", precision: str = "auto", max_tokens: int | None = None,
                  max_bias_elements: int = 2 ** 27) -> None:
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
@@ -317,7 +310,7 @@ class DNABERTEncoder:
         if self.max_tokens < 1:
             raise ValueError(f"max_tokens must be positive, not {self.max_tokens}")
         self.max_bias_elements = max_bias_elements  # caps B*H*L*L of the materialised bias
-        self.name, self.sha256, self.tokenizer = name, sha256, tokenizer
+        self.name, self.weights, self.tokenizer = name, weights, tokenizer
         self.dim = model.cfg.hidden_size
         pad = tokenizer.token_to_id("[PAD]")  # any id works (padded keys are masked); keep the model's
         self.pad_id = model.cfg.pad_token_id if pad is None else pad
@@ -330,6 +323,8 @@ class DNABERTEncoder:
                 m.float()
         self.stats: dict[str, int] = {"sequences": 0, "tokens": 0, "batches": 0,
                                       "nonfinite_recomputed_batches": 0}
+
+    sha256 = property(lambda self: weights_sha256(self), doc="Hex digest of the weights file (read on first use).")
 
     def batches(self, lengths: Sequence[int]) -> list[list[int]]:
         """Indices sorted by length, cut so that each padded batch fits the token and bias budgets
@@ -379,13 +374,24 @@ class DNABERTEncoder:
         return out
 
 
-def load_dnabert_parts(spec: str) -> tuple[DNABERT2, object, str]:
-    """Directory or hub id -> (fp32 CPU model, tokenizer, weights sha256). Reads only data files."""
+def load_dnabert_parts(spec: str) -> tuple[DNABERT2, object, Path]:
+    """Directory or hub id -> (fp32 CPU model, tokenizer, weights file). Reads only data files."""
     directory = resolve_dnabert_dir(spec)
     cfg = read_config(directory)
     tokenizer = read_tokenizer(directory, cfg)
     checkpoint, weights = read_weights(directory)
-    return build_model(cfg, checkpoint, weights), tokenizer, _sha256(weights)
+    return build_model(cfg, checkpoint, weights), tokenizer, weights
+
+
+def weights_sha256(encoder: "DNABERTEncoder | PackedDNABERTEncoder") -> str:
+    """sha256 of an encoder's weights file, computed once on first use: the client already
+    checksums every model file (models.hash_models), so workers never need it at start-up."""
+    if "_sha256" not in encoder.__dict__:
+        if encoder.weights is None:
+            raise ValueError("sha256 unknown: the encoder was not built from a file")
+        from ..models import file_sha256
+        encoder.__dict__["_sha256"] = file_sha256(Path(encoder.weights))
+    return encoder.__dict__["_sha256"]
 
 
 def _use_packed(device: torch.device, precision: str) -> bool:
@@ -406,12 +412,12 @@ def load_dnabert(spec: str, device: str = "auto", precision: str = "auto",
 
     On a GPU in fp16/bf16 this is the packed, compiled FlexAttention encoder (dnabert_packed.py);
     otherwise the padded SDPA encoder above (CPU, CI, fp32 compat mode)."""
-    model, tokenizer, sha = load_dnabert_parts(spec)
+    model, tokenizer, weights = load_dnabert_parts(spec)
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)
     if _use_packed(dev, prec):
         from .dnabert_packed import PackedDNABERTEncoder
-        return PackedDNABERTEncoder(model, tokenizer, name=spec, sha256=sha, device=str(dev),
+        return PackedDNABERTEncoder(model, tokenizer, name=spec, weights=weights, device=str(dev),
                                     precision=prec, max_tokens=max_tokens)
-    return DNABERTEncoder(model, tokenizer, name=spec, sha256=sha, device=str(dev), precision=prec,
+    return DNABERTEncoder(model, tokenizer, name=spec, weights=weights, device=str(dev), precision=prec,
                           max_tokens=max_tokens)

@@ -20,6 +20,7 @@ import queue
 import threading
 from collections import deque
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Iterator, Literal, Sequence
 
 import numpy as np
@@ -28,7 +29,7 @@ from torch import Tensor, nn
 from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
 from ..devices import dtype_of, resolve_device, resolve_precision
-from .dnabert import DNABERT2, DNABERTEncoder, DNABERTLayer
+from .dnabert import DNABERT2, DNABERTEncoder, DNABERTLayer, weights_sha256
 
 BLOCK = 128                 # FlexAttention's default block; batches are a multiple of it
 GPU_BUDGET = 65536          # tokens per packed batch on a GPU (fills an H100; ~1 GB of activations)
@@ -208,7 +209,11 @@ class PackedForward:
         self.model, self.attention = model, attention
         device = model.word_embeddings.weight.device
         self.slopes = torch.tensor(model.slopes, dtype=torch.float32, device=device)
-        self.layer = torch.compile(flex_layer, dynamic=False) if compile and attention == "flex" else flex_layer
+        self.layer = flex_layer
+        if compile and attention == "flex":
+            from ..engines.compile import configure_compile_cache
+            configure_compile_cache()  # the node-shared cache, also when ESM-2 has not set it up
+            self.layer = torch.compile(flex_layer, dynamic=False)
 
     def __call__(self, batch: PackedBatch) -> Tensor:
         x = self.model.embed_tokens(batch.ids)
@@ -289,8 +294,8 @@ class PackedDNABERTEncoder:
     through SDPA with the block-diagonal ALiBi bias (CPU tests). In fp16/bf16 a batch with NaN/Inf is
     recomputed in fp32 on the padded path (``stats['nonfinite_recomputed_batches']``)."""
 
-    def __init__(self, model: DNABERT2, tokenizer, *, name: str, sha256: str, device: str = "auto",
-                 precision: str = "auto", max_tokens: int | None = None,
+    def __init__(self, model: DNABERT2, tokenizer, *, name: str, weights: Path | None = None,
+                 device: str = "auto", precision: str = "auto", max_tokens: int | None = None,
                  attention: Attention | None = None, compile: bool | None = None,
                  chunk_sequences: int = 8192, prefetch: int = 3) -> None:
         self.device = resolve_device(device)
@@ -300,7 +305,7 @@ class PackedDNABERTEncoder:
         if self.max_tokens < 1:
             raise ValueError(f"max_tokens must be positive, not {self.max_tokens}")
         self.max_tokens = batch_size(self.max_tokens, BLOCK)  # a whole number of blocks
-        self.name, self.sha256, self.tokenizer = name, sha256, tokenizer
+        self.name, self.weights, self.tokenizer = name, weights, tokenizer
         self.dim = model.cfg.hidden_size
         pad = tokenizer.token_to_id("[PAD]")
         self.pad_id = model.cfg.pad_token_id if pad is None else pad
@@ -315,6 +320,8 @@ class PackedDNABERTEncoder:
         self.forward = PackedForward(self.model, attention, on_gpu if compile is None else compile)
         self.stats: dict[str, int] = {"sequences": 0, "tokens": 0, "padded_tokens": 0, "batches": 0,
                                       "nonfinite_recomputed_batches": 0}
+
+    sha256 = property(weights_sha256, doc="Hex digest of the weights file (read on first use).")
 
     # host side ---------------------------------------------------------------
     def _token_chunks(self, seqs: list[str]) -> Iterator[tuple[np.ndarray, list[list[int]]]]:
@@ -343,7 +350,7 @@ class PackedDNABERTEncoder:
             raise RuntimeError(f"DNABERT {self.name}: non-finite embeddings in fp32")
         if self._fallback is None:
             self._fallback = DNABERTEncoder(self._fp32_model, self.tokenizer, name=self.name,
-                                            sha256=self.sha256, device=str(self.device), precision="fp32")
+                                            weights=self.weights, device=str(self.device), precision="fp32")
         self.stats["nonfinite_recomputed_batches"] += 1
         return self._fallback.embed(seqs)
 

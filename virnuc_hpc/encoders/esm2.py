@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import hashlib
-import os
 import pickle
 import re
 import zipfile
@@ -32,6 +30,7 @@ import torch.nn.functional as F
 
 from virnuc_hpc.devices import dtype_of, resolve_device, resolve_precision
 from virnuc_hpc.errors import ModelFileError, ModelNotFoundError
+from virnuc_hpc.models import offline
 
 # ---------------------------------------------------------------------------------------------------
 # Alphabet (ESM-1b, as esm.Alphabet.from_architecture("ESM-1b")) and tokenisation
@@ -271,13 +270,6 @@ _IGNORED_RE = re.compile(r"^(lm_head|contact_head)\.|\.rot_emb\.inv_freq$")
 RANDOM_WEIGHTS_FLAG = "virnuc_hpc_random_weights"  # set in cfg['model'] by random_models.esm2
 
 
-def _offline() -> bool:
-    return any(
-        os.environ.get(var, "").strip().lower() not in ("", "0", "false", "no", "off")
-        for var in ("VIRNUC_HPC_OFFLINE", "HF_HUB_OFFLINE")
-    )
-
-
 def resolve_esm2_checkpoint(spec: str | Path) -> Path:
     """An existing file is used as is; a released model name is looked up in (or fetched to) the
     torch-hub cache, `<torch.hub.get_dir()>/checkpoints/<name>.pt`, the place fair-esm uses."""
@@ -297,7 +289,7 @@ def resolve_esm2_checkpoint(spec: str | Path) -> Path:
     url = MODEL_URL.format(name=name)
     how = (f"download it with `wget -P {target.parent} {url}` on a machine with network access and copy "
            f"it to {target}, or pass the path of the .pt file instead of the name")
-    if _offline():
+    if offline():
         raise ModelNotFoundError(f"ESM-2 model {name}: {target} does not exist and offline mode is set; {how}")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -437,13 +429,10 @@ class ESM2Encoder:
     batch with any non-finite vector is recomputed with an fp32 copy of the weights (made on first need)."""
 
     def __init__(self, model: ESM2, *, name: str, device: torch.device, precision: str,
-                 max_tokens: int | None = None, path: Path | None = None, sha256: str | None = None,
-                 pool_limit: int = POOL_LIMIT):
+                 max_tokens: int | None = None, path: Path | None = None, pool_limit: int = POOL_LIMIT):
         self.model, self.name, self.device, self.precision = model, name, device, precision
         self.max_tokens = max_tokens or DEFAULT_MAX_TOKENS.get(device.type, 16384)
         self.path, self.pool_limit = path, pool_limit
-        if sha256 is not None:
-            self.__dict__["sha256"] = sha256
         self._fp32: ESM2 | None = model if precision == "fp32" else None
         self.stats = {"sequences": 0, "tokens": 0, "padded_tokens": 0, "batches": 0,
                       "nonfinite_recomputed_batches": 0}
@@ -461,8 +450,8 @@ class ESM2Encoder:
         """Hex digest of the checkpoint file, computed on first use (seconds for the 3B file)."""
         if self.path is None:
             raise ValueError("sha256 unknown: the encoder was not built from a file")
-        with open(self.path, "rb") as fh:
-            return hashlib.file_digest(fh, "sha256").hexdigest()
+        from ..models import file_sha256
+        return file_sha256(Path(self.path))
 
     def embed(self, proteins: Sequence[str]) -> np.ndarray:
         """(N, dim) float32, row i for proteins[i]."""

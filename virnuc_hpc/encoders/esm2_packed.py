@@ -390,15 +390,14 @@ class PackedESM2Encoder(ESM2Encoder):
     """
 
     def __init__(self, model: ESM2, *, name: str, device: torch.device, precision: str,
-                 max_tokens: int | None = None, path: Path | None = None, sha256: str | None = None,
+                 max_tokens: int | None = None, path: Path | None = None,
                  pool_limit: int = POOL_LIMIT, attention: str | None = None,
                  compile_layers: bool | None = None):
         super().__init__(model, name=name, device=device, precision=precision, max_tokens=max_tokens,
-                         path=path, sha256=sha256, pool_limit=pool_limit)
+                         path=path, pool_limit=pool_limit)
         self.attention = attention or ("varlen" if device.type == "cuda" else "masked")
         self.compile_layers = device.type == "cuda" if compile_layers is None else compile_layers
         self.token_budget = max_tokens or derive_token_budget(device, model.embed_dim, dtype=self.dtype)
-        self.max_tokens = self.token_budget
         self.forward = PackedESM2(model, self.attention, self.compile_layers,
                                   max_shapes=2 * max_buckets(self.token_budget))
         self.stats["oom_split_batches"] = 0
@@ -407,6 +406,15 @@ class PackedESM2Encoder(ESM2Encoder):
     @property
     def dtype(self) -> torch.dtype:
         return self.model.embed_tokens.weight.dtype
+
+    @property
+    def max_tokens(self) -> int:
+        """The token budget per packed batch (the padded base class's name for it)."""
+        return self.token_budget
+
+    @max_tokens.setter
+    def max_tokens(self, value: int) -> None:
+        self.token_budget = value
 
     def warm_up(self) -> None:
         """Compile every bucket shape now (worker startup), not inside the first bags.
@@ -508,5 +516,4 @@ class PackedESM2Encoder(ESM2Encoder):
         needed = int(packed_size(lengths[index]).sum())
         lowered = max(MIN_BUCKET, needed // 2 // MIN_BUCKET * MIN_BUCKET)
         self.token_budget = min(self.token_budget, lowered)
-        self.max_tokens = self.token_budget
         return [index[:half], index[half:]]

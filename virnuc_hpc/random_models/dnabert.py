@@ -15,6 +15,8 @@ from typing import Literal
 import numpy as np
 import torch
 
+from virnuc_hpc.encoders.dnabert import RANDOM_WEIGHTS_FLAG
+
 SPECIAL_TOKENS = ["[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]"]  # ids 0..4, as in DNABERT-2
 
 
@@ -50,7 +52,7 @@ def _config(layers: int, hidden: int, heads: int, intermediate: int, vocab_size:
         "type_vocab_size": 2,
         "use_cache": True,
         "vocab_size": vocab_size,
-        "virnuc_hpc_random_weights": True,
+        RANDOM_WEIGHTS_FLAG: True,
     }
 
 
