@@ -209,8 +209,6 @@ def submit(run_args: tuple[str, ...], folder: str | None, time_limit: str, per_i
         _fail(f"input file(s) not found: {', '.join(missing)}")
     if params.get("expected_length"):
         params["expected_length"] = int(params["expected_length"])
-    if params.get("progress") is None:
-        params["progress"] = False  # a progress bar only garbles log files
     try:
         config = load_config(preset=preset, config_file=config_file, overrides=params)
         slurm.time_minutes(time_limit)

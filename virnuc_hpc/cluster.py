@@ -20,6 +20,12 @@ from distributed import Client, LocalCluster
 from .config import RunConfig
 
 
+# Task threads per worker. A GPU worker has two: one bag holds the device (worker.py's lock) while
+# another bag's classification and NetCDF writing run. A CPU worker computes with torch threads.
+GPU_WORKER_THREADS = 2
+CPU_WORKER_THREADS = 1
+
+
 def gpu_count() -> int:
     """GPUs visible to this process, without initialising CUDA in it (workers do that)."""
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
@@ -48,17 +54,17 @@ def local_cluster(config: RunConfig, host: str = "127.0.0.1") -> Iterator[LocalC
     must join (the multi-node Slurm job binds to the node's address).
     """
     common = dict(host=host, dashboard_address=_dashboard_host_port(config.dashboard_address),
-                  threads_per_worker=1, silence_logs=logging.CRITICAL)  # task errors reach the client
+                  silence_logs=logging.CRITICAL)  # task errors reach the client
     # A bag that kills its worker twice is reported, not retried forever.
     with dask.config.set({"distributed.scheduler.allowed-failures": 1,
                           "distributed.worker.daemon": False}):
         if wants_gpu(config):
             from dask_cuda import LocalCUDACluster  # imported only where GPUs exist
-            # two task threads per GPU: one bag on the device while another's CPU work proceeds
-            cluster = LocalCUDACluster(n_workers=config.workers, **{**common, "threads_per_worker": 2})
+            cluster = LocalCUDACluster(n_workers=config.workers, threads_per_worker=GPU_WORKER_THREADS,
+                                       **common)
         else:
-            workers = config.workers or 1
-            cluster = LocalCluster(n_workers=workers, processes=True, memory_limit=0, **common)
+            cluster = LocalCluster(n_workers=config.workers or 1, threads_per_worker=CPU_WORKER_THREADS,
+                                   processes=True, memory_limit=0, **common)
     try:
         yield cluster
     finally:
@@ -106,11 +112,11 @@ async def _serve_workers(scheduler_address: str, config: RunConfig, host: str | 
     with dask.config.set({"distributed.worker.daemon": False}):
         if wants_gpu(config):
             from dask_cuda import CUDAWorker  # imported only where GPUs exist
-            servers = [CUDAWorker(scheduler_address, host=host, nthreads=2, name=name,
+            servers = [CUDAWorker(scheduler_address, host=host, nthreads=GPU_WORKER_THREADS, name=name,
                                   death_timeout=death_timeout)]
         else:
             n = config.workers or 1
-            servers = [Nanny(scheduler_address, host=host, nthreads=1, memory_limit=0,
+            servers = [Nanny(scheduler_address, host=host, nthreads=CPU_WORKER_THREADS, memory_limit=0,
                              name=f"{name}-{i}" if name else None, death_timeout=death_timeout)
                        for i in range(n)]
         if handle_signals:

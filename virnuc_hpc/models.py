@@ -71,12 +71,13 @@ def hash_models(located: dict[str, ModelFile], known: dict[str, Any] | None = No
     out = {}
     for role, m in located.items():
         prev = known.get(role) if known.get(role, {}).get("weights") == m.weights else None
-        out[role] = replace(m, sha256=file_sha256(Path(m.weights), prev))
+        out[role] = m if m.sha256 else replace(m, sha256=file_sha256(Path(m.weights), prev))
     return out
 
 
 def locate_models(config: RunConfig, *, classify: bool) -> dict[str, ModelFile]:
-    """Local files for each model the run needs, checksums not yet computed (``sha256`` empty);
+    """Local files for each model the run needs, checksums not yet computed (``sha256`` empty, but
+    for the classifier, which is read here anyway);
     raises ModelNotFoundError with where it looked. Fast, so workers can start loading at once."""
     from .encoders.dnabert import resolve_dnabert_dir
     from .encoders.dnabert import weights_file as dnabert_weights_file
@@ -108,6 +109,7 @@ def locate_models(config: RunConfig, *, classify: bool) -> dict[str, ModelFile]:
                 raise ModelNotFoundError(f"classifier file {path} does not exist (VirNucPro ships "
                                          "300_model.pth and 500_model.pth in its repository)")
             from .classifier import load_classifier
-            load_classifier(path, input_dim=None)  # small: refuse a bad file before workers start
-            out["classifier"] = record("classifier", config.classifier, path, path, False)
+            checked = load_classifier(path, input_dim=None)  # small: refuse a bad file before workers start
+            out["classifier"] = replace(record("classifier", config.classifier, path, path, False),
+                                        sha256=checked.sha256)  # read once: hash_models keeps it
     return out

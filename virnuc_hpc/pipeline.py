@@ -302,7 +302,8 @@ def _schedule(client: Client, todo: list[Bag], outdir: Path, attrs: dict[str, An
                 tokens += result["protein_tokens"]
                 bar.update(result["frames"])
                 bar.set_postfix_str(f"{tokens / max(time.perf_counter() - t0, 1e-9):,.0f} ESM tok/s")
-            while futures.count() < in_flight_limit():
+            limit = in_flight_limit()  # one scheduler query per finished bag
+            while futures.count() < limit:
                 bag = next(pending, None)
                 if bag is None:
                     break
@@ -318,10 +319,10 @@ def _schedule(client: Client, todo: list[Bag], outdir: Path, attrs: dict[str, An
                 bar.update(result["frames"])
     if failed:
         rows = [(b.name, fid) for b in failed for fid in b.frame_ids]
-        store.write_text_atomic(outdir / "failed_bags.tsv", store.format_tsv(("bag", "frame_id"), rows))
+        store.write_text_atomic(outdir / store.FAILED_BAGS, store.format_tsv(("bag", "frame_id"), rows))
         raise BagsFailedError(f"{len(failed)} bag(s) ({', '.join(b.name for b in failed)}; "
                               f"{len(rows)} frames) kept killing their worker, also when run alone; "
-                              f"frame ids in {outdir / 'failed_bags.tsv'}. The other bags are kept: "
+                              f"frame ids in {outdir / store.FAILED_BAGS}. The other bags are kept: "
                               "rerun to retry.")
     return results
 
@@ -372,7 +373,7 @@ def _read_rows(table: Any, loaded: LoadResult, calls: dict[str, bool],
     n_chunks = np.asarray(table.read_n_chunks, dtype=np.int64)
     read_of_chunk = np.repeat(np.arange(n), n_chunks)
     chunk_no = np.arange(len(read_of_chunk)) - np.repeat(np.cumsum(n_chunks) - n_chunks, n_chunks) + 1
-    ids = [r.id for r in records]
+    ids = list(table.read_ids)  # a copy: skipped records are appended below
     chunk_ids = [f"{ids[r]}_chunk_{c}" for r, c in zip(read_of_chunk.tolist(), chunk_no.tolist())]
     no_frame = set(table.chunks_without_frames)
     missing = np.fromiter((c in no_frame for c in chunk_ids), dtype=bool, count=len(chunk_ids))

@@ -149,7 +149,7 @@ class PipelineJob:
     def _lead(self, env: submitit.JobEnvironment, attempt: int) -> dict[str, Any]:
         from distributed import Client
 
-        from . import pipeline
+        from . import pipeline, store
         from .cluster import connect, local_cluster
 
         config = job_config(self.config)
@@ -166,7 +166,7 @@ class PipelineJob:
                         client = stack.enter_context(Client(cluster, set_as_default=False))
                 info = _announce(client, config, env, attempt)
                 if multi:
-                    _write_json(rendezvous_path(env), info)
+                    store.write_json(rendezvous_path(env), info)
                     _wait_for_ranks(client, env.num_tasks, self.join_timeout_s)
                 result = pipeline.run(self.inputs, self.outdir, client=client, config=config,
                                       classify=self.classify)
@@ -368,12 +368,6 @@ def _log_to_stderr() -> None:
         handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
         ours.addHandler(handler)
         ours.setLevel(logging.INFO)
-
-
-def _write_json(path: Path, payload: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(payload, indent=1))
-    os.replace(tmp, path)
 
 
 # --- status ------------------------------------------------------------------------------------

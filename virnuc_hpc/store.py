@@ -40,7 +40,8 @@ HIGHEST = "prediction_results_highestscore.csv"
 READS = "reads.tsv"
 RUN_JSON = "run.json"
 CONFIG = "config.yaml"
-FINAL_OUTPUTS = (PREDICTIONS, HIGHEST, READS, RUN_JSON)
+FAILED_BAGS = "failed_bags.tsv"  # only after bags that kept killing their worker
+FINAL_OUTPUTS = (PREDICTIONS, HIGHEST, READS, RUN_JSON, FAILED_BAGS)
 RANDOM_WEIGHTS_WARNING = ("RANDOM WEIGHTS: produced by randomly initialised models (virnuc-hpc demo/"
                           "test); these numbers are NOT a biological result")
 
