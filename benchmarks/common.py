@@ -50,3 +50,11 @@ def card_slug(name: str | None = None) -> str:
     """File-name form of a GPU's name (the current CUDA device's by default): 'nvidia-h200'."""
     name = torch.cuda.get_device_name() if name is None else name
     return re.sub(r"[^a-z0-9.]+", "-", name.lower()).strip("-")
+
+
+def dnabert_flops(cfg: object, lengths: np.ndarray) -> float:
+    """DNABERT-2 forward FLOPs over sequences of `lengths` tokens: the matmuls (q/k/v, output,
+    gated GELU MLP: 4d^2 + 3d*i per layer and token) plus attention's 4*d per token pair."""
+    d, i, n = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers
+    lengths = lengths.astype(np.float64)
+    return float((lengths * 2 * n * (4 * d * d + 3 * d * i) + lengths ** 2 * 4 * d * n).sum())

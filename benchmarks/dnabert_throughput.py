@@ -29,21 +29,12 @@ from typing import Callable
 import numpy as np
 import torch
 
-from common import card_slug, cosine, matmul_ceiling, random_dna  # benchmarks/ is on sys.path
-from virnuc_hpc.encoders.dnabert import DNABERT2, DNABERTEncoder, load_dnabert_parts
+from common import card_slug, cosine, dnabert_flops, matmul_ceiling, random_dna  # benchmarks/ is on sys.path
+from virnuc_hpc.encoders.dnabert import DNABERTEncoder, load_dnabert_parts
 from virnuc_hpc.encoders.dnabert_packed import PackedDNABERTEncoder, pool
 from virnuc_hpc.random_models.dnabert import write_random_dnabert_dir
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def model_flops(model: DNABERT2, lengths: np.ndarray) -> float:
-    cfg = model.cfg
-    d, i, n = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers
-    per_token = 2 * n * (d * 3 * d + d * d + d * 2 * i + i * d)
-    per_pair = 4 * d * n
-    lengths = lengths.astype(np.float64)
-    return float((lengths * per_token + lengths ** 2 * per_pair).sum())
 
 
 def timed(embed: Callable[[list[str]], np.ndarray], seqs: list[str]) -> tuple[np.ndarray, float, float]:
@@ -128,7 +119,7 @@ def main() -> None:
     def record(setting: str, precision: str, name: str, n: int, seconds: float, peak: float,
                out: np.ndarray, **extra) -> None:
         toks = int(lengths[name][:n].sum())
-        flops = model_flops(model, lengths[name][:n])
+        flops = dnabert_flops(model.cfg, lengths[name][:n])
         k = min(len(out), args.fidelity)
         cos = cosine(out[:k], ref[name][:k])
         row = dict(setting=setting, precision=precision, data=name, sequences=n, tokens=toks,
@@ -185,7 +176,7 @@ def main() -> None:
     result = {"benchmark": "dnabert_throughput", "card": card, "ceiling_tflops": round(ceiling, 1),
               "torch": torch.__version__, "python": platform.python_version(),
               "model": "random DNABERT-S, 12 layers, hidden 768, 12 heads, vocab 4096",
-              "flops_per_token_matmul": model_flops(model, np.array([1])) - per_pair,
+              "flops_per_token_matmul": dnabert_flops(model.cfg, np.array([1])) - per_pair,
               "flops_per_token_per_position": per_pair,
               "total_s": round(time.perf_counter() - t_start, 1), "rows": rows}
     args.out_dir.mkdir(parents=True, exist_ok=True)

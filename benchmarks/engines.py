@@ -36,7 +36,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from common import card_slug, cosine, random_dna, random_proteins  # benchmarks/ is on sys.path
+from common import card_slug, cosine, dnabert_flops, random_dna, random_proteins  # benchmarks/ is on sys.path
 from virnuc_hpc.encoders.dnabert import DNABERTEncoder, load_dnabert_parts
 from virnuc_hpc.encoders.dnabert_packed import PackedDNABERTEncoder
 from virnuc_hpc.encoders.esm2 import ESM2, ESM2Encoder
@@ -56,12 +56,6 @@ def esm2_flops(model: ESM2, proteins: list[str]) -> float:
     d, layers = model.embed_dim, model.num_layers
     n = np.array([len(p) + 2 for p in proteins], dtype=np.float64)
     return float((n * 2 * layers * 12 * d * d + 4 * d * layers * n * n).sum())
-
-
-def dnabert_flops(cfg: Any, lengths: np.ndarray) -> float:
-    d, i, n = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers
-    lengths = lengths.astype(np.float64)
-    return float((lengths * 2 * n * (4 * d * d + 3 * d * i) + lengths ** 2 * 4 * d * n).sum())
 
 
 def sync() -> None:

@@ -49,9 +49,9 @@ def test_reads_table_matches_per_read_rules(tmp_path):
     loaded = load_records([fasta], skip_invalid=True)
     table = frames_for_records(loaded.records, 300)
     proba = np.random.default_rng(0).random((len(table.frame_id), 2)).astype(np.float32)
-    calls = store.chunk_calls(table.frame_id, proba)
-    assert calls == slow_chunk_calls(table.frame_id, proba)
-    assert list(calls) == list(slow_chunk_calls(table.frame_id, proba))  # first-seen order
+    calls, expected_calls = store.chunk_calls(table.frame_id, proba), slow_chunk_calls(table.frame_id, proba)
+    assert calls == expected_calls
+    assert list(calls) == list(expected_calls)  # first-seen order
     for classify in (True, False):
         columns, counts = pipeline._read_rows(table, loaded, calls if classify else {}, classify)
         rows = list(zip(*columns))
