@@ -39,6 +39,7 @@ MAX_BUDGET = 65536        # tokens per batch past which the matmuls are no faste
 MIN_BUDGET = 2048
 FP32_RECOMPUTE_TOKENS = 16384  # padded fp32 sub-batches when a batch is recomputed
 TAIL_CHUNK = 128          # the tail padding attends in chunks this long (cheap, never pooled)
+DYNAMIC_ALIGN = 64        # with dynamic shapes, packed lengths are only rounded up to this
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -272,19 +273,42 @@ def attention_inputs(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, ln_w
     return q, k, F.linear(h, wv, bv).view(shape)
 
 
+@torch.library.custom_op("virnuc_hpc::linear_gelu_tanh", mutates_args=())
+def linear_gelu_tanh(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """gelu_tanh(x @ w.T + b) with the GELU in the GEMM's epilogue on CUDA (cuBLASLt GELU_BIAS).
+
+    Saves the GELU kernel's round trip of the (T, 4D) activation through memory. cuBLASLt's epilogue
+    is the tanh approximation (within 5e-4 of the erf form); the CPU path computes the same formula.
+    A custom op, so that Inductor calls it as is instead of decomposing it into GEMM + GELU."""
+    if x.is_cuda:
+        return torch._addmm_activation(b, x, w.t(), use_gelu=True)
+    return F.gelu(F.linear(x, w, b), approximate="tanh")
+
+
+@linear_gelu_tanh.register_fake
+def _(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return x.new_empty((x.shape[0], w.shape[0]))
+
+
 def attention_output_and_ffn(x: torch.Tensor, attn: torch.Tensor, wo: torch.Tensor, bo: torch.Tensor,
                              ln_w: torch.Tensor, ln_b: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor,
-                             w2: torch.Tensor, b2: torch.Tensor, eps: float) -> torch.Tensor:
-    """x + out_proj(attn), then x + fc2(gelu_erf(fc1(LN2(x))))."""
+                             w2: torch.Tensor, b2: torch.Tensor, eps: float,
+                             gelu_epilogue: bool = False) -> torch.Tensor:
+    """x + out_proj(attn), then x + fc2(gelu(fc1(LN2(x)))): erf GELU, or with `gelu_epilogue` the
+    tanh form fused into fc1's GEMM."""
     x = x + F.linear(attn.flatten(1), wo, bo)
-    return x + F.linear(F.gelu(F.linear(_layer_norm(x, ln_w, ln_b, eps), w1, b1)), w2, b2)
+    h = _layer_norm(x, ln_w, ln_b, eps)
+    g = linear_gelu_tanh(h, w1, b1) if gelu_epilogue else F.gelu(F.linear(h, w1, b1))
+    return x + F.linear(g, w2, b2)
 
 
 class PackedESM2:
     """Packed forward over an ESM2 module's parameters (shared, not copied)."""
 
-    def __init__(self, model: ESM2, attention: str, compile_layers: bool, max_shapes: int = 32):
+    def __init__(self, model: ESM2, attention: str, compile_layers: bool, max_shapes: int = 32, *,
+                 gelu_epilogue: bool = False, dynamic: bool = False):
         self.model, self.attend = model, ATTENTION[attention]
+        self.gelu_epilogue, self.dynamic = gelu_epilogue, dynamic
         self.heads = model.attention_heads
         self._inv_freq = model.inv_freq.to(model.embed_tokens.weight.device)
         self._in_weights = [tuple(p.detach() for p in (
@@ -299,11 +323,15 @@ class PackedESM2:
         self._eps = [(layer.self_attn_layer_norm.eps, layer.final_layer_norm.eps) for layer in model.layers]
         self._in, self._out = attention_inputs, attention_output_and_ffn
         if compile_layers:
-            from virnuc_hpc.engines.compile import compile_static, configure_compile_cache
+            from virnuc_hpc.engines.compile import compile_dynamic, compile_static, configure_compile_cache
 
             configure_compile_cache()
-            self._in = compile_static(attention_inputs, max_shapes)
-            self._out = compile_static(attention_output_and_ffn, max_shapes)
+            if dynamic:  # one graph for every packed length T (the GEMMs are cuBLAS calls anyway)
+                self._in = compile_dynamic(attention_inputs)
+                self._out = compile_dynamic(attention_output_and_ffn)
+            else:
+                self._in = compile_static(attention_inputs, max_shapes)
+                self._out = compile_static(attention_output_and_ffn, max_shapes)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -314,10 +342,21 @@ class PackedESM2:
         model = self.model
         x = model.embed_tokens(batch.tokens) * batch.token_scale[:, None].to(self.dtype)
         cos, sin = rotary_cos_sin(batch.positions, self._inv_freq)
+        mark = _mark_tokens_dynamic if self.dynamic else lambda *tensors: None
+        mark(cos, sin)
         for w_in, w_out, (eps1, eps2) in zip(self._in_weights, self._out_weights, self._eps):
+            mark(x)
             q, k, v = self._in(x, cos, sin, *w_in, self.heads, eps1)
-            x = self._out(x, self.attend(q, k, v, batch), *w_out, eps2)
+            attn = self.attend(q, k, v, batch)
+            mark(attn)
+            x = self._out(x, attn, *w_out, eps2, self.gelu_epilogue)
         return segment_mean(model.emb_layer_norm_after, x, batch)
+
+
+def _mark_tokens_dynamic(*tensors: torch.Tensor) -> None:
+    """Compile for any packed length T (dimension 0), not for this one."""
+    for t in tensors:
+        torch._dynamo.mark_dynamic(t, 0)
 
 
 def segment_mean(final_norm: torch.nn.Module, x: torch.Tensor, batch: DeviceBatch) -> torch.Tensor:
@@ -392,14 +431,16 @@ class PackedESM2Encoder(ESM2Encoder):
     def __init__(self, model: ESM2, *, name: str, device: torch.device, precision: str,
                  max_tokens: int | None = None, path: Path | None = None,
                  pool_limit: int = POOL_LIMIT, attention: str | None = None,
-                 compile_layers: bool | None = None):
+                 compile_layers: bool | None = None, gelu_epilogue: bool = False,
+                 dynamic_shapes: bool = False):
         super().__init__(model, name=name, device=device, precision=precision, max_tokens=max_tokens,
                          path=path, pool_limit=pool_limit)
         self.attention = attention or ("varlen" if device.type == "cuda" else "masked")
         self.compile_layers = device.type == "cuda" if compile_layers is None else compile_layers
         self.token_budget = max_tokens or derive_token_budget(device, model.embed_dim, dtype=self.dtype)
         self.forward = PackedESM2(model, self.attention, self.compile_layers,
-                                  max_shapes=2 * max_buckets(self.token_budget))
+                                  max_shapes=2 * max_buckets(self.token_budget),
+                                  gelu_epilogue=gelu_epilogue, dynamic=dynamic_shapes)
         self.stats["oom_split_batches"] = 0
         self._copy_stream = torch.cuda.Stream(device) if device.type == "cuda" else None
 
@@ -421,7 +462,8 @@ class PackedESM2Encoder(ESM2Encoder):
 
         With the node-shared compile cache a second worker on the node mostly reads the cache."""
         stats = dict(self.stats)
-        for size in bucket_sizes(self.token_budget):  # 48 aa + BOS/EOS = 50 tokens each
+        sizes = [MIN_BUCKET, self.token_budget] if self.forward.dynamic else bucket_sizes(self.token_budget)
+        for size in sizes:  # 48 aa + BOS/EOS = 50 tokens each
             self.embed(["A" * 48] * max(1, size // 50))
         self.stats.update(stats)  # warm-up is not work done for the run
 
@@ -458,7 +500,9 @@ class PackedESM2Encoder(ESM2Encoder):
     @torch.inference_mode()
     def _submit(self, ids: list[np.ndarray], lengths: np.ndarray, index: np.ndarray) -> _InFlight:
         """Pack, copy in, launch the forward and the copy out; returns without waiting for the GPU."""
-        total = bucket_tokens(int(packed_size(lengths[index]).sum()), self.token_budget)
+        needed = int(packed_size(lengths[index]).sum())
+        total = (-(-needed // DYNAMIC_ALIGN) * DYNAMIC_ALIGN if self.forward.dynamic
+                 else bucket_tokens(needed, self.token_budget))
         host = pack(ids, index, total, token_dropout=self.model.token_dropout, pool_limit=self.pool_limit)
         pooled = self.forward(to_device(host, self.device))
         finite = torch.isfinite(pooled).all(dim=1)

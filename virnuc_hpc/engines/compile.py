@@ -56,3 +56,10 @@ def compile_static(fn: F, max_shapes: int) -> F:
     name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
     setattr(config, name, max(getattr(config, name), max_shapes))
     return torch.compile(fn, dynamic=False, fullgraph=True)
+
+
+def compile_dynamic(fn: F) -> F:
+    """torch.compile of one graph for inputs whose dimension 0 the caller marks dynamic
+    (``torch._dynamo.mark_dynamic``); every other size stays static, so the kernels keep their
+    specialised reductions over the model width."""
+    return torch.compile(fn, dynamic=None, fullgraph=True)
