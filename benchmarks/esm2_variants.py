@@ -4,7 +4,8 @@ Variants of PackedESM2Encoder (same fp16 weights, random values: cost does not d
 - static:  one compiled graph per bucketed packed length, erf GELU (the default until this A/B);
 - gelu-epilogue: fc1's GELU in the GEMM epilogue (cuBLASLt, tanh form);
 - dynamic: one compiled graph for every packed length (mark_dynamic on the token dimension);
-- dynamic+gelu-epilogue.
+- dynamic+gelu-epilogue;
+- dynamic+gelu-epilogue+flex: FlexAttention under a segment block mask instead of varlen flash.
 Each is compiled first (first call timed), then all are timed in interleaved rounds (median shown).
 Fidelity: cosine per protein against the padded fp32 path on the same weights. Kernel mix: one
 profiled call per variant, CUDA kernel time grouped as attention / matmul / Triton / other
@@ -35,10 +36,13 @@ from virnuc_hpc.encoders.esm2_packed import PackedESM2Encoder, linear_gelu_tanh
 GFLOP_PER_TOKEN = 5.66e9
 LAYERS, DIM, HEADS = 36, 2560, 40
 RESULTS = Path(__file__).resolve().parent / "results"
-VARIANTS = {"static": {}, "gelu-epilogue": {"gelu_epilogue": True},
-            "dynamic": {"dynamic_shapes": True},
-            "dynamic+gelu-epilogue": {"dynamic_shapes": True, "gelu_epilogue": True}}
-KINDS = (("attention", re.compile(r"flash|fmha|attn", re.I)),
+VARIANTS = {"static": {"dynamic_shapes": False, "gelu_epilogue": False},
+            "gelu-epilogue": {"dynamic_shapes": False, "gelu_epilogue": True},
+            "dynamic": {"dynamic_shapes": True, "gelu_epilogue": False},
+            "dynamic+gelu-epilogue": {"dynamic_shapes": True, "gelu_epilogue": True},
+            "dynamic+gelu-epilogue+flex": {"dynamic_shapes": True, "gelu_epilogue": True,
+                                           "attention": "flex"}}
+KINDS = (("attention", re.compile(r"flash|fmha|attn|flex|triton_tem", re.I)),
          ("matmul", re.compile(r"gemm|cutlass|nvjet|sm90_xmma|cublas|_mm_|matmul", re.I)),
          ("triton", re.compile(r"triton", re.I)))
 

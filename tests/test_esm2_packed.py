@@ -15,7 +15,7 @@ from virnuc_hpc.encoders.esm2 import (
     CLS, EOS, PAD, ESM2Encoder, load_esm2, pad_batch, tokenize, tokenize_many,
 )
 from virnuc_hpc.encoders.esm2_packed import (
-    TAIL_CHUNK, PackedESM2Encoder, attend_masked, bucket_sizes, bucket_tokens, max_buckets, pack, packed_size,
+    MIN_BUCKET, TAIL_CHUNK, PackedESM2Encoder, attend_masked, bucket_sizes, bucket_tokens, max_buckets, pack, packed_size,
     plan_packs, segment_labels, split_to_budget, to_device,
 )
 from virnuc_hpc.engines.compile import configure_compile_cache
@@ -90,14 +90,17 @@ def test_bucket_sizes_list_every_shape():
         assert {bucket_tokens(n, budget) for n in range(1, budget + 1)} == set(bucket_sizes(budget))
 
 
-def test_warm_up_runs_every_bucket_and_leaves_stats_alone(ckpt, monkeypatch):
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_warm_up_runs_every_shape_and_leaves_stats_alone(ckpt, monkeypatch, dynamic):
     enc = packed_encoder(ckpt, budget=1024)
+    enc.dynamic_shapes = dynamic
     seen = []
     real = enc.forward
     monkeypatch.setattr(enc, "forward", lambda batch: seen.append(batch.tokens.shape[0]) or real(batch))
     before = dict(enc.stats)
     enc.warm_up()
-    assert sorted(set(seen)) == bucket_sizes(1024)
+    # static: every bucket; dynamic: one graph, run at the smallest and the largest packed length
+    assert sorted(set(seen)) == ([MIN_BUCKET, 1024] if dynamic else bucket_sizes(1024))
     assert enc.stats == before
 
 
@@ -166,6 +169,26 @@ def test_packed_equals_padded_fp32(ckpt, padded):
     assert big.embed([]).shape == (0, 64)
     with pytest.raises(ValueError, match="empty"):
         big.embed(["MKV", ""])
+
+
+@pytest.mark.parametrize("gelu_epilogue", [False, True])
+def test_compiled_dynamic_graphs_equal_padded(ckpt, padded, gelu_epilogue, tmp_path, monkeypatch):
+    """The GPU layout on CPU: three compiled graphs serve every packed length; the tanh GELU of the
+    epilogue stays within 1e-3 of erf on a tiny random model (the real 3B check: esm2_variants.py)."""
+    monkeypatch.setenv("VIRNUC_HPC_COMPILE_CACHE", str(tmp_path / "cc"))
+    for var in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR"):
+        monkeypatch.delenv(var, raising=False)
+    ref = load_esm2(str(ckpt), device="cpu", precision="fp32")
+    enc = PackedESM2Encoder(ref.model, name="tiny", device=torch.device("cpu"), precision="fp32",
+                            max_tokens=1024, compile_layers=True, gelu_epilogue=gelu_epilogue)
+    seqs = proteins([5, 300, 47, 48, 120, 9, 700, 33], seed=8)
+    torch._dynamo.reset()
+    counters = torch._dynamo.utils.counters
+    counters.clear()
+    got = np.concatenate([enc.embed(seqs[:2]), enc.embed(seqs[2:5]), enc.embed(seqs[5:])])
+    assert enc.stats["batches"] == 3                                        # three packed lengths
+    assert counters["stats"]["unique_graphs"] == 3                          # first, middle, last
+    np.testing.assert_allclose(got, padded.embed(seqs), atol=1e-3 if gelu_epilogue else 2e-5, rtol=0)
 
 
 def test_packed_neighbours_do_not_leak(ckpt):

@@ -17,10 +17,13 @@ so packing, positions and pooling are checked against the padded path without a 
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -182,6 +185,7 @@ class DeviceBatch:
     pool_index: torch.Tensor
     pool_segment: torch.Tensor
     counts: torch.Tensor
+    block_mask: Any = None     # FlexAttention's segment mask, when that backend runs
 
 
 def to_device(batch: PackedBatch, device: torch.device) -> DeviceBatch:
@@ -242,7 +246,59 @@ def attend_masked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: Devi
     return out.transpose(0, 1)
 
 
-ATTENTION: dict[str, Attend] = {"varlen": attend_varlen, "masked": attend_masked}
+FLEX_BLOCK = 128          # FlexAttention tile: one tile of queries spans several short proteins
+
+
+def document_block_mask(cu_seqlens: torch.Tensor, total: int, block: int = FLEX_BLOCK) -> Any:
+    """FlexAttention block mask of a packed batch: token i sees token j iff they share a segment.
+
+    Built on the device without a host sync: each query tile lists the key tiles from the start of
+    its first segment to the end of its last one (short proteins: one or two), and the mask_mod
+    masks the rest exactly. Varlen flash attention instead runs a 128-row tile per protein and head,
+    mostly empty for 50-residue proteins."""
+    from torch.nn.attention.flex_attention import BlockMask
+
+    doc = segment_labels(cu_seqlens, total)
+    tiles = -(-total // block)
+    first = torch.arange(tiles, device=doc.device) * block
+    last = torch.clamp(first + block, max=total) - 1
+    kv_lo = cu_seqlens[doc[first]].long() // block
+    kv_hi = (cu_seqlens[doc[last] + 1].long() - 1) // block
+    span = torch.arange(tiles, device=doc.device)
+    kv_indices = torch.clamp(kv_lo[:, None] + span[None, :], max=tiles - 1).int()
+    kv_num = (kv_hi - kv_lo + 1).int()
+
+    def same_segment(b: Any, h: Any, q_idx: torch.Tensor, kv_idx: torch.Tensor) -> torch.Tensor:
+        return doc[q_idx] == doc[kv_idx]
+
+    return BlockMask.from_kv_blocks(kv_num[None, None], kv_indices[None, None], BLOCK_SIZE=block,
+                                    mask_mod=same_segment, seq_lengths=(total, total),
+                                    compute_q_blocks=False)
+
+
+def attend_flex(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: DeviceBatch) -> torch.Tensor:
+    """FlexAttention over the packed stream under the segment block mask (needs batch.block_mask)."""
+    flex = _flex_attention() if q.is_cuda else _flex_eager()  # CPU: tests only (O(T^2) memory)
+    out = flex(q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None],
+                            block_mask=batch.block_mask)
+    return out[0].transpose(0, 1)
+
+
+@functools.cache
+def _flex_attention() -> Callable[..., torch.Tensor]:
+    """flex_attention compiled once per process (eager flex materialises the whole score matrix)."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention, dynamic=None, fullgraph=True)
+
+
+def _flex_eager() -> Callable[..., torch.Tensor]:
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return flex_attention
+
+
+ATTENTION: dict[str, Attend] = {"varlen": attend_varlen, "masked": attend_masked, "flex": attend_flex}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -302,6 +358,19 @@ def attention_output_and_ffn(x: torch.Tensor, attn: torch.Tensor, wo: torch.Tens
     return x + F.linear(g, w2, b2)
 
 
+def ffn_then_next_inputs(x: torch.Tensor, attn: torch.Tensor, wo: torch.Tensor, bo: torch.Tensor,
+                         ln2_w: torch.Tensor, ln2_b: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor,
+                         w2: torch.Tensor, b2: torch.Tensor, eps2: float, gelu_epilogue: bool,
+                         cos: torch.Tensor, sin: torch.Tensor, ln_w: torch.Tensor, ln_b: torch.Tensor,
+                         wq: torch.Tensor, bq: torch.Tensor, wk: torch.Tensor, bk: torch.Tensor,
+                         wv: torch.Tensor, bv: torch.Tensor, heads: int,
+                         eps1: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One layer's second half and the next layer's first half in one graph, so that the residual
+    add after fc2 and the next LayerNorm are one kernel (x is written once and not read back)."""
+    x = attention_output_and_ffn(x, attn, wo, bo, ln2_w, ln2_b, w1, b1, w2, b2, eps2, gelu_epilogue)
+    return (x, *attention_inputs(x, cos, sin, ln_w, ln_b, wq, bq, wk, bk, wv, bv, heads, eps1))
+
+
 class PackedESM2:
     """Packed forward over an ESM2 module's parameters (shared, not copied)."""
 
@@ -321,17 +390,14 @@ class PackedESM2:
             layer.final_layer_norm.weight, layer.final_layer_norm.bias,
             layer.fc1.weight, layer.fc1.bias, layer.fc2.weight, layer.fc2.bias)) for layer in model.layers]
         self._eps = [(layer.self_attn_layer_norm.eps, layer.final_layer_norm.eps) for layer in model.layers]
-        self._in, self._out = attention_inputs, attention_output_and_ffn
+        graphs = (attention_inputs, ffn_then_next_inputs, attention_output_and_ffn)
         if compile_layers:
             from virnuc_hpc.engines.compile import compile_dynamic, compile_static, configure_compile_cache
 
             configure_compile_cache()
-            if dynamic:  # one graph for every packed length T (the GEMMs are cuBLAS calls anyway)
-                self._in = compile_dynamic(attention_inputs)
-                self._out = compile_dynamic(attention_output_and_ffn)
-            else:
-                self._in = compile_static(attention_inputs, max_shapes)
-                self._out = compile_static(attention_output_and_ffn, max_shapes)
+            # dynamic: one graph for every packed length T (the GEMMs are cuBLAS calls anyway)
+            graphs = tuple(compile_dynamic(g) if dynamic else compile_static(g, max_shapes) for g in graphs)
+        self._first, self._middle, self._last = graphs
 
     @property
     def dtype(self) -> torch.dtype:
@@ -340,16 +406,24 @@ class PackedESM2:
     def __call__(self, batch: DeviceBatch) -> torch.Tensor:
         """(B, D) fp32 pooled vectors of one packed batch."""
         model = self.model
+        if self.attend is attend_flex:
+            batch = dataclasses.replace(batch, block_mask=document_block_mask(batch.cu_seqlens,
+                                                                              len(batch.tokens)))
         x = model.embed_tokens(batch.tokens) * batch.token_scale[:, None].to(self.dtype)
         cos, sin = rotary_cos_sin(batch.positions, self._inv_freq)
         mark = _mark_tokens_dynamic if self.dynamic else lambda *tensors: None
-        mark(cos, sin)
-        for w_in, w_out, (eps1, eps2) in zip(self._in_weights, self._out_weights, self._eps):
-            mark(x)
-            q, k, v = self._in(x, cos, sin, *w_in, self.heads, eps1)
+        mark(x, cos, sin)
+        heads, gelu, eps = self.heads, self.gelu_epilogue, self._eps
+        q, k, v = self._first(x, cos, sin, *self._in_weights[0], heads, eps[0][0])
+        for i, w_out in enumerate(self._out_weights):
+            mark(q, k, v)
             attn = self.attend(q, k, v, batch)
-            mark(attn)
-            x = self._out(x, attn, *w_out, eps2, self.gelu_epilogue)
+            mark(x, attn)
+            if i + 1 < len(self._out_weights):
+                x, q, k, v = self._middle(x, attn, *w_out, eps[i][1], gelu, cos, sin,
+                                          *self._in_weights[i + 1], heads, eps[i + 1][0])
+            else:
+                x = self._last(x, attn, *w_out, eps[i][1], gelu)
         return segment_mean(model.emb_layer_norm_after, x, batch)
 
 
@@ -431,15 +505,20 @@ class PackedESM2Encoder(ESM2Encoder):
     def __init__(self, model: ESM2, *, name: str, device: torch.device, precision: str,
                  max_tokens: int | None = None, path: Path | None = None,
                  pool_limit: int = POOL_LIMIT, attention: str | None = None,
-                 compile_layers: bool | None = None, gelu_epilogue: bool = False,
-                 dynamic_shapes: bool = False):
+                 compile_layers: bool | None = None, gelu_epilogue: bool | None = None,
+                 dynamic_shapes: bool = True):
         super().__init__(model, name=name, device=device, precision=precision, max_tokens=max_tokens,
                          path=path, pool_limit=pool_limit)
         self.attention = attention or ("varlen" if device.type == "cuda" else "masked")
         self.compile_layers = device.type == "cuda" if compile_layers is None else compile_layers
         self.token_budget = max_tokens or derive_token_budget(device, model.embed_dim, dtype=self.dtype)
+        # fp16/bf16 on a GPU: fc1's GELU in the GEMM epilogue (tanh form, within half-precision noise
+        # of erf: esm2_variants.py); fp32 keeps the exact erf GELU of the reference
+        if gelu_epilogue is None:
+            gelu_epilogue = device.type == "cuda" and precision != "fp32"
+        self.gelu_epilogue, self.dynamic_shapes = gelu_epilogue, dynamic_shapes
         self.forward = PackedESM2(model, self.attention, self.compile_layers,
-                                  max_shapes=2 * max_buckets(self.token_budget),
+                                  max_shapes=3 * max_buckets(self.token_budget),
                                   gelu_epilogue=gelu_epilogue, dynamic=dynamic_shapes)
         self.stats["oom_split_batches"] = 0
         self._copy_stream = torch.cuda.Stream(device) if device.type == "cuda" else None
@@ -462,7 +541,7 @@ class PackedESM2Encoder(ESM2Encoder):
 
         With the node-shared compile cache a second worker on the node mostly reads the cache."""
         stats = dict(self.stats)
-        sizes = [MIN_BUCKET, self.token_budget] if self.forward.dynamic else bucket_sizes(self.token_budget)
+        sizes = [MIN_BUCKET, self.token_budget] if self.dynamic_shapes else bucket_sizes(self.token_budget)
         for size in sizes:  # 48 aa + BOS/EOS = 50 tokens each
             self.embed(["A" * 48] * max(1, size // 50))
         self.stats.update(stats)  # warm-up is not work done for the run
@@ -501,7 +580,7 @@ class PackedESM2Encoder(ESM2Encoder):
     def _submit(self, ids: list[np.ndarray], lengths: np.ndarray, index: np.ndarray) -> _InFlight:
         """Pack, copy in, launch the forward and the copy out; returns without waiting for the GPU."""
         needed = int(packed_size(lengths[index]).sum())
-        total = (-(-needed // DYNAMIC_ALIGN) * DYNAMIC_ALIGN if self.forward.dynamic
+        total = (-(-needed // DYNAMIC_ALIGN) * DYNAMIC_ALIGN if self.dynamic_shapes
                  else bucket_tokens(needed, self.token_budget))
         host = pack(ids, index, total, token_dropout=self.model.token_dropout, pool_limit=self.pool_limit)
         pooled = self.forward(to_device(host, self.device))
