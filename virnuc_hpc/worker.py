@@ -8,6 +8,7 @@ No tensors ever leave the worker.
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 from dataclasses import dataclass
@@ -89,6 +90,9 @@ class EncoderPlugin(WorkerPlugin):
     def teardown(self, worker: Any = None) -> None:
         if self.utilization is not None:
             self.utilization.close()
+        # The worker process exits next. Freezing the heap spares the interpreter's final garbage
+        # collection of torch's and Inductor's object graphs: about 1 s less per worker at shutdown.
+        gc.freeze()
 
     def encoders(self) -> Encoders:
         assert self._lock is not None, "plugin used before setup()"

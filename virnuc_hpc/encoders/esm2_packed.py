@@ -17,13 +17,10 @@ so packing, positions and pooling are checked against the padded path without a 
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -185,7 +182,6 @@ class DeviceBatch:
     pool_index: torch.Tensor
     pool_segment: torch.Tensor
     counts: torch.Tensor
-    block_mask: Any = None     # FlexAttention's segment mask, when that backend runs
 
 
 def to_device(batch: PackedBatch, device: torch.device) -> DeviceBatch:
@@ -246,59 +242,7 @@ def attend_masked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: Devi
     return out.transpose(0, 1)
 
 
-FLEX_BLOCK = 128          # FlexAttention tile: one tile of queries spans several short proteins
-
-
-def document_block_mask(cu_seqlens: torch.Tensor, total: int, block: int = FLEX_BLOCK) -> Any:
-    """FlexAttention block mask of a packed batch: token i sees token j iff they share a segment.
-
-    Built on the device without a host sync: each query tile lists the key tiles from the start of
-    its first segment to the end of its last one (short proteins: one or two), and the mask_mod
-    masks the rest exactly. Varlen flash attention instead runs a 128-row tile per protein and head,
-    mostly empty for 50-residue proteins."""
-    from torch.nn.attention.flex_attention import BlockMask
-
-    doc = segment_labels(cu_seqlens, total)
-    tiles = -(-total // block)
-    first = torch.arange(tiles, device=doc.device) * block
-    last = torch.clamp(first + block, max=total) - 1
-    kv_lo = cu_seqlens[doc[first]].long() // block
-    kv_hi = (cu_seqlens[doc[last] + 1].long() - 1) // block
-    span = torch.arange(tiles, device=doc.device)
-    kv_indices = torch.clamp(kv_lo[:, None] + span[None, :], max=tiles - 1).int()
-    kv_num = (kv_hi - kv_lo + 1).int()
-
-    def same_segment(b: Any, h: Any, q_idx: torch.Tensor, kv_idx: torch.Tensor) -> torch.Tensor:
-        return doc[q_idx] == doc[kv_idx]
-
-    return BlockMask.from_kv_blocks(kv_num[None, None], kv_indices[None, None], BLOCK_SIZE=block,
-                                    mask_mod=same_segment, seq_lengths=(total, total),
-                                    compute_q_blocks=False)
-
-
-def attend_flex(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: DeviceBatch) -> torch.Tensor:
-    """FlexAttention over the packed stream under the segment block mask (needs batch.block_mask)."""
-    flex = _flex_attention() if q.is_cuda else _flex_eager()  # CPU: tests only (O(T^2) memory)
-    out = flex(q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None],
-                            block_mask=batch.block_mask)
-    return out[0].transpose(0, 1)
-
-
-@functools.cache
-def _flex_attention() -> Callable[..., torch.Tensor]:
-    """flex_attention compiled once per process (eager flex materialises the whole score matrix)."""
-    from torch.nn.attention.flex_attention import flex_attention
-
-    return torch.compile(flex_attention, dynamic=None, fullgraph=True)
-
-
-def _flex_eager() -> Callable[..., torch.Tensor]:
-    from torch.nn.attention.flex_attention import flex_attention
-
-    return flex_attention
-
-
-ATTENTION: dict[str, Attend] = {"varlen": attend_varlen, "masked": attend_masked, "flex": attend_flex}
+ATTENTION: dict[str, Attend] = {"varlen": attend_varlen, "masked": attend_masked}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -406,9 +350,6 @@ class PackedESM2:
     def __call__(self, batch: DeviceBatch) -> torch.Tensor:
         """(B, D) fp32 pooled vectors of one packed batch."""
         model = self.model
-        if self.attend is attend_flex:
-            batch = dataclasses.replace(batch, block_mask=document_block_mask(batch.cu_seqlens,
-                                                                              len(batch.tokens)))
         x = model.embed_tokens(batch.tokens) * batch.token_scale[:, None].to(self.dtype)
         cos, sin = rotary_cos_sin(batch.positions, self._inv_freq)
         mark = _mark_tokens_dynamic if self.dynamic else lambda *tensors: None
@@ -416,7 +357,6 @@ class PackedESM2:
         heads, gelu, eps = self.heads, self.gelu_epilogue, self._eps
         q, k, v = self._first(x, cos, sin, *self._in_weights[0], heads, eps[0][0])
         for i, w_out in enumerate(self._out_weights):
-            mark(q, k, v)
             attn = self.attend(q, k, v, batch)
             mark(x, attn)
             if i + 1 < len(self._out_weights):
