@@ -95,7 +95,7 @@ def run(inputs: Sequence[str | Path] | str | Path, outdir: str | Path, *, client
         spec = _model_spec(config, located)
 
     results: list[dict[str, Any]] = []
-    dashboard, worker_load_s = None, None
+    dashboard, worker_load_s, worker_load_phases = None, None, {}
     stack = ExitStack()  # our cluster or the caller's client, and the warm-up futures
     stopping: threading.Thread | None = None
     try:
@@ -134,8 +134,9 @@ def run(inputs: Sequence[str | Path] | str | Path, outdir: str | Path, *, client
             workers = workers or _start_workers(stack, timer, config, client, spec)
             dashboard = workers.dashboard
             with timer("model_load"):  # what is left of it once the client is ready
-                load_seconds = workers.client.gather(workers.warm_up)
-            worker_load_s = max(load_seconds, default=0.0)
+                phases = workers.client.gather(workers.warm_up)
+            slowest = max(phases, key=lambda p: sum(p.values()), default={})
+            worker_load_s, worker_load_phases = sum(slowest.values()), slowest
             with timer("embed_classify"):
                 results = _schedule(workers.client, todo, outdir, attrs, config)
         # the cluster shuts down (seconds) while the tables are written
@@ -158,6 +159,7 @@ def run(inputs: Sequence[str | Path] | str | Path, outdir: str | Path, *, client
         "config": config.model_dump(mode="json"), "counts": counts, "seconds": timer.seconds,
         # longest load + compile of the models on a worker, mostly hidden behind the client's reading
         "model_load_on_workers_s": worker_load_s,
+        "model_load_on_workers_phases_s": worker_load_phases,  # of the slowest worker
         "bags": {"total": len(bags), "computed_now": len(todo), "reused": len(bags) - len(todo)},
         "warnings": warnings, "guards": _guard_totals(results),
         "workers": _worker_summary(results), "environment": _environment(),
@@ -231,7 +233,7 @@ class BagsFailedError(RuntimeError):
 @dataclass
 class _Workers:
     client: Client
-    warm_up: list[Any]            # futures: seconds each worker took to load and compile
+    warm_up: list[Any]            # futures: each worker's seconds to load and compile, per phase
     dashboard: str | None
 
 
