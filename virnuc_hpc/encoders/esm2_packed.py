@@ -226,6 +226,16 @@ def attend_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: Devi
     return varlen_attn(q, k, v, cu, cu, n, n)
 
 
+def attend_efficient(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: DeviceBatch) -> torch.Tensor:
+    """Memory-efficient (cutlass) varlen attention, the GPU default: its 64-row tiles fit short
+    proteins, where flash's 128-row tile per protein and head is mostly empty (50-residue proteins:
+    twice as fast on an H100, benchmarks/attention_varlen.py); default scale head_dim^-0.5."""
+    cu, n = batch.cu_seqlens, batch.max_seqlen
+    out = torch.ops.aten._efficient_attention_forward(q[None], k[None], v[None], None, cu, cu, n, n,
+                                                      0.0, 0)[0]
+    return out[0]
+
+
 def segment_labels(cu_seqlens: torch.Tensor, total: int) -> torch.Tensor:
     """(T,) attention segment of each token, from cu_seqlens."""
     sizes = cu_seqlens[1:] - cu_seqlens[:-1]
@@ -242,7 +252,8 @@ def attend_masked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: Devi
     return out.transpose(0, 1)
 
 
-ATTENTION: dict[str, Attend] = {"varlen": attend_varlen, "masked": attend_masked}
+ATTENTION: dict[str, Attend] = {"efficient": attend_efficient, "varlen": attend_varlen,
+                                "masked": attend_masked}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -449,7 +460,7 @@ class PackedESM2Encoder(ESM2Encoder):
                  dynamic_shapes: bool = True):
         super().__init__(model, name=name, device=device, precision=precision, max_tokens=max_tokens,
                          path=path, pool_limit=pool_limit)
-        self.attention = attention or ("varlen" if device.type == "cuda" else "masked")
+        self.attention = attention or ("efficient" if device.type == "cuda" else "masked")
         self.compile_layers = device.type == "cuda" if compile_layers is None else compile_layers
         self.token_budget = max_tokens or derive_token_budget(device, model.embed_dim, dtype=self.dtype)
         # fp16/bf16 on a GPU: fc1's GELU in the GEMM epilogue (tanh form, within half-precision noise
