@@ -9,7 +9,6 @@ No tensors ever leave the worker.
 from __future__ import annotations
 
 import gc
-import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -26,7 +25,6 @@ from .bags import Bag
 # beside the client's reading of the input.
 
 PLUGIN_NAME = "virnuc-hpc-encoders"
-SWITCH_INTERVAL_S = 0.0005  # the workers' GIL switch interval (Python's default: 0.005)
 
 
 @dataclass(frozen=True)
@@ -81,10 +79,6 @@ class EncoderPlugin(WorkerPlugin):
         self.utilization: Any = None
 
     def setup(self, worker: Any = None) -> None:
-        # Two task threads share the GIL: while one writes a bag (xarray, h5py), the one feeding the
-        # GPU must get it back within a fraction of a millisecond, not after the default 5 ms, or
-        # the GPU runs dry between kernel launches.
-        sys.setswitchinterval(SWITCH_INTERVAL_S)
         self._lock = threading.Lock()
         # One bag at a time on the accelerator; a second task thread meanwhile does the CPU work
         # (classification, NetCDF writing) of another bag, so the GPU does not wait for it.
