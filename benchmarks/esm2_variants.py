@@ -1,10 +1,13 @@
 """A/B of ESM-2 3B packed-forward variants in one process on one card, with fidelity and kernel mix.
 
 Variants of PackedESM2Encoder (same fp16 weights, random values: cost does not depend on them):
-- static:  one compiled graph per bucketed packed length, erf GELU (the default until this A/B);
+- static:  one compiled graph per bucketed packed length, erf GELU, flash varlen attention (the
+  default until these A/Bs);
 - gelu-epilogue: fc1's GELU in the GEMM epilogue (cuBLASLt, tanh form);
 - dynamic: one compiled graph for every packed length (mark_dynamic on the token dimension);
-- dynamic+gelu-epilogue (the default since this A/B).
+- dynamic+gelu-epilogue;
+- dynamic+gelu-epilogue+efficient-attention: memory-efficient varlen attention (64-row tiles)
+  instead of flash (128-row tiles); the default.
 Tried and dropped (H100, results/esm2_variants-*): FlexAttention under a segment block mask instead
 of varlen flash attention: attention's share of kernel time rose from 8.5% to 19%, -7% tok/s.
 Each is compiled first (first call timed), then all are timed in interleaved rounds (median shown).
@@ -37,10 +40,13 @@ from virnuc_hpc.encoders.esm2_packed import PackedESM2Encoder, linear_gelu_tanh
 GFLOP_PER_TOKEN = 5.66e9
 LAYERS, DIM, HEADS = 36, 2560, 40
 RESULTS = Path(__file__).resolve().parent / "results"
-VARIANTS = {"static": {"dynamic_shapes": False, "gelu_epilogue": False},
-            "gelu-epilogue": {"dynamic_shapes": False, "gelu_epilogue": True},
-            "dynamic": {"dynamic_shapes": True, "gelu_epilogue": False},
-            "dynamic+gelu-epilogue": {"dynamic_shapes": True, "gelu_epilogue": True}}
+FLASH = {"attention": "varlen"}
+VARIANTS = {"static": {"dynamic_shapes": False, "gelu_epilogue": False, **FLASH},
+            "gelu-epilogue": {"dynamic_shapes": False, "gelu_epilogue": True, **FLASH},
+            "dynamic": {"dynamic_shapes": True, "gelu_epilogue": False, **FLASH},
+            "dynamic+gelu-epilogue": {"dynamic_shapes": True, "gelu_epilogue": True, **FLASH},
+            "dynamic+gelu-epilogue+efficient-attention": {"dynamic_shapes": True, "gelu_epilogue": True,
+                                                          "attention": "efficient"}}
 KINDS = (("attention", re.compile(r"flash|fmha|attn", re.I)),
          ("matmul", re.compile(r"gemm|cutlass|nvjet|sm90_xmma|cublas|_mm_|matmul", re.I)),
          ("triton", re.compile(r"triton", re.I)))
