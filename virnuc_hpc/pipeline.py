@@ -176,6 +176,7 @@ def _model_spec(config: RunConfig, located: dict[str, ModelFile]) -> ModelSpec:
                      classifier_path=located["classifier"].path if "classifier" in located else None,
                      device=config.device, precision=config.precision, engine=config.engine,
                      zero_offload=config.zero_offload, nvme_path=config.nvme_path,
+                     exact_gelu=config.exact_gelu,
                      esm2_max_tokens=config.esm2_max_tokens, dnabert_max_tokens=config.dnabert_max_tokens,
                      threads=config.threads_per_worker)
 

@@ -39,6 +39,7 @@ class ModelSpec:
     engine: str = "native"
     zero_offload: str = "none"
     nvme_path: str | None = None
+    exact_gelu: bool = False
     esm2_max_tokens: int | None = None
     dnabert_max_tokens: int | None = None
     threads: int | None = None

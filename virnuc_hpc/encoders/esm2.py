@@ -489,12 +489,13 @@ class ESM2Encoder:
 
 
 def load_esm2(spec: str, device: str = "auto", precision: str = "auto",
-              max_tokens: int | None = None) -> ESM2Encoder:
+              max_tokens: int | None = None, exact_gelu: bool = False) -> ESM2Encoder:
     """ESM2Encoder from a checkpoint path or a released model name (see resolve_esm2_checkpoint).
 
     On a GPU in fp16/bf16 (with varlen attention available) the packed, compiled encoder of
     encoders/esm2_packed.py; otherwise (CPU, fp32) the padded reference path. Both have the same
-    API; `max_tokens` is then the packed token budget (default: derived from free GPU memory)."""
+    API; `max_tokens` is then the packed token budget (default: derived from free GPU memory), and
+    fc1's GELU runs in its GEMM's epilogue (tanh form) unless `exact_gelu`."""
     from virnuc_hpc.encoders.esm2_packed import PackedESM2Encoder, varlen_available
 
     path = resolve_esm2_checkpoint(spec)
@@ -504,5 +505,5 @@ def load_esm2(spec: str, device: str = "auto", precision: str = "auto",
     name = spec if spec in KNOWN_MODELS else path.stem
     if prec in ("fp16", "bf16") and varlen_available(dev):
         return PackedESM2Encoder(model, name=name, device=dev, precision=prec, max_tokens=max_tokens,
-                                 path=path)
+                                 path=path, gelu_epilogue=not exact_gelu)
     return ESM2Encoder(model, name=name, device=dev, precision=prec, max_tokens=max_tokens, path=path)

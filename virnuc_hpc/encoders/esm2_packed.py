@@ -2,17 +2,21 @@
 
 Why: padded fp32 batches leave the GPU at ~4% of its matmul ceiling (platform.md). Here a bag's
 proteins are length-sorted and packed end to end into token-budget batches (one (T, D) matrix, no
-pad rows except a short tail up to a bucketed T), attention runs per sequence through
-`torch.nn.attention.varlen.varlen_attn`, and the dense parts of each layer run as torch.compile'd
-graphs whose only shape is the bucketed T (a bounded set of shapes, compiled once per node thanks to
-the shared cache of engines/compile.py).
+pad rows except a short tail), attention runs per sequence through a varlen kernel (memory-efficient
+attention by default: its 64-row tiles suit 50-residue proteins better than flash's 128), and the
+dense parts run as three torch.compile'd graphs (first layer's input half; one layer's output half
+with the next layer's input half, so the residual add and the next LayerNorm are one kernel; the last
+layer's output half). By default the graphs are compiled once for every T (dimension 0 dynamic);
+`dynamic_shapes=False` compiles one graph per bucketed T instead (a bounded set of shapes).
 
 The maths is the padded ESM2 module's (encoders/esm2.py), reading the same parameters:
 - rotary positions restart at 0 on each sequence's BOS; cos/sin and the rotation are in fp32;
 - q is not pre-scaled: the kernel's default scale head_dim^-0.5 is the same factor (rotary is linear);
-- pooling is a segment mean on the GPU over residue positions 1..min(L, 1024).
-On CPU (tests, CI) the same packing runs with SDPA under a block-diagonal mask instead of varlen_attn,
-so packing, positions and pooling are checked against the padded path without a GPU.
+- pooling is a segment mean on the GPU over residue positions 1..min(L, 1024);
+- one deliberate difference in fp16/bf16 on a GPU: fc1's GELU runs in the GEMM epilogue in its tanh
+  form (within 5e-4 of erf, below half precision's resolution; fp32 keeps erf).
+On CPU (tests, CI) the same packing runs with SDPA under a block-diagonal mask instead of a varlen
+kernel, so packing, positions and pooling are checked against the padded path without a GPU.
 """
 
 from __future__ import annotations

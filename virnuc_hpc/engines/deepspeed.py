@@ -1,14 +1,13 @@
 """The DeepSpeed engine: our encoders, run inside DeepSpeed's InferenceEngine or ZeRO-3.
 
 Why this shape:
-- DeepSpeed has no injection policy for ESM-2 or DNABERT-2 layers, and its fused inference kernels
-  compute tanh-GELU (ops/csrc/transformer/inference/csrc/gelu.cu) where both models need the exact
-  erf form (models.md). So DeepSpeed wraps *our* modules and runs *our* maths, unfused kernels
-  excluded: `deepspeed.init_inference(..., replace_with_kernel_inject=False)`.
+- DeepSpeed has no injection policy for ESM-2 or DNABERT-2 layers, and its rotary kernel takes one
+  position offset per batch (packed proteins restart at 0). So DeepSpeed wraps *our* modules and runs
+  *our* maths, its fused kernels excluded: `deepspeed.init_inference(..., replace_with_kernel_inject=False)`.
 - What DeepSpeed wraps is an `EngineModule`: it owns the encoder's weights (DeepSpeed casts them to
   the run's dtype; we put the fp32 LayerNorms back, as native does) and its forward is the encoder's
   own forward, packed where the encoder packs. The packed paths keep their torch.compile'd layer
-  halves and varlen/Flex attention; every batch goes through `InferenceEngine.forward`.
+  halves and their attention kernels; every batch goes through `InferenceEngine.forward`.
 - DeepSpeed's CUDA graphs capture one static input signature per engine; a packed batch carries its
   own cu_seqlens/max_seqlen and a bucketed length, so they are not offered (see README).
 - `zero_offload: cpu | nvme` runs ESM-2 under ZeRO-3 parameter offload (`deepspeed.initialize`
@@ -234,7 +233,8 @@ def load_deepspeed(spec: "ModelSpec") -> tuple[Any, Any]:
     deepspeed = import_deepspeed(device)
     if spec.zero_offload == "none":
         esm2 = wrap_encoder(deepspeed, load_esm2(spec.esm2_path, device=str(device), precision=precision,
-                                                 max_tokens=spec.esm2_max_tokens))
+                                                 max_tokens=spec.esm2_max_tokens,
+                                                 exact_gelu=spec.exact_gelu))
     else:
         esm2 = load_esm2_zero(deepspeed, spec, device, precision)
     dnabert = wrap_encoder(deepspeed, load_dnabert(spec.dnabert_path, device=str(device),

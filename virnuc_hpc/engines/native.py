@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 
 def load_native(spec: "ModelSpec") -> tuple[Any, Any]:
     esm2 = load_esm2(spec.esm2_path, device=spec.device, precision=spec.precision,
-                     max_tokens=spec.esm2_max_tokens)
+                     max_tokens=spec.esm2_max_tokens, exact_gelu=spec.exact_gelu)
     dnabert = load_dnabert(spec.dnabert_path, device=spec.device, precision=spec.precision,
                            max_tokens=spec.dnabert_max_tokens)
     return esm2, dnabert
