@@ -51,10 +51,20 @@ def test_deepspeed_pipeline_matches_native(reference: Path, demo_cache: Path, tm
     assert not ext.exists() or not any(ext.iterdir()), "DeepSpeed compiled an op"
 
 
-def test_resume_refuses_other_engine(reference: Path, demo_cache: Path):
-    """engine is a result field: a finished native run is not silently mixed with deepspeed bags."""
-    proc = cli("predict", str(DEMO_FASTA), "-o", str(reference), *DEMO, "--engine", "deepspeed")
+@pytest.mark.parametrize("change", [["--engine", "deepspeed"], ["--exact-gelu"]])
+def test_resume_refuses_other_engine_or_gelu(reference: Path, demo_cache: Path, tmp_path: Path, change):
+    """engine and exact_gelu are result fields: a finished run is not silently mixed with bags made
+    another way, and its files are left as they were."""
+    import shutil
+
+    outdir = tmp_path / "done"
+    shutil.copytree(reference, outdir)
+    before = {p.relative_to(outdir): p.read_bytes() for p in outdir.rglob("*") if p.is_file()}
+    proc = cli("predict", str(DEMO_FASTA), "-o", str(outdir), *DEMO, *change)
     assert proc.returncode != 0
+    assert "other inputs or settings" in proc.stderr and "--overwrite" in proc.stderr
+    after = {p.relative_to(outdir): p.read_bytes() for p in outdir.rglob("*") if p.is_file()}
+    assert after == before
 
 
 def test_packed_encoders_run_through_the_engine(demo_cache: Path):
