@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import re
+from collections import defaultdict
+from collections.abc import Callable
 
 import numpy as np
 import torch
+
+# Kinds of CUDA kernels, first match wins: flash kernels carry 'cutlass' in their names, so
+# attention is matched before the matmuls.
+KERNEL_KINDS = (("attention", re.compile(r"flash|fmha|attn", re.IGNORECASE)),
+                ("matmul", re.compile(r"gemm|cutlass|nvjet|sm90_xmma|cublas|_mm_|matmul", re.IGNORECASE)),
+                ("triton", re.compile(r"triton", re.IGNORECASE)))
 
 
 def matmul_ceiling(n: int = 8192, reps: int = 30) -> float:
@@ -58,3 +66,31 @@ def dnabert_flops(cfg: object, lengths: np.ndarray) -> float:
     d, i, n = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers
     lengths = lengths.astype(np.float64)
     return float((lengths * 2 * n * (4 * d * d + 3 * d * i) + lengths ** 2 * 4 * d * n).sum())
+
+
+def kernel_kind(name: str) -> str:
+    return next((kind for kind, pattern in KERNEL_KINDS if pattern.search(name)), "other")
+
+
+def kernel_times(run: Callable[[], object]) -> dict[str, float]:
+    """CUDA kernel time (microseconds) per kernel name over one call of `run` (torch profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        run()
+        torch.cuda.synchronize()
+    per_kernel: dict[str, float] = defaultdict(float)
+    for event in prof.key_averages():
+        us = getattr(event, "device_time_total", None) or getattr(event, "cuda_time_total", 0.0)
+        if us and event.key and not event.key.startswith("ProfilerStep"):
+            per_kernel[event.key] += us
+    return dict(per_kernel)
+
+
+def kernel_mix(per_kernel: dict[str, float]) -> dict[str, float]:
+    """Share of kernel time per kind (KERNEL_KINDS)."""
+    whole = sum(per_kernel.values()) or 1.0
+    kinds: dict[str, float] = defaultdict(float)
+    for name, us in per_kernel.items():
+        kinds[kernel_kind(name)] += us / whole
+    return dict(sorted(kinds.items(), key=lambda kv: -kv[1]))

@@ -23,17 +23,17 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
-import re
 import time
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from common import card_slug, cosine, matmul_ceiling, random_proteins  # benchmarks/ is on sys.path
+from common import (card_slug, cosine, kernel_mix, kernel_times, matmul_ceiling,  # benchmarks/ on sys.path
+                    random_proteins)
 from virnuc_hpc.encoders.esm2 import ESM2, ESM2Encoder
 from virnuc_hpc.encoders.esm2_packed import PackedESM2Encoder, linear_gelu_tanh
 
@@ -47,33 +47,12 @@ VARIANTS = {"static": {"dynamic_shapes": False, "gelu_epilogue": False, **FLASH}
             "dynamic+gelu-epilogue": {"dynamic_shapes": True, "gelu_epilogue": True, **FLASH},
             "dynamic+gelu-epilogue+efficient-attention": {"dynamic_shapes": True, "gelu_epilogue": True,
                                                           "attention": "efficient"}}
-KINDS = (("attention", re.compile(r"flash|fmha|attn", re.I)),
-         ("matmul", re.compile(r"gemm|cutlass|nvjet|sm90_xmma|cublas|_mm_|matmul", re.I)),
-         ("triton", re.compile(r"triton", re.I)))
-
-
-def kind_of(name: str) -> str:
-    return next((kind for kind, pattern in KINDS if pattern.search(name)), "other")
-
-
-def kernel_mix(enc: PackedESM2Encoder, proteins: list[str], top: int = 8) -> tuple[dict, list]:
-    """Share of CUDA kernel time per kind, and the `top` kernels by time, over one embed() call."""
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        enc.embed(proteins)
-        torch.cuda.synchronize()
-    per_kernel: dict[str, float] = defaultdict(float)
-    for event in prof.key_averages():
-        us = getattr(event, "device_time_total", None) or getattr(event, "cuda_time_total", 0.0)
-        if us and event.key and not event.key.startswith("ProfilerStep"):
-            per_kernel[event.key] += us
+def profiled(enc: PackedESM2Encoder, proteins: list[str], top: int = 8) -> tuple[dict, list]:
+    """Kernel-time share per kind, and the `top` kernels by time, over one embed() call."""
+    per_kernel = kernel_times(functools.partial(enc.embed, proteins))
     whole = sum(per_kernel.values()) or 1.0
-    kinds: dict[str, float] = defaultdict(float)
-    for name, us in per_kernel.items():
-        kinds[kind_of(name)] += us / whole
     ranked = sorted(per_kernel.items(), key=lambda kv: -kv[1])[:top]
-    return dict(kinds), [(name[:90], us / whole) for name, us in ranked]
+    return kernel_mix(per_kernel), [(name[:90], us / whole) for name, us in ranked]
 
 
 def epilogue_check(dtype: torch.dtype, rows: int = 65536) -> float:
@@ -142,7 +121,7 @@ def main() -> None:
         r["mfu"] = tokens * GFLOP_PER_TOKEN / seconds / (ceiling * 1e12)
         base_tps = base_tps or r["tokens_per_s"]
         r["x_vs_first"] = r["tokens_per_s"] / base_tps
-        r["kernel_mix"], r["top_kernels"] = kernel_mix(enc, proteins[:2600])
+        r["kernel_mix"], r["top_kernels"] = profiled(enc, proteins[:2600])
         r["padded_tokens"], r["real_tokens"] = enc.stats["padded_tokens"], enc.stats["tokens"]
         print(json.dumps(r), flush=True)
 
