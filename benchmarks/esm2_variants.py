@@ -47,6 +47,8 @@ VARIANTS = {"static": {"dynamic_shapes": False, "gelu_epilogue": False, **FLASH}
             "dynamic+gelu-epilogue": {"dynamic_shapes": True, "gelu_epilogue": True, **FLASH},
             "dynamic+gelu-epilogue+efficient-attention": {"dynamic_shapes": True, "gelu_epilogue": True,
                                                           "attention": "efficient"}}
+
+
 def profiled(enc: PackedESM2Encoder, proteins: list[str], top: int = 8) -> tuple[dict, list]:
     """Kernel-time share per kind, and the `top` kernels by time, over one embed() call."""
     per_kernel = kernel_times(functools.partial(enc.embed, proteins))
