@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import re
+import time
 from collections import defaultdict
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -94,3 +96,29 @@ def kernel_mix(per_kernel: dict[str, float]) -> dict[str, float]:
     for name, us in per_kernel.items():
         kinds[kernel_kind(name)] += us / whole
     return dict(sorted(kinds.items(), key=lambda kv: -kv[1]))
+
+
+def timed(fn: Callable[[list[str]], np.ndarray], data: list[str]) -> tuple[float, np.ndarray, float]:
+    """(seconds, result, peak GiB allocated on the GPU during the call, weights included; 0 on CPU)."""
+    gpu = torch.cuda.is_available()
+    if gpu:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    out = fn(data)
+    if gpu:
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0, out, torch.cuda.max_memory_allocated() / 2**30 if gpu else 0.0
+
+
+def time_interleaved(encs: dict[str, Any], data: list[str],
+                     repeats: int) -> dict[str, tuple[float, float, list[float]]]:
+    """Per encoder: median seconds of `embed(data)`, peak GiB and every run's seconds; the encoders
+    alternate each repeat so that drift (clocks, heat) hits them alike."""
+    runs: dict[str, list[tuple[float, float]]] = {k: [] for k in encs}
+    for _ in range(repeats):
+        for name, enc in encs.items():
+            sec, _, peak = timed(enc.embed, data)
+            runs[name].append((sec, peak))
+    return {name: (float(np.median([r[0] for r in rs])), max(r[1] for r in rs), [r[0] for r in rs])
+            for name, rs in runs.items()}

@@ -24,30 +24,16 @@ import platform
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 
-from common import card_slug, cosine, dnabert_flops, matmul_ceiling, random_dna  # benchmarks/ is on sys.path
+from common import card_slug, cosine, dnabert_flops, matmul_ceiling, random_dna, timed  # benchmarks/ on sys.path
 from virnuc_hpc.encoders.dnabert import DNABERTEncoder, load_dnabert_parts
 from virnuc_hpc.encoders.dnabert_packed import PackedDNABERTEncoder, pool
 from virnuc_hpc.random_models.dnabert import write_random_dnabert_dir
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def timed(embed: Callable[[list[str]], np.ndarray], seqs: list[str]) -> tuple[np.ndarray, float, float]:
-    """(vectors, wall seconds, peak GiB allocated on the GPU during the call; 0 on CPU)."""
-    gpu = torch.cuda.is_available()
-    if gpu:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    t0 = time.perf_counter()
-    out = embed(seqs)
-    if gpu:
-        torch.cuda.synchronize()
-    return out, time.perf_counter() - t0, torch.cuda.max_memory_allocated() / 2 ** 30 if gpu else 0.0
 
 
 def device_only(enc: PackedDNABERTEncoder, seqs: list[str]) -> tuple[np.ndarray, float]:
@@ -137,7 +123,7 @@ def main() -> None:
     enc = encoder("padded", "fp32", max_tokens=1)
     for name, seqs in data.items():
         enc.embed(seqs[:5])
-        out, s, peak = timed(enc.embed, seqs[: args.original])
+        s, out, peak = timed(enc.embed, seqs[: args.original])
         record("original", "fp32", name, args.original, s, peak, out, batch=1)
     del enc
 
@@ -146,7 +132,7 @@ def main() -> None:
     for name, seqs in data.items():
         n = int(len(seqs) * args.peer_fraction)
         enc.embed(seqs[:2000])
-        out, s, peak = timed(enc.embed, seqs[:n])
+        s, out, peak = timed(enc.embed, seqs[:n])
         record("padded", precisions[0], name, n, s, peak, out, max_tokens=args.max_tokens)
     del enc
 
@@ -161,7 +147,7 @@ def main() -> None:
         for name, seqs in data.items():
             for rep in range(args.reps):
                 before = dict(enc.stats)
-                out, s, peak = timed(enc.embed, seqs)
+                s, out, peak = timed(enc.embed, seqs)
                 fill = (enc.stats["tokens"] - before["tokens"]) / (enc.stats["padded_tokens"] - before["padded_tokens"])
                 record("packed", precision, name, len(seqs), s, peak, out, rep=rep,
                        max_tokens=enc.max_tokens, fill=round(fill, 4), compile_s=round(compile_s, 1),

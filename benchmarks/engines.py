@@ -30,13 +30,14 @@ import traceback
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from common import card_slug, cosine, dnabert_flops, random_dna, random_proteins  # benchmarks/ is on sys.path
+from common import (card_slug, cosine, dnabert_flops, random_dna, random_proteins,  # benchmarks/ on sys.path
+                    time_interleaved, timed)
 from virnuc_hpc.encoders.dnabert import DNABERTEncoder, load_dnabert_parts
 from virnuc_hpc.encoders.dnabert_packed import PackedDNABERTEncoder
 from virnuc_hpc.encoders.esm2 import ESM2, ESM2Encoder
@@ -56,24 +57,6 @@ def esm2_flops(model: ESM2, proteins: list[str]) -> float:
     d, layers = model.embed_dim, model.num_layers
     n = np.array([len(p) + 2 for p in proteins], dtype=np.float64)
     return float((n * 2 * layers * 12 * d * d + 4 * d * layers * n * n).sum())
-
-
-def sync() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
-def timed(fn: Callable[[list[str]], np.ndarray], data: list[str]) -> tuple[float, np.ndarray, float]:
-    """(seconds, result, peak GiB allocated during the call, weights included)."""
-    sync()
-    if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
-    t0 = time.perf_counter()
-    out = fn(data)
-    sync()
-    seconds = time.perf_counter() - t0
-    peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else 0.0
-    return seconds, out, peak
 
 
 @contextmanager
@@ -102,19 +85,6 @@ def row(section: str, config: str, n: int, tokens: int, seconds: float, flops: f
 
 
 # --------------------------------------------------------------------------- sections
-
-def time_interleaved(encs: dict[str, Any], data: list[str],
-                     repeats: int) -> dict[str, tuple[float, float, list[float]]]:
-    """Per engine: median seconds, peak GiB and every run's seconds; engines alternate each repeat
-    so that drift (clocks, heat) hits them alike."""
-    runs: dict[str, list[tuple[float, float]]] = {k: [] for k in encs}
-    for _ in range(repeats):
-        for name, enc in encs.items():
-            sec, _, peak = timed(enc.embed, data)
-            runs[name].append((sec, peak))
-    return {name: (float(np.median([r[0] for r in rs])), max(r[1] for r in rs), [r[0] for r in rs])
-            for name, rs in runs.items()}
-
 
 def fidelity(enc: Any, fid: list[str], ref: np.ndarray) -> dict[str, Any]:
     """Cosine per sequence against the fp32 reference: min, median, how many below 0.999."""

@@ -23,27 +23,16 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from common import card_slug, kernel_mix, kernel_times, matmul_ceiling, random_proteins  # benchmarks/ on sys.path
+from common import (card_slug, kernel_mix, kernel_times, matmul_ceiling, random_proteins,  # benchmarks/ on sys.path
+                    time_interleaved)
 from virnuc_hpc.encoders.esm2 import ESM2
 from virnuc_hpc.encoders.esm2_packed import PackedESM2Encoder
 
 GFLOP_PER_TOKEN = 5.66e9
 LAYERS, DIM, HEADS = 36, 2560, 40
 RESULTS = Path(__file__).resolve().parent / "results"
-def time_embed(enc: PackedESM2Encoder, proteins: list[str], repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        enc.embed(proteins)
-        torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--proteins", type=int, default=20_000)
@@ -69,7 +58,7 @@ def main() -> None:
         t0 = time.perf_counter()
         enc.embed(proteins[:2600])  # compiles the two shapes used below (full and tail bucket)
         compile_s = time.perf_counter() - t0
-        seconds = time_embed(enc, proteins, args.repeats)
+        seconds = time_interleaved({precision: enc}, proteins, args.repeats)[precision][0]
         share = kernel_mix(kernel_times(functools.partial(enc.embed, proteins[:2600])))
         r = {"precision": precision, "tokens": tokens, "seconds": seconds,
              "tokens_per_s": tokens / seconds, "mfu": tokens * GFLOP_PER_TOKEN / seconds / (ceiling * 1e12),

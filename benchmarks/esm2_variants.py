@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from common import (card_slug, cosine, kernel_mix, kernel_times, matmul_ceiling,  # benchmarks/ on sys.path
-                    random_proteins)
+                    random_proteins, time_interleaved)
 from virnuc_hpc.encoders.esm2 import ESM2, ESM2Encoder
 from virnuc_hpc.encoders.esm2_packed import PackedESM2Encoder, linear_gelu_tanh
 
@@ -108,13 +108,8 @@ def main() -> None:
         rows[name] = {"variant": name, "warm_up_s": first, "cos_min": float(cos.min()),
                       "cos_median": float(np.median(cos)), "times": []}
         print(json.dumps(rows[name]), flush=True)
-    for _ in range(args.repeats):  # interleaved rounds: clocks and heat hit every variant alike
-        for name, enc in encoders.items():
-            torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            enc.embed(proteins)
-            torch.cuda.synchronize()
-            rows[name]["times"].append(time.perf_counter() - t0)
+    for name, (_, _, times) in time_interleaved(encoders, proteins, args.repeats).items():
+        rows[name]["times"] = times
     base_tps = None
     for name, enc in encoders.items():
         r = rows[name]
