@@ -78,7 +78,7 @@ def _kill_group(proc: subprocess.Popen) -> None:
 
 
 def _finished_bags(outdir: Path) -> int:
-    return len(list((outdir / "bags").glob("bag-*.nc")))  # written atomically: present means whole
+    return len(store.bag_files(outdir))
 
 
 def test_kill_9_then_resume_is_identical(reference: Path, demo_cache: Path, tmp_path: Path):

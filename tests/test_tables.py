@@ -65,4 +65,5 @@ def test_reads_table_matches_per_read_rules(tmp_path):
         assert counts["virus_reads"] == sum(r[8] == "virus" for r in expected)
         assert any(r[4] > 1 for r in expected) and any(r[9] != "-" for r in expected)
     text = store.format_columns(pipeline.READS_HEADER, columns, "a comment")
-    assert text == store.format_tsv(pipeline.READS_HEADER, rows, "a comment")
+    row_wise = ["# a comment", "\t".join(pipeline.READS_HEADER)] + ["\t".join(map(str, r)) for r in rows]
+    assert text == "\n".join(row_wise) + "\n"

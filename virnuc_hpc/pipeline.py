@@ -322,7 +322,8 @@ def _schedule(client: Client, todo: list[Bag], outdir: Path, attrs: dict[str, An
                 bar.update(result["frames"])
     if failed:
         rows = [(b.name, fid) for b in failed for fid in b.frame_ids]
-        store.write_text_atomic(outdir / store.FAILED_BAGS, store.format_tsv(("bag", "frame_id"), rows))
+        store.write_text_atomic(outdir / store.FAILED_BAGS,
+                                store.format_columns(("bag", "frame_id"), list(zip(*rows))))
         raise BagsFailedError(f"{len(failed)} bag(s) ({', '.join(b.name for b in failed)}; "
                               f"{len(rows)} frames) kept killing their worker, also when run alone; "
                               f"frame ids in {outdir / store.FAILED_BAGS}. The other bags are kept: "

@@ -444,6 +444,8 @@ def _result_state(folder: Path, job_id: str, tasks: int) -> str | None:
 
 def job_status(folder: str | Path) -> list[JobStatus]:
     """State, output and log files of every job submitted into FOLDER."""
+    from . import store  # xarray, torch: not needed by `submit`
+
     folder = Path(folder).resolve()
     records = read_registry(folder)
     queue = _queue_states([r["job_id"] for r in records])
@@ -457,7 +459,7 @@ def job_status(folder: str | Path) -> list[JobStatus]:
             state = finished or state or "UNKNOWN"
             if state == "UNKNOWN" and (Path(rec["outdir"]) / "run.json").exists():
                 state = "COMPLETED"
-        bags = len(list((Path(rec["outdir"]) / "bags").glob("bag-*.nc")))
+        bags = len(store.bag_files(rec["outdir"]))
         cluster_info: dict[str, Any] = {}
         if state == "RUNNING":
             try:

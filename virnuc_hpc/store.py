@@ -105,11 +105,16 @@ def write_json(path: Path, payload: dict[str, Any]) -> None:
     write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=False, default=str) + "\n")
 
 
+def bag_files(outdir: str | Path) -> list[Path]:
+    """The bag files in OUTDIR, in bag order (written atomically: each one present is whole)."""
+    return sorted((Path(outdir) / BAGS_DIR).glob("bag-*.nc"))
+
+
 def clear_outputs(outdir: Path, *, bags: bool) -> None:
     for name in FINAL_OUTPUTS:
         (outdir / name).unlink(missing_ok=True)
     if bags:
-        for path in (outdir / BAGS_DIR).glob("bag-*.nc"):
+        for path in bag_files(outdir):
             path.unlink()
         (outdir / MANIFEST).unlink(missing_ok=True)
 
@@ -180,7 +185,7 @@ def read_bag_predictions(path: Path) -> tuple[list[str], np.ndarray]:
 def open_features(outdir: str | Path) -> xr.Dataset:
     """One lazy Dataset over all bags of OUTDIR, frames in input order."""
     outdir = Path(outdir)
-    paths = sorted((outdir / BAGS_DIR).glob("bag-*.nc"))
+    paths = bag_files(outdir)
     if not paths:
         raise FileNotFoundError(f"no bag files under {outdir / BAGS_DIR}")
     if not (outdir / RUN_JSON).is_file():
@@ -218,15 +223,11 @@ def format_highest_scores(calls: dict[str, bool]) -> str:
 
 def format_columns(header: Iterable[str], columns: Sequence[Sequence[Any]],
                    comment: str | None = None) -> str:
-    """format_tsv for data held as columns (each converted to text once, then joined row-wise)."""
+    """A TSV (optional '# comment' line, header, rows) from data held as columns: each column is
+    converted to text once, then joined row-wise."""
     text = [list(map(str, column)) for column in columns]
     head = ([f"# {comment}\n"] if comment else []) + ["\t".join(header) + "\n"]
     body = "\n".join(map("\t".join, zip(*text)))
     return "".join(head) + (body + "\n" if body else "")
 
 
-def format_tsv(header: Iterable[str], rows: Iterable[Iterable[Any]], comment: str | None = None) -> str:
-    out = [f"# {comment}\n"] if comment else []
-    out.append("\t".join(header) + "\n")
-    out += ["\t".join(str(x) for x in row) + "\n" for row in rows]
-    return "".join(out)
