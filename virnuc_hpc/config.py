@@ -40,7 +40,8 @@ class RunConfig(BaseModel):
     nvme_path: str | None = Field(None, description="directory for zero_offload: nvme (fast local disk)")
     exact_gelu: bool = Field(
         False, description="fp16/bf16 on GPU: keep ESM-2's erf GELU instead of the tanh form fused into "
-                           "fc1's GEMM (4% faster, within half-precision noise; README, 'Speed')")
+                           "fc1's GEMM (the fused form is 4% faster and within half-precision noise; "
+                           "README, 'Speed')")
     workers: int | None = Field(None, ge=1, description="None: one per GPU, or 1 on CPU")
     threads_per_worker: int | None = Field(None, ge=1, description="torch threads per worker (CPU)")
     bag_size: int = Field(20000, ge=1, description="frames per bag (unit of scheduling and output)")

@@ -293,6 +293,17 @@ def resolve_dnabert_dir(spec: str) -> Path:
 
 # --------------------------------------------------------------------------- the encoder
 
+def weights_sha256(encoder: "DNABERTEncoder | PackedDNABERTEncoder") -> str:
+    """sha256 of an encoder's weights file, computed once on first use: the client already
+    checksums every model file (models.hash_models), so workers never need it at start-up."""
+    if "_sha256" not in encoder.__dict__:
+        if encoder.weights is None:
+            raise ValueError("sha256 unknown: the encoder was not built from a file")
+        from ..models import file_sha256
+        encoder.__dict__["_sha256"] = file_sha256(Path(encoder.weights))
+    return encoder.__dict__["_sha256"]
+
+
 class DNABERTEncoder:
     """Nucleotide strings -> (N, D) float32: mean of the last hidden states over [CLS], tokens, [SEP].
 
@@ -324,7 +335,7 @@ class DNABERTEncoder:
         self.stats: dict[str, int] = {"sequences": 0, "tokens": 0, "batches": 0,
                                       "nonfinite_recomputed_batches": 0}
 
-    sha256 = property(lambda self: weights_sha256(self), doc="Hex digest of the weights file (read on first use).")
+    sha256 = property(weights_sha256, doc="Hex digest of the weights file (read on first use).")
 
     def batches(self, lengths: Sequence[int]) -> list[list[int]]:
         """Indices sorted by length, cut so that each padded batch fits the token and bias budgets
@@ -381,17 +392,6 @@ def load_dnabert_parts(spec: str) -> tuple[DNABERT2, object, Path]:
     tokenizer = read_tokenizer(directory, cfg)
     checkpoint, weights = read_weights(directory)
     return build_model(cfg, checkpoint, weights), tokenizer, weights
-
-
-def weights_sha256(encoder: "DNABERTEncoder | PackedDNABERTEncoder") -> str:
-    """sha256 of an encoder's weights file, computed once on first use: the client already
-    checksums every model file (models.hash_models), so workers never need it at start-up."""
-    if "_sha256" not in encoder.__dict__:
-        if encoder.weights is None:
-            raise ValueError("sha256 unknown: the encoder was not built from a file")
-        from ..models import file_sha256
-        encoder.__dict__["_sha256"] = file_sha256(Path(encoder.weights))
-    return encoder.__dict__["_sha256"]
 
 
 def _use_packed(device: torch.device, precision: str) -> bool:
