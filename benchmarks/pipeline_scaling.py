@@ -93,6 +93,9 @@ def one_run(fasta: Path, outdir: Path, models: dict[str, str], gpus: int, args: 
         "model_load_on_workers_s": result.model_load_on_workers_s,
         "model_load_on_workers_phases_s": run.get("model_load_on_workers_phases_s"),
         "bags_per_worker": {k: w["bags"] for k, w in workers.items()},
+        # summed over bags: prepare (host, before the device), device_wait, dnabert, esm2, classifier, write
+        "worker_seconds": {k: sum(w["seconds"].get(k, 0.0) for w in workers.values())
+                           for k in sorted({k for w in workers.values() for k in w["seconds"]})},
         "recomputed_nonfinite": sum(w["counters"].get("esm2_nonfinite_recomputed_batches", 0)
                                     for w in workers.values()),
     }
@@ -137,6 +140,7 @@ def main() -> None:
     parser.add_argument("--bag-size", type=int, default=8000)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/virnuc-scaling"))
     parser.add_argument("--results", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument("--tag", default="", help="suffix of the result files' names (e.g. run2)")
     args = parser.parse_args()
 
     import torch
@@ -185,7 +189,8 @@ def main() -> None:
                "note": "random weights: timings are real, calls are not biological", "runs": runs}
     args.results.mkdir(parents=True, exist_ok=True)
     engine = "" if args.engine == "native" else f"-{args.engine}"
-    stem = args.results / f"pipeline_scaling-{args.read_length}bp{engine}-{tag}"
+    suffix = f"-{args.tag}" if args.tag else ""
+    stem = args.results / f"pipeline_scaling-{args.read_length}bp{engine}-{n_visible}x{tag}{suffix}"
     stem.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n")
     lines = [f"# pipeline_scaling on {n_visible}x {card}, {args.reads:,} reads of {args.read_length} bp, "
              f"engine {args.engine}, precision {args.precision}", "",

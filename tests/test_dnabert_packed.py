@@ -240,3 +240,24 @@ def test_warm_up_does_not_count_as_work(small: Path) -> None:
     assert enc.stats == before
     np.testing.assert_allclose(enc.embed(SEQS[:3]), packed(small, precision="fp32").embed(SEQS[:3]),
                                rtol=0, atol=2e-5)
+
+
+def test_prepared_input_embeds_like_strings(small: Path) -> None:
+    """A worker tokenises and packs its next bag before taking the device (``prepare``): the same
+    vectors, batches and counts as embedding the strings, which tokenises on the prefetch thread."""
+    from virnuc_hpc.worker import embed_prepared, prepare_distinct
+
+    seqs = SEQS + [SEQS[3], SEQS[0].lower(), SEQS[0]]          # repeats, one in lower case
+    direct = packed(small, precision="fp32", max_tokens=256, chunk_sequences=7)
+    prepared = packed(small, precision="fp32", max_tokens=256, chunk_sequences=7)
+    want = direct.embed(seqs)
+    ready = prepared.prepare(seqs)
+    assert len(ready.batches) > 1 and prepared.stats["batches"] == 0  # nothing ran on the device yet
+    np.testing.assert_array_equal(prepared.embed(ready), want)
+    assert prepared.stats == direct.stats
+    inputs, rows = prepare_distinct(prepared, seqs)             # the worker's path: distinct only
+    assert len(inputs.sequences) == len(seqs) - 2 and rows is not None
+    got = embed_prepared(prepared, (inputs, rows))
+    np.testing.assert_allclose(got, want, rtol=0, atol=2e-5)
+    np.testing.assert_array_equal(got[-1], got[0])             # a repeat gets the original's vector
+    assert not np.array_equal(got[-2], got[0])                  # lower case is another sequence here

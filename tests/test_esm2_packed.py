@@ -191,6 +191,28 @@ def test_compiled_dynamic_graphs_equal_padded(ckpt, padded, gelu_epilogue, tmp_p
     np.testing.assert_allclose(got, padded.embed(seqs), atol=1e-3 if gelu_epilogue else 2e-5, rtol=0)
 
 
+def test_prepared_input_embeds_like_strings(ckpt):
+    """``prepare`` (tokenising, done by a worker before its bag takes the device) then ``embed``
+    gives the same rows and stats as embedding the strings; empty proteins are refused up front."""
+    from virnuc_hpc.worker import embed_prepared, prepare_distinct
+
+    seqs = proteins([5, 300, 47, 48, 120, 9, 700, 33], seed=9)
+    seqs += [seqs[2], seqs[6]]
+    direct, prepared = packed_encoder(ckpt, budget=1024), packed_encoder(ckpt, budget=1024)
+    want = direct.embed(seqs)
+    ready = prepared.prepare(seqs)
+    assert prepared.stats["batches"] == 0 and len(ready.ids) == len(seqs)
+    np.testing.assert_array_equal(prepared.embed(ready), want)
+    assert prepared.stats == direct.stats
+    inputs, rows = prepare_distinct(prepared, seqs)
+    assert len(inputs.ids) == len(seqs) - 2
+    got = embed_prepared(prepared, (inputs, rows))
+    np.testing.assert_allclose(got, want, atol=2e-5, rtol=0)
+    np.testing.assert_array_equal(got[-2], got[2])
+    with pytest.raises(ValueError, match="empty"):
+        prepared.prepare(["MKV", ""])
+
+
 def test_packed_neighbours_do_not_leak(ckpt):
     enc = packed_encoder(ckpt, budget=4096)
     base = proteins([30, 40, 50, 60], seed=5)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections import Counter
 
 import numpy as np
+import pytest
 
-from virnuc_hpc import pipeline, store
+from virnuc_hpc import store, tables
+from virnuc_hpc.bags import make_bags
 from virnuc_hpc.fasta import load_records
 from virnuc_hpc.frames import frames_for_records
 
@@ -53,7 +56,7 @@ def test_reads_table_matches_per_read_rules(tmp_path):
     assert calls == expected_calls
     assert list(calls) == list(expected_calls)  # first-seen order
     for classify in (True, False):
-        columns, counts = pipeline._read_rows(table, loaded, calls if classify else {}, classify)
+        columns, counts = tables.read_rows(table, loaded, calls if classify else {}, classify)
         rows = list(zip(*columns))
         expected = slow_read_rows(table, loaded, calls if classify else {}, classify)
         assert rows[:len(expected)] == expected
@@ -64,6 +67,45 @@ def test_reads_table_matches_per_read_rules(tmp_path):
         assert counts["reads_without_frames"] == sum(r[3] == "no_open_frame" for r in expected) > 0
         assert counts["virus_reads"] == sum(r[8] == "virus" for r in expected)
         assert any(r[4] > 1 for r in expected) and any(r[9] != "-" for r in expected)
-    text = store.format_columns(pipeline.READS_HEADER, columns, "a comment")
-    row_wise = ["# a comment", "\t".join(pipeline.READS_HEADER)] + ["\t".join(map(str, r)) for r in rows]
+    text = store.format_columns(tables.READS_HEADER, columns, "a comment")
+    row_wise = ["# a comment", "\t".join(tables.READS_HEADER)] + ["\t".join(map(str, r)) for r in rows]
     assert text == "\n".join(row_wise) + "\n"
+
+
+def test_tables_built_as_bags_finish_equal_the_tables_of_all_bags(tmp_path):
+    """Tables reads bags back as they are added, in any order; a bag never added is read at the end.
+    The files equal the tables made from all bags at once, and a bag file holding other frames
+    stops the run with a clear error instead of mixing up sequences."""
+    rng = random.Random(5)
+    fasta = tmp_path / "in.fa"
+    fasta.write_text("".join(f">r{i}\n{''.join(rng.choices('ACGT', k=rng.choice([150, 320])))}\n"
+                             for i in range(120)))
+    loaded = load_records([fasta], skip_invalid=False)
+    table = frames_for_records(loaded.records, 300)
+    bags = make_bags(table, 16, "k" * 64)
+    proba = np.random.default_rng(1).random((len(table.frame_id), 2)).astype(np.float32)
+    outdir = tmp_path / "out"
+    (outdir / store.BAGS_DIR).mkdir(parents=True)
+    for bag in bags:
+        rows = slice(bag.start, bag.start + len(bag))
+        store.write_bag(outdir, bag, np.zeros((len(bag), 3), np.float32), np.zeros((len(bag), 2), np.float32),
+                        proba[rows], {})
+    assert len(bags) > 4
+    with tables.Tables(outdir, bags, table, loaded, classify=True) as built:
+        for bag in rng.sample(bags, len(bags) - 2):  # out of order, two left for write()
+            built.add(bag)
+        counts, files = built.write(random_weights=True)
+    assert files == [store.PREDICTIONS, store.HIGHEST, store.READS]
+    comment = f"# {store.RANDOM_WEIGHTS_WARNING}\n"
+    calls = store.chunk_calls(table.frame_id, proba)
+    assert (outdir / store.PREDICTIONS).read_text() == comment + store.format_prediction_results(table.frame_id, proba)
+    assert (outdir / store.HIGHEST).read_text() == comment + store.format_highest_scores(calls)
+    columns, want = tables.read_rows(table, loaded, calls, True)
+    assert (outdir / store.READS).read_text() == store.format_columns(tables.READS_HEADER, columns,
+                                                                      store.RANDOM_WEIGHTS_WARNING)
+    assert counts == {**want, "frames": len(table.frame_id), "bags": len(bags)}
+
+    other = dataclasses.replace(bags[0], frame_ids=bags[1].frame_ids)  # bag 0's file, other frames
+    with tables.Tables(outdir, [other, *bags[1:]], table, loaded, classify=True) as built:
+        with pytest.raises(store.OutputError, match="does not hold the frames of this bag"):
+            built.write(random_weights=False)

@@ -13,24 +13,23 @@ import platform
 import socket
 import threading
 import time
-from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from distributed import Client, as_completed
 
 from . import __version__, store
 from .bags import Bag, make_bags
 from .cluster import connect, dashboard_link
 from .config import RESULT_FIELDS, RunConfig, fingerprint, dump_config, load_config
-from .fasta import LoadResult, load_records
+from .fasta import load_records
 from .gpu_monitor import mean_utilization
 from .frames import frames_for_records
+from .tables import Tables
 from .models import ModelFile, file_sha256, hash_models, locate_models
 from .worker import EncoderPlugin, ModelSpec, run_bag, warm_up
 
@@ -130,20 +129,25 @@ def run(inputs: Sequence[str | Path] | str | Path, outdir: str | Path, *, client
             random_weights = any(m.random_weights for m in models.values())
             attrs = _bag_attributes(run_key, config, models, random_weights)
 
-        if todo:
-            workers = workers or _start_workers(stack, timer, config, client, spec)
-            dashboard = workers.dashboard
-            with timer("model_load"):  # what is left of it once the client is ready
-                phases = workers.client.gather(workers.warm_up)
-            slowest = max(phases, key=lambda p: sum(p.values()), default={})
-            worker_load_s, worker_load_phases = sum(slowest.values()), slowest
-            with timer("embed_classify"):
-                results = _schedule(workers.client, todo, outdir, attrs, config)
-        # the cluster shuts down (seconds) while the tables are written
-        stopping = threading.Thread(target=stack.close, name="virnuc-cluster-stop", daemon=True)
-        stopping.start()
-        with timer("finalize"):
-            counts, files = _finalize(outdir, bags, table, loaded, classify, random_weights)
+        with Tables(outdir, bags, table, loaded, classify) as tables:  # built while the bags run
+            computing = {b.index for b in todo}
+            for bag in bags:
+                if bag.index not in computing:  # finished by an earlier run
+                    tables.add(bag)
+            if todo:
+                workers = workers or _start_workers(stack, timer, config, client, spec)
+                dashboard = workers.dashboard
+                with timer("model_load"):  # what is left of it once the client is ready
+                    phases = workers.client.gather(workers.warm_up)
+                slowest = max(phases, key=lambda p: sum(p.values()), default={})
+                worker_load_s, worker_load_phases = sum(slowest.values()), slowest
+                with timer("embed_classify"):
+                    results = _schedule(workers.client, todo, outdir, attrs, config, on_done=tables.add)
+            # the cluster shuts down (seconds) while the tables are finished
+            stopping = threading.Thread(target=stack.close, name="virnuc-cluster-stop", daemon=True)
+            stopping.start()
+            with timer("finalize"):
+                counts, files = tables.write(random_weights)
     finally:
         if stopping is None:
             stack.close()
@@ -259,8 +263,9 @@ def _start_workers(stack: ExitStack, timer: StageTimer, config: RunConfig, clien
 
 
 def _schedule(client: Client, todo: list[Bag], outdir: Path, attrs: dict[str, Any],
-              config: RunConfig) -> list[dict[str, Any]]:
-    """Submit bags with bounded look-ahead (a few per worker); results as they complete.
+              config: RunConfig, on_done: Callable[[Bag], None] = lambda bag: None) -> list[dict[str, Any]]:
+    """Submit bags with bounded look-ahead (a few per worker); results as they complete, each bag
+    handed to ``on_done`` once its file is written.
 
     Dynamic scheduling: a worker that finishes gets the next bag, so faster or joining workers take
     more. A bag whose worker dies is recomputed elsewhere by Dask. Dask blames every bag that was on
@@ -302,6 +307,7 @@ def _schedule(client: Client, todo: list[Bag], outdir: Path, attrs: dict[str, An
                             by_key[future.key].name)
             else:
                 results.append(result)
+                on_done(by_key[future.key])
                 tokens += result["protein_tokens"]
                 bar.update(result["frames"])
                 bar.set_postfix_str(f"{tokens / max(time.perf_counter() - t0, 1e-9):,.0f} ESM tok/s")
@@ -319,6 +325,7 @@ def _schedule(client: Client, todo: list[Bag], outdir: Path, attrs: dict[str, An
                 log.error("%s killed its worker again when run alone; giving up on it", bag.name)
             else:
                 results.append(result)
+                on_done(bag)
                 bar.update(result["frames"])
     if failed:
         rows = [(b.name, fid) for b in failed for fid in b.frame_ids]
@@ -329,88 +336,6 @@ def _schedule(client: Client, todo: list[Bag], outdir: Path, attrs: dict[str, An
                               f"frame ids in {outdir / store.FAILED_BAGS}. The other bags are kept: "
                               "rerun to retry.")
     return results
-
-
-def _finalize(outdir: Path, bags: list[Bag], table: Any, loaded: LoadResult, classify: bool,
-              random_weights: bool) -> tuple[dict[str, int], list[str]]:
-    """Write the VirNucPro tables and reads.tsv from the finished bag files."""
-    comment = store.RANDOM_WEIGHTS_WARNING if random_weights else None
-    calls: dict[str, bool] = {}
-    files = []
-    if classify:
-        frame_ids: list[str] = []
-        probs = []
-        for bag in bags:
-            ids, proba = store.read_bag_predictions(store.bag_path(outdir, bag))
-            if ids != bag.frame_ids:  # never mix up sequences, whatever happened to the files
-                raise store.OutputError(f"{store.bag_path(outdir, bag)} does not hold the frames "
-                                        "of this bag; rerun with --overwrite")
-            frame_ids += ids
-            probs.append(proba)
-        proba = np.concatenate(probs) if probs else np.zeros((0, 2), np.float32)
-        prefix = f"# {comment}\n" if comment else ""
-        store.write_text_atomic(outdir / store.PREDICTIONS,
-                                prefix + store.format_prediction_results(frame_ids, proba))
-        calls = store.chunk_calls(frame_ids, proba)
-        store.write_text_atomic(outdir / store.HIGHEST, prefix + store.format_highest_scores(calls))
-        files += [store.PREDICTIONS, store.HIGHEST]
-
-    columns, counts = _read_rows(table, loaded, calls, classify)
-    store.write_text_atomic(outdir / store.READS, store.format_columns(READS_HEADER, columns, comment))
-    files.append(store.READS)
-    counts["frames"] = len(table.frame_id)
-    counts["bags"] = len(bags)
-    return counts, files
-
-
-READS_HEADER = ("read_id", "file", "length", "status", "chunks", "chunks_with_frames", "frames",
-                "virus_chunks", "call", "chunks_without_frames")
-
-
-def _read_rows(table: Any, loaded: LoadResult, calls: dict[str, bool],
-               classify: bool) -> tuple[list[list[Any]], dict[str, int]]:
-    """reads.tsv as columns (one row per input record, then one per skipped record) and counts.
-
-    Column-wise with numpy: at a million reads this is on the critical path after the last bag."""
-    records = loaded.records
-    n = len(records)
-    n_chunks = np.asarray(table.read_n_chunks, dtype=np.int64)
-    read_of_chunk = np.repeat(np.arange(n), n_chunks)
-    chunk_no = np.arange(len(read_of_chunk)) - np.repeat(np.cumsum(n_chunks) - n_chunks, n_chunks) + 1
-    ids = list(table.read_ids)  # a copy: skipped records are appended below
-    chunk_ids = [f"{ids[r]}_chunk_{c}" for r, c in zip(read_of_chunk.tolist(), chunk_no.tolist())]
-    no_frame = set(table.chunks_without_frames)
-    missing = np.fromiter((c in no_frame for c in chunk_ids), dtype=bool, count=len(chunk_ids))
-    virus_chunk = np.fromiter((calls.get(c, False) for c in chunk_ids), dtype=bool, count=len(chunk_ids))
-    missing_per_read = np.bincount(read_of_chunk, weights=missing, minlength=n).astype(np.int64)
-    virus = np.bincount(read_of_chunk, weights=virus_chunk, minlength=n).astype(np.int64)
-    with_frames = n_chunks - missing_per_read
-    missing_names: dict[int, list[str]] = {}
-    for i in np.flatnonzero(missing).tolist():
-        missing_names.setdefault(int(read_of_chunk[i]), []).append(chunk_ids[i])
-    frames_per_read = Counter(table.read_id)
-    call = np.where(with_frames == 0, "-", np.where(virus > 0, "virus", "others")) if classify \
-        else np.full(n, "-")
-    columns: list[list[Any]] = [
-        ids, [r.path for r in records], [len(r.seq) for r in records],
-        np.where(with_frames > 0, "ok", "no_open_frame").tolist(), n_chunks.tolist(), with_frames.tolist(),
-        [frames_per_read[i] for i in ids], virus.tolist() if classify else ["-"] * n, call.tolist(),
-        [",".join(missing_names[i]) if i in missing_names else "-" for i in range(n)],
-    ]
-    skipped: dict[tuple[str, str], list[str]] = {}
-    for problem in loaded.skipped:  # one row per skipped record id, all its problems named
-        kinds = skipped.setdefault((problem.path, problem.record or f"line {problem.line}"), [])
-        if problem.kind not in kinds:
-            kinds.append(problem.kind)
-    for (path, record_id), kinds in skipped.items():
-        row = (record_id, path, "-", "skipped:" + "+".join(kinds), 0, 0, 0, "-", "-", "-")
-        for column, value in zip(columns, row):
-            column.append(value)
-    counts = {"reads": n, "chunks": int(n_chunks.sum()), "chunks_without_frames": int(missing.sum()),
-              "reads_without_frames": int((with_frames == 0).sum()),
-              "virus_reads": int((call == "virus").sum()), "skipped_records": len(skipped),
-              "virus_chunks": sum(calls.values()), "chunks_called": len(calls)}
-    return columns, counts
 
 
 def _guard_totals(results: list[dict[str, Any]]) -> dict[str, int]:

@@ -199,12 +199,18 @@ def open_features(outdir: str | Path) -> xr.Dataset:
 
 # --- VirNucPro-compatible tables (pure functions) -------------------------------------------
 
-def format_prediction_results(frame_ids: Sequence[str], probability: np.ndarray) -> str:
+PREDICTION_HEADER = "Sequence_ID\tPrediction\tscore1\tscore2\n"
+
+
+def format_prediction_rows(frame_ids: Sequence[str], probability: np.ndarray) -> str:
+    """prediction_results.txt's rows (no header): frames of consecutive bags concatenate."""
     prob = np.asarray(probability, dtype=np.float32)
-    lines = ["Sequence_ID\tPrediction\tscore1\tscore2\n"]
-    for fid, label, p in zip(frame_ids, labels_from_proba(prob), prob):
-        lines.append(f"{fid}\t{label}\t{str(p[0])}\t{str(p[1])}\n")
-    return "".join(lines)
+    return "".join(f"{fid}\t{label}\t{str(p[0])}\t{str(p[1])}\n"
+                   for fid, label, p in zip(frame_ids, labels_from_proba(prob), prob))
+
+
+def format_prediction_results(frame_ids: Sequence[str], probability: np.ndarray) -> str:
+    return PREDICTION_HEADER + format_prediction_rows(frame_ids, probability)
 
 
 def chunk_calls(frame_ids: Sequence[str], probability: np.ndarray) -> dict[str, bool]:

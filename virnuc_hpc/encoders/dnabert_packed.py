@@ -287,6 +287,14 @@ class _Prefetch:
 
 # --------------------------------------------------------------------------- the encoder
 
+@dataclass(frozen=True)
+class Prepared:
+    """Sequences tokenised and packed on the host (pinned on a GPU), ready for ``embed``."""
+
+    sequences: list[str]
+    batches: list[PackedBatch]
+
+
 class PackedDNABERTEncoder:
     """Nucleotide strings -> (N, D) float32, packed: same contract as DNABERTEncoder.
 
@@ -338,6 +346,12 @@ class PackedDNABERTEncoder:
         for batch in stream_batches(self._token_chunks(seqs), self.max_tokens, self.pad_id):
             yield batch.pin() if pin else batch
 
+    def prepare(self, nucleotides: Sequence[str]) -> "Prepared":
+        """Tokenise and pack now, without the device: a worker prepares its next bag while the GPU
+        embeds the current one, so the GPU never waits for the tokenizer (embed accepts the result)."""
+        seqs = list(nucleotides)
+        return Prepared(seqs, list(self._host_batches(seqs)))
+
     # device side -------------------------------------------------------------
     def _launch(self, host: PackedBatch) -> tuple[Tensor, Tensor]:
         """Queue one batch on the device; returns (vectors, non-finite flag) still on the device."""
@@ -361,8 +375,14 @@ class PackedDNABERTEncoder:
         self.stats.update(stats)  # warm-up is not work done for the run
 
     @torch.inference_mode()
-    def embed(self, nucleotides: Sequence[str]) -> np.ndarray:
-        seqs = list(nucleotides)
+    def embed(self, nucleotides: "Sequence[str] | Prepared") -> np.ndarray:
+        """(N, D) float32, row i for nucleotides[i]. Strings are tokenised on a host thread a few
+        batches ahead of the GPU; a ``prepare``d input was tokenised before."""
+        if isinstance(nucleotides, Prepared):
+            seqs, host_batches = nucleotides.sequences, iter(nucleotides.batches)
+        else:
+            seqs = list(nucleotides)
+            host_batches = _Prefetch(self._host_batches(seqs), self.prefetch)
         out = np.zeros((len(seqs), self.dim), dtype=np.float32)
         pending: deque[tuple[PackedBatch, Tensor, Tensor, torch.cuda.Event | None]] = deque()
 
@@ -377,7 +397,7 @@ class PackedDNABERTEncoder:
             self.stats["tokens"] += int(host.lengths.sum())
             self.stats["padded_tokens"] += host.ids.shape[0]
 
-        for host in _Prefetch(self._host_batches(seqs), self.prefetch):
+        for host in host_batches:
             vec, bad = self._launch(host)
             vec, bad = vec.to("cpu", non_blocking=True), bad.to("cpu", non_blocking=True)
             done = torch.cuda.Event() if self.device.type == "cuda" else None

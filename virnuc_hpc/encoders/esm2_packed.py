@@ -436,6 +436,14 @@ def is_oom(exc: BaseException) -> bool:
     return False
 
 
+@dataclass(frozen=True)
+class PreparedProteins:
+    """Proteins tokenised on the host, ready for ``PackedESM2Encoder.embed``."""
+
+    ids: list[np.ndarray]
+    lengths: np.ndarray
+
+
 @dataclass
 class _InFlight:
     """A submitted batch whose pooled rows are on their way to pinned host memory."""
@@ -501,12 +509,19 @@ class PackedESM2Encoder(ESM2Encoder):
             self.embed(["A" * 48] * max(1, size // 50))
         self.stats.update(stats)  # warm-up is not work done for the run
 
-    def embed(self, proteins: Sequence[str]) -> np.ndarray:
-        """(N, dim) float32, row i for proteins[i]."""
+    def prepare(self, proteins: Sequence[str]) -> PreparedProteins:
+        """Tokenise now, without the device (a worker does it for its next bag while the GPU embeds
+        the current one); ``embed`` accepts the result."""
         ids = tokenize_many(list(proteins))
         lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
         if len(ids) and lengths.min() == 0:
             raise ValueError(f"protein #{int(np.argmin(lengths))} is empty; an empty protein has no embedding")
+        return PreparedProteins(ids, lengths)
+
+    def embed(self, proteins: Sequence[str] | PreparedProteins) -> np.ndarray:
+        """(N, dim) float32, row i for proteins[i]."""
+        prepared = proteins if isinstance(proteins, PreparedProteins) else self.prepare(proteins)
+        ids, lengths = prepared.ids, prepared.lengths
         out = np.full((len(ids), self.dim), np.nan, dtype=np.float32)
         queue = deque(plan_packs(lengths, self.token_budget))
         pending: _InFlight | None = None
