@@ -27,6 +27,10 @@ def test_demo_writes_every_output(reference: Path):
         assert (reference / name).is_file(), name
     run = json.loads((reference / "run.json").read_text())
     assert run["random_weights"] is True and "NOT a biological result" in run["warning"]
+    phases = run["model_load_on_workers_phases_s"]  # the slowest worker's startup, phase by phase
+    assert {"imports", "encoders_load", "classifier_load", "load_other", "esm2_warm_up"} <= phases.keys()
+    assert "cuda_start" not in phases and min(phases.values()) >= 0
+    assert sum(phases.values()) == pytest.approx(run["model_load_on_workers_s"])
     table = frames_for_records(load_records([DEMO_FASTA], skip_invalid=False).records, 300)
     lines = (reference / "prediction_results.txt").read_text().splitlines()
     assert lines[0].startswith("# RANDOM WEIGHTS")

@@ -11,6 +11,8 @@ from __future__ import annotations
 import gc
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,15 +57,33 @@ class Encoders:
     device: str
 
 
-def load_encoders(spec: ModelSpec) -> Encoders:
-    """Load both encoders (and the classifier) through the configured engine."""
-    from .classifier import load_classifier
-    from .engines import load_engine_encoders
+@contextmanager
+def _timed(seconds: dict[str, float], phase: str) -> Iterator[None]:
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        seconds[phase] = seconds.get(phase, 0.0) + time.perf_counter() - t0
 
-    esm2, dnabert = load_engine_encoders(spec)
+
+def load_encoders(spec: ModelSpec, seconds: dict[str, float] | None = None) -> Encoders:
+    """Load both encoders (and the classifier) through the configured engine; ``seconds`` gets the
+    time of each phase (imports, CUDA start, encoders, classifier): startup is stated, not guessed."""
+    seconds = {} if seconds is None else seconds
+    with _timed(seconds, "imports"):
+        import torch
+
+        from .classifier import load_classifier
+        from .engines import load_engine_encoders
+    if spec.device != "cpu" and torch.cuda.is_available():
+        with _timed(seconds, "cuda_start"):
+            torch.empty(0, device="cuda")
+    with _timed(seconds, "encoders_load"):
+        esm2, dnabert = load_engine_encoders(spec)
     classifier = None
     if spec.classifier_path:  # its input must be [DNABERT | ESM-2] of exactly these encoders
-        classifier = load_classifier(spec.classifier_path, input_dim=dnabert.dim + esm2.dim)
+        with _timed(seconds, "classifier_load"):
+            classifier = load_classifier(spec.classifier_path, input_dim=dnabert.dim + esm2.dim)
     return Encoders(esm2=esm2, dnabert=dnabert, classifier=classifier,
                     precision=getattr(esm2, "precision", spec.precision),
                     device=str(getattr(esm2, "device", spec.device)))
@@ -79,6 +99,7 @@ class EncoderPlugin(WorkerPlugin):
         self._encoders: Encoders | None = None
         self._lock: threading.Lock | None = None
         self.utilization: Any = None
+        self.load_seconds: dict[str, float] = {}  # per phase, filled when the encoders are loaded
 
     def setup(self, worker: Any = None) -> None:
         self._lock = threading.Lock()
@@ -98,11 +119,15 @@ class EncoderPlugin(WorkerPlugin):
         if worker is not None and worker.status in (Status.closing, Status.closing_gracefully, Status.closed):
             gc.freeze()
 
+    @property
+    def loaded(self) -> bool:
+        return self._encoders is not None
+
     def encoders(self) -> Encoders:
         assert self._lock is not None, "plugin used before setup()"
         with self._lock:
             if self._encoders is None:
-                self._encoders = load_encoders(self.spec)
+                self._encoders = load_encoders(self.spec, self.load_seconds)
                 if self.spec.device != "cpu":  # here, not in setup(): keeps registration quick
                     from .gpu_monitor import UtilizationSampler
                     self.utilization = UtilizationSampler.for_current_device()
@@ -181,11 +206,13 @@ def warm_up() -> dict[str, float]:
     loop stays responsive); startup is then timed apart from the bags. Returns seconds per phase."""
     t0 = time.perf_counter()
     plugin: EncoderPlugin = get_worker().plugins[PLUGIN_NAME]
+    loaded_before = plugin.loaded
     enc = plugin.encoders()
-    seconds = {"load": time.perf_counter() - t0}
+    load = time.perf_counter() - t0
+    seconds = {} if loaded_before else dict(plugin.load_seconds)
+    seconds["load_other"] = max(0.0, load - sum(seconds.values()))  # the phases sum to the load
     with plugin.device_lock:
         for name in ("esm2", "dnabert"):
-            t1 = time.perf_counter()
-            getattr(getattr(enc, name), "warm_up", lambda: None)()
-            seconds[f"{name}_warm_up"] = time.perf_counter() - t1
+            with _timed(seconds, f"{name}_warm_up"):
+                getattr(getattr(enc, name), "warm_up", lambda: None)()
     return seconds
