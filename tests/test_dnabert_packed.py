@@ -17,8 +17,9 @@ from torch.nn.attention.flex_attention import create_block_mask
 from virnuc_hpc.encoders.dnabert import DNABERTEncoder, load_dnabert, load_dnabert_parts
 from virnuc_hpc.encoders.dnabert_packed import (BLOCK, PackedDNABERTEncoder, PackedForward,
                                                 alibi_segment_score_mod, batch_size, block_mask_parts,
-                                                dense_bias, make_batch, pack_lengths, segment_ids,
+                                                dense_bias, make_batch, segment_ids,
                                                 stream_batches, to_block_mask)
+from virnuc_hpc.encoders.packing import pack_sizes
 from virnuc_hpc.random_models.dnabert import write_random_dnabert_dir
 
 pytestmark = pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
@@ -46,15 +47,22 @@ def packed(directory: Path, **kwargs) -> PackedDNABERTEncoder:
 
 # --------------------------------------------------------------------------- packing logic
 
-def test_pack_lengths_budget_edges() -> None:
-    assert pack_lengths([], 10) == []
-    assert pack_lengths([5, 5], 10) == [[0, 1]]                 # exactly the budget: one batch
-    assert pack_lengths([5, 6], 10) == [[0], [1]]               # one token over: two
-    assert pack_lengths([3, 12, 2], 10) == [[2, 0], [1]]        # sorted; over-long alone
+def test_pack_sizes_budget_edges() -> None:
+    """The greedy packer both packed encoders use (ESM-2 passes lengths + BOS/EOS)."""
+    def pack(sizes, budget):
+        return [b.tolist() for b in pack_sizes(sizes, budget)]
+
+    assert pack([], 10) == []
+    assert pack([5, 5], 10) == [[0, 1]]                 # exactly the budget: one batch
+    assert pack([5, 6], 10) == [[0], [1]]               # one token over: two
+    assert pack([3, 12, 2], 10) == [[2, 0], [1]]        # sorted; over-long alone
+    assert pack([12, 11, 1], 10) == [[2], [1], [0]]     # two over-long ones: each alone
+    assert pack([4, 2, 4, 2], 6) == [[1, 3], [0], [2]]  # stable among equal sizes
     lengths = list(np.random.default_rng(0).integers(1, 200, 500))
-    batches = pack_lengths(lengths, 1000)
+    batches = pack(lengths, 1000)
     assert sorted(i for b in batches for i in b) == list(range(500))
     assert all(sum(lengths[i] for i in b) <= 1000 for b in batches)
+    assert all(sum(lengths[i] for i in b) > 1000 - 200 for b in batches[:-1])  # only the last part-filled
     flat = [lengths[i] for b in batches for i in b]
     assert flat == sorted(flat)
     assert batch_size(1000, 1024) == 1024 and batch_size(1025, 1024) == 1152

@@ -30,6 +30,7 @@ from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
 from ..devices import dtype_of, resolve_device, resolve_precision
 from .dnabert import DNABERT2, DNABERTEncoder, DNABERTLayer, weights_sha256
+from .packing import pack_sizes
 
 BLOCK = 128                 # FlexAttention's default block; batches are a multiple of it
 GPU_BUDGET = 65536          # tokens per packed batch on a GPU (fills an H100; ~1 GB of activations)
@@ -39,21 +40,6 @@ ScoreMod = Callable[[Tensor, Tensor, Tensor, Tensor, Tensor], Tensor]
 
 
 # --------------------------------------------------------------------------- packing (host, numpy)
-
-def pack_lengths(lengths: Sequence[int], budget: int) -> list[list[int]]:
-    """Indices sorted by length, cut greedily so that each batch's token sum fits ``budget``.
-
-    A sequence longer than the budget gets a batch of its own (that batch is rounded up)."""
-    batches: list[list[int]] = []
-    used = budget + 1
-    for i in sorted(range(len(lengths)), key=lengths.__getitem__):
-        if used + lengths[i] > budget:
-            batches.append([])
-            used = 0
-        batches[-1].append(i)
-        used += lengths[i]
-    return batches
-
 
 def batch_size(tokens: int, budget: int) -> int:
     """Packed batch length: the budget (one compiled shape), more only for an over-long sequence."""
@@ -140,7 +126,7 @@ def stream_batches(token_chunks: Iterator[tuple[np.ndarray, list[list[int]]]], b
         index, ids = chunks.pop()
         nxt = list(itertools.islice(token_chunks, 1))
         index_all, ids_all = carry_index + list(index), carry_ids + ids
-        batches = pack_lengths([len(x) for x in ids_all], budget)
+        batches = pack_sizes([len(x) for x in ids_all], budget)
         if nxt:  # more to come: keep the partial last batch for the next round
             last = batches.pop()
             carry_index, carry_ids = [index_all[i] for i in last], [ids_all[i] for i in last]

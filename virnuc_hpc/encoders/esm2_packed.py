@@ -34,6 +34,7 @@ from virnuc_hpc.encoders.esm2 import (
     CLS, EOS, MASK, PAD, POOL_LIMIT, ESM2, ESM2Encoder, mean_residues, pad_batch, plan_batches,
     rotary_cos_sin, tokenize_many,
 )
+from virnuc_hpc.encoders.packing import pack_sizes
 
 Attend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, "DeviceBatch"], torch.Tensor]
 
@@ -57,19 +58,9 @@ def packed_size(lengths: np.ndarray) -> np.ndarray:
 
 
 def plan_packs(lengths: np.ndarray, budget: int) -> list[np.ndarray]:
-    """Index arrays, in ascending length order, each packing to at most `budget` tokens.
-
-    A protein longer than the budget on its own gets a batch to itself. Loops per batch, not per
-    protein (cumulative sums + searchsorted)."""
-    order = np.argsort(np.asarray(lengths), kind="stable")
-    ends = np.concatenate(([0], np.cumsum(packed_size(np.asarray(lengths)[order]))))
-    batches, start = [], 0
-    while start < len(order):
-        stop = int(np.searchsorted(ends, ends[start] + budget, side="right")) - 1
-        stop = max(stop, start + 1)
-        batches.append(order[start:stop])
-        start = stop
-    return batches
+    """Index arrays, in ascending length order, each packing to at most `budget` tokens (BOS and
+    EOS counted); a protein longer than the budget on its own gets a batch to itself."""
+    return pack_sizes(packed_size(lengths), budget)
 
 
 def split_to_budget(index: np.ndarray, lengths: np.ndarray, budget: int) -> list[np.ndarray]:
