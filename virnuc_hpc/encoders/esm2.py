@@ -270,6 +270,11 @@ _IGNORED_RE = re.compile(r"^(lm_head|contact_head)\.|\.rot_emb\.inv_freq$")
 RANDOM_WEIGHTS_FLAG = "virnuc_hpc_random_weights"  # set in cfg['model'] by random_models.esm2
 
 
+def model_name(spec: str | Path, path: Path) -> str:
+    """An encoder's name in outputs: the released model's name when given by name, else the file's stem."""
+    return str(spec) if str(spec) in KNOWN_MODELS else path.stem
+
+
 def resolve_esm2_checkpoint(spec: str | Path) -> Path:
     """An existing file is used as is; a released model name is looked up in (or fetched to) the
     torch-hub cache, `<torch.hub.get_dir()>/checkpoints/<name>.pt`, the place fair-esm uses."""
@@ -502,7 +507,7 @@ def load_esm2(spec: str, device: str = "auto", precision: str = "auto",
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)
     model = load_esm2_model(path, device=dev, dtype=dtype_of(prec))
-    name = spec if spec in KNOWN_MODELS else path.stem
+    name = model_name(spec, path)
     if prec in ("fp16", "bf16") and varlen_available(dev):
         return PackedESM2Encoder(model, name=name, device=dev, precision=prec, max_tokens=max_tokens,
                                  path=path, gelu_epilogue=not exact_gelu)

@@ -206,7 +206,7 @@ def check_nvme(deepspeed: Any, nvme_path: str | None) -> None:
 
 def load_esm2_zero(deepspeed: Any, spec: "ModelSpec", device: torch.device, precision: str) -> Any:
     """Padded ESM2Encoder whose module runs under ZeRO-3 parameter offload."""
-    from ..encoders.esm2 import KNOWN_MODELS, ESM2Encoder, load_esm2_model, resolve_esm2_checkpoint
+    from ..encoders.esm2 import ESM2Encoder, load_esm2_model, model_name, resolve_esm2_checkpoint
 
     if spec.zero_offload == "nvme":
         check_nvme(deepspeed, spec.nvme_path)
@@ -216,9 +216,8 @@ def load_esm2_zero(deepspeed: Any, spec: "ModelSpec", device: torch.device, prec
     config = zero3_config(spec.zero_offload, params_per_layer=esm2_params_per_layer(model.embed_dim),
                           pin_memory=device.type == "cuda", nvme_path=spec.nvme_path)
     engine = zero3_engine(deepspeed, model, config)
-    name = spec.esm2_path if spec.esm2_path in KNOWN_MODELS else path.stem
-    encoder = ESM2Encoder(EngineView(engine, model), name=name, device=device, precision=precision,
-                          max_tokens=spec.esm2_max_tokens, path=path)
+    encoder = ESM2Encoder(EngineView(engine, model), name=model_name(spec.esm2_path, path), device=device,
+                          precision=precision, max_tokens=spec.esm2_max_tokens, path=path)
     encoder.engine = f"deepspeed-zero3-{spec.zero_offload}"
     return encoder
 
