@@ -8,17 +8,28 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from distributed import Client, LocalCluster
 
 from conftest import DEMO, DEMO_FASTA, finished_outputs
+from virnuc_hpc.worker import PLUGIN_NAME
 
 
 def _popen(*args: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "virnuc_hpc.cli", *args], start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def wait_for(condition: Callable[[], bool], run: subprocess.Popen, timeout: float = 120) -> None:
+    """Poll until condition() holds; fail at once if predict exits first."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert run.poll() is None, f"predict exited early: {run.communicate()[0][-3000:]}"
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
 
 
 def test_late_workers_join_a_running_predict(reference: Path, tmp_path: Path, demo_cache: Path):
@@ -28,9 +39,11 @@ def test_late_workers_join_a_running_predict(reference: Path, tmp_path: Path, de
             Client(cluster) as client:
         run = _popen("predict", str(DEMO_FASTA), "-o", str(outdir), *DEMO,
                      "--scheduler-address", cluster.scheduler_address)
-        time.sleep(3)  # predict is waiting for workers; now two "nodes" join, one after the other
+        # predict has registered its encoder plugin and waits for workers; now two "nodes" join,
+        # one after the other
+        wait_for(lambda: PLUGIN_NAME in cluster.scheduler.worker_plugins, run)
         workers = [_popen("worker", "--scheduler-address", cluster.scheduler_address, "--device", "cpu")]
-        time.sleep(2)
+        wait_for(lambda: len(cluster.scheduler.workers) == 1, run)
         workers.append(_popen("worker", "--scheduler-address", cluster.scheduler_address,
                               "--device", "cpu"))
         try:
