@@ -14,6 +14,7 @@ import os
 import re
 import warnings
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
@@ -294,14 +295,13 @@ def resolve_dnabert_dir(spec: str) -> Path:
 # --------------------------------------------------------------------------- the encoder
 
 def weights_sha256(encoder: "DNABERTEncoder | PackedDNABERTEncoder") -> str:
-    """sha256 of an encoder's weights file, computed once on first use: the client already
-    checksums every model file (models.hash_models), so workers never need it at start-up."""
-    if "_sha256" not in encoder.__dict__:
-        if encoder.weights is None:
-            raise ValueError("sha256 unknown: the encoder was not built from a file")
-        from ..models import file_sha256
-        encoder.__dict__["_sha256"] = file_sha256(Path(encoder.weights))
-    return encoder.__dict__["_sha256"]
+    """sha256 of an encoder's weights file. Both encoders cache it as a cached_property read on
+    first use: the client already checksums every model file (models.hash_models), so workers
+    never need it at start-up."""
+    if encoder.weights is None:
+        raise ValueError("sha256 unknown: the encoder was not built from a file")
+    from ..models import file_sha256
+    return file_sha256(Path(encoder.weights))
 
 
 class DNABERTEncoder:
@@ -335,7 +335,7 @@ class DNABERTEncoder:
         self.stats: dict[str, int] = {"sequences": 0, "tokens": 0, "batches": 0,
                                       "nonfinite_recomputed_batches": 0}
 
-    sha256 = property(weights_sha256, doc="Hex digest of the weights file (read on first use).")
+    sha256 = cached_property(weights_sha256)
 
     def batches(self, lengths: Sequence[int]) -> list[list[int]]:
         """Indices sorted by length, cut so that each padded batch fits the token and bias budgets

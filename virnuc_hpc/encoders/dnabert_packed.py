@@ -20,6 +20,7 @@ import queue
 import threading
 from collections import deque
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Callable, Iterator, Literal, Sequence
 
@@ -315,7 +316,7 @@ class PackedDNABERTEncoder:
         self.stats: dict[str, int] = {"sequences": 0, "tokens": 0, "padded_tokens": 0, "batches": 0,
                                       "nonfinite_recomputed_batches": 0}
 
-    sha256 = property(weights_sha256, doc="Hex digest of the weights file (read on first use).")
+    sha256 = cached_property(weights_sha256)
 
     # host side ---------------------------------------------------------------
     def _token_chunks(self, seqs: list[str]) -> Iterator[tuple[np.ndarray, list[list[int]]]]:
