@@ -13,9 +13,9 @@ import platform
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ from .fasta import load_records
 from .gpu_monitor import mean_utilization
 from .frames import frames_for_records
 from .tables import Tables
+from .timing import StageTimer
 from .models import ModelFile, file_sha256, hash_models, locate_models
 from .worker import EncoderPlugin, ModelSpec, run_bag, warm_up
 
@@ -46,19 +47,6 @@ class RunResult:
     dashboard: str | None = None
     files: list[str] = field(default_factory=list)
     model_load_on_workers_s: float | None = None
-
-
-class StageTimer:
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-
-    @contextmanager
-    def __call__(self, stage: str) -> Iterator[None]:
-        t0 = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - t0
 
 
 def predict(inputs: Sequence[str | Path] | str | Path, outdir: str | Path, client: Client | None = None,

@@ -11,8 +11,6 @@ from __future__ import annotations
 import gc
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,7 @@ from distributed import WorkerPlugin, get_worker
 from distributed.core import Status
 
 from .bags import Bag
+from .timing import StageTimer
 
 # Nothing heavy (torch, xarray) is imported at module level: unpickling the plugin, which the client
 # waits for when registering it, then takes milliseconds, and the imports happen in the warm-up task,
@@ -57,32 +56,23 @@ class Encoders:
     device: str
 
 
-@contextmanager
-def _timed(seconds: dict[str, float], phase: str) -> Iterator[None]:
-    t0 = time.perf_counter()
-    try:
-        yield
-    finally:
-        seconds[phase] = seconds.get(phase, 0.0) + time.perf_counter() - t0
-
-
-def load_encoders(spec: ModelSpec, seconds: dict[str, float] | None = None) -> Encoders:
-    """Load both encoders (and the classifier) through the configured engine; ``seconds`` gets the
+def load_encoders(spec: ModelSpec, timer: StageTimer | None = None) -> Encoders:
+    """Load both encoders (and the classifier) through the configured engine; ``timer`` gets the
     time of each phase (imports, CUDA start, encoders, classifier): startup is stated, not guessed."""
-    seconds = {} if seconds is None else seconds
-    with _timed(seconds, "imports"):
+    timer = timer or StageTimer()
+    with timer("imports"):
         import torch
 
         from .classifier import load_classifier
         from .engines import load_engine_encoders
     if spec.device != "cpu" and torch.cuda.is_available():
-        with _timed(seconds, "cuda_start"):
+        with timer("cuda_start"):
             torch.empty(0, device="cuda")
-    with _timed(seconds, "encoders_load"):
+    with timer("encoders_load"):
         esm2, dnabert = load_engine_encoders(spec)
     classifier = None
     if spec.classifier_path:  # its input must be [DNABERT | ESM-2] of exactly these encoders
-        with _timed(seconds, "classifier_load"):
+        with timer("classifier_load"):
             classifier = load_classifier(spec.classifier_path, input_dim=dnabert.dim + esm2.dim)
     return Encoders(esm2=esm2, dnabert=dnabert, classifier=classifier,
                     precision=getattr(esm2, "precision", spec.precision),
@@ -99,7 +89,7 @@ class EncoderPlugin(WorkerPlugin):
         self._encoders: Encoders | None = None
         self._lock: threading.Lock | None = None
         self.utilization: Any = None
-        self.load_seconds: dict[str, float] = {}  # per phase, filled when the encoders are loaded
+        self.load_timer = StageTimer()  # seconds per phase, filled when the encoders are loaded
 
     def setup(self, worker: Any = None) -> None:
         self._lock = threading.Lock()
@@ -127,7 +117,7 @@ class EncoderPlugin(WorkerPlugin):
         assert self._lock is not None, "plugin used before setup()"
         with self._lock:
             if self._encoders is None:
-                self._encoders = load_encoders(self.spec, self.load_seconds)
+                self._encoders = load_encoders(self.spec, self.load_timer)
                 if self.spec.device != "cpu":  # here, not in setup(): keeps registration quick
                     from .gpu_monitor import UtilizationSampler
                     self.utilization = UtilizationSampler.for_current_device()
@@ -209,10 +199,10 @@ def warm_up() -> dict[str, float]:
     loaded_before = plugin.loaded
     enc = plugin.encoders()
     load = time.perf_counter() - t0
-    seconds = {} if loaded_before else dict(plugin.load_seconds)
-    seconds["load_other"] = max(0.0, load - sum(seconds.values()))  # the phases sum to the load
+    timer = StageTimer({} if loaded_before else dict(plugin.load_timer.seconds))
+    timer.seconds["load_other"] = max(0.0, load - sum(timer.seconds.values()))  # phases sum to the load
     with plugin.device_lock:
         for name in ("esm2", "dnabert"):
-            with _timed(seconds, f"{name}_warm_up"):
+            with timer(f"{name}_warm_up"):
                 getattr(getattr(enc, name), "warm_up", lambda: None)()
-    return seconds
+    return timer.seconds
