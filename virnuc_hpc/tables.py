@@ -52,8 +52,8 @@ class ReadColumns:
     chunk_ids: list[str]
     missing: np.ndarray            # (chunks,) bool: the chunk has no open frame
     with_frames: np.ndarray        # (reads,) chunks with at least one frame
-    columns: list[list[Any]]       # READS_HEADER's, with "virus_chunks" and "call" still empty
-    skipped_rows: list[tuple[Any, ...]]
+    columns: list[list[Any]]       # READS_HEADER's, skipped records' rows included; the two that
+    n_skipped: int                 # need calls ("virus_chunks", "call") are None until with_calls
 
     @classmethod
     def of(cls, table: Any, loaded: LoadResult) -> ReadColumns:
@@ -71,10 +71,10 @@ class ReadColumns:
         for i in np.flatnonzero(missing).tolist():
             missing_names.setdefault(int(read_of_chunk[i]), []).append(chunk_ids[i])
         frames_per_read = Counter(table.read_id)
-        columns: list[list[Any]] = [
+        columns: list[Any] = [
             ids, [r.path for r in records], [len(r.seq) for r in records],
             np.where(with_frames > 0, "ok", "no_open_frame").tolist(), n_chunks.tolist(),
-            with_frames.tolist(), [frames_per_read[i] for i in ids], [], [],
+            with_frames.tolist(), [frames_per_read[i] for i in ids], None, None,
             [",".join(missing_names[i]) if i in missing_names else "-" for i in range(n)],
         ]
         skipped: dict[tuple[str, str], list[str]] = {}
@@ -82,9 +82,12 @@ class ReadColumns:
             kinds = skipped.setdefault((problem.path, problem.record or f"line {problem.line}"), [])
             if problem.kind not in kinds:
                 kinds.append(problem.kind)
-        skipped_rows = [(record_id, path, "-", "skipped:" + "+".join(kinds), 0, 0, 0, "-", "-", "-")
-                        for (path, record_id), kinds in skipped.items()]
-        return cls(n, read_of_chunk, chunk_ids, missing, with_frames, columns, skipped_rows)
+        for (path, record_id), kinds in skipped.items():
+            row = (record_id, path, "-", "skipped:" + "+".join(kinds), 0, 0, 0, None, None, "-")
+            for column, value in zip(columns, row):
+                if column is not None:
+                    column.append(value)
+        return cls(n, read_of_chunk, chunk_ids, missing, with_frames, columns, len(skipped))
 
     def with_calls(self, calls: dict[str, bool], classify: bool) -> tuple[list[list[Any]], dict[str, int]]:
         """All of reads.tsv's columns (one row per input record, then one per skipped record), and
@@ -95,14 +98,13 @@ class ReadColumns:
         virus = np.bincount(self.read_of_chunk, weights=virus_chunk, minlength=n).astype(np.int64)
         call = (np.where(self.with_frames == 0, "-", np.where(virus > 0, "virus", "others")) if classify
                 else np.full(n, "-"))
-        columns = [list(c) for c in self.columns]
-        columns[7], columns[8] = (virus.tolist() if classify else ["-"] * n), call.tolist()
-        for row in self.skipped_rows:
-            for column, value in zip(columns, row):
-                column.append(value)
+        skipped = ["-"] * self.n_skipped  # neither column applies to a skipped record
+        columns = list(self.columns)  # the other columns are shared, never changed
+        columns[7] = (virus.tolist() if classify else ["-"] * n) + skipped
+        columns[8] = call.tolist() + skipped
         counts = {"reads": n, "chunks": len(self.chunk_ids), "chunks_without_frames": int(self.missing.sum()),
                   "reads_without_frames": int((self.with_frames == 0).sum()),
-                  "virus_reads": int((call == "virus").sum()), "skipped_records": len(self.skipped_rows),
+                  "virus_reads": int((call == "virus").sum()), "skipped_records": self.n_skipped,
                   "virus_chunks": sum(calls.values()), "chunks_called": len(calls)}
         return columns, counts
 
