@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from common import card_slug, cosine
-from pipeline_scaling import make_models, one_run, synthetic_reads  # benchmarks/ is on sys.path
+from pipeline_scaling import make_models, one_run, startup_of, synthetic_reads  # benchmarks/ is on sys.path
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -103,7 +103,7 @@ def main() -> None:
              "| cos min vs reference | P(virus) max diff | labels = reference | labels = ref. where abs(P-0.5) >= 0.01 |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
-        startup = r["stages_s"].get("cluster_start", 0) + r["stages_s"].get("model_load", 0)
+        startup = startup_of(r)
         lines.append(f"| {r['engine']} | {r['precision']} | {r['gpus']} | {r['wall_s']:.1f} | {startup:.1f} | "
                      f"{r['stages_s']['embed_classify']:.1f} | {r['embed_stage_tokens_per_s']:,.0f} | "
                      f"{r['same_frames_as_reference']} | {r['cosine_min_vs_reference']:.6f} | "

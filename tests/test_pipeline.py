@@ -93,12 +93,11 @@ def test_kill_9_then_resume_is_identical(reference: Path, demo_cache: Path, tmp_
     args = [sys.executable, "-m", "virnuc_hpc.cli", "predict", str(DEMO_FASTA), "-o", str(outdir), *DEMO]
     rng = random.Random(1)
     for attempt in range(3):
-        start = _finished_bags(outdir) if (outdir / "bags").exists() else 0
+        start = _finished_bags(outdir)
         proc = subprocess.Popen(args, start_new_session=True, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 120
-        while proc.poll() is None and time.monotonic() < deadline and (
-                not (outdir / "bags").exists() or _finished_bags(outdir) <= start):
+        while proc.poll() is None and time.monotonic() < deadline and _finished_bags(outdir) <= start:
             time.sleep(0.05)
         time.sleep(rng.uniform(0.0, 0.3))  # the demo computes a bag in ~0.2 s
         _kill_group(proc)
