@@ -73,8 +73,9 @@ def test_bag_that_kills_workers_twice_is_reported(tmp_path: Path, demo_cache: Pa
         with pytest.raises(BagsFailedError, match="bag-000002") as err:
             predict([DEMO_FASTA], outdir, client=client, config=_config())
     failed = (outdir / "failed_bags.tsv").read_text().splitlines()
-    assert failed[0] == "bag\tframe_id" and len(failed) == 1 + 8
-    assert all(row.startswith("bag-000002\t") for row in failed[1:])
+    assert failed[0] == "bag\tsample\tfile\tfirst_record\tlast_record" and len(failed) == 2
+    bag, sample, path, first, last = failed[1].split("\t")
+    assert (bag, sample, path) == ("bag-000002", "demo", str(DEMO_FASTA)) and 0 < int(first) <= int(last)
     assert_nothing_finished(outdir)
     done = sorted(p.name for p in (outdir / "bags").glob("bag-*.nc"))
     assert "bag-000002.nc" not in done and len(done) >= 5, done  # the others were finished

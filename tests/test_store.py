@@ -1,6 +1,7 @@
 """Output formats: byte-compatible VirNucPro tables for given probabilities, atomic bag files."""
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -8,7 +9,6 @@ import pytest
 from conftest import small_tmpfs
 from virnuc_hpc import store
 from virnuc_hpc.classifier import labels_from_proba
-from virnuc_hpc.bags import make_bags
 
 
 def test_prediction_results_bytes():
@@ -48,52 +48,97 @@ def test_highest_scores_sorted_lexicographically():
                                  "r1_chunk_2\tTrue", "r2_chunk_1\tTrue"]
 
 
-class _Table:
-    def __init__(self, n):
-        self.frame_id = [f"r{i}_chunk_1F1" for i in range(n)]
-        self.chunk_id = [f"r{i}_chunk_1" for i in range(n)]
-        self.read_id = [f"r{i}" for i in range(n)]
-        self.protein = ["M" * (i % 7 + 1) for i in range(n)]
-        self.nucleotide = ["ATG" * (i % 7 + 1) + "A" for i in range(n)]
+def _bags(tmp_path: Path, n_reads: int, records_per_bag: int, run_key: str = "key") -> list:
+    from virnuc_hpc.bags import plan_bags
+    from virnuc_hpc.samples import samples_from_paths
+    path = tmp_path / "in.fa"
+    if not path.exists():
+        path.write_text("".join(f">r{i}\nATGAAACCC\n" for i in range(n_reads)))
+    (sample,) = samples_from_paths([str(path)])
+    return list(plan_bags(list(sample.files), lambda f: records_per_bag, run_key))
+
+
+def _frames(bag) -> SimpleNamespace:
+    n = bag.n_records
+    first = bag.ref.first_record
+    return SimpleNamespace(frame_id=[f"r{first + i}_chunk_1F1" for i in range(n)],
+                           chunk_id=[f"r{first + i}_chunk_1" for i in range(n)],
+                           read_id=[f"r{first + i}" for i in range(n)], record=list(range(first, first + n)))
 
 
 def test_bag_roundtrip_and_completeness(tmp_path: Path):
-    bags = make_bags(_Table(10), 4, "key")
-    assert sum(len(b) for b in bags) == 10 and bags[0].start == 0
-    assert all(b.start + len(b) == nxt.start for b, nxt in zip(bags, bags[1:]))
+    bags = _bags(tmp_path, 10, 4)
+    assert sum(b.n_records for b in bags) == 10 and bags[0].ref.first_record == 0
+    assert all(b.ref.first_record + b.n_records == nxt.ref.first_record for b, nxt in zip(bags, bags[1:]))
     rng = np.random.default_rng(1)
+    out = tmp_path / "out"
+    store.check_writable(out)
     for bag in bags:
-        dna, prot = rng.random((len(bag), 8), np.float32), rng.random((len(bag), 12), np.float32)
-        proba = rng.random((len(bag), 2), np.float32)
-        store.check_writable(tmp_path)
-        store.write_bag(tmp_path, bag, dna, prot, proba, {"x": 1})
-        assert store.bag_is_complete(tmp_path, bag, with_probability=True)
-        ids, back = store.read_bag_predictions(store.bag_path(tmp_path, bag))
-        assert ids == bag.frame_ids and np.array_equal(back, proba)
-    store.write_text_atomic(tmp_path / store.RUN_JSON, "{}")
-    ds = store.open_features(tmp_path)
-    assert list(ds.frame.values) == _Table(10).frame_id
-    assert ds.features.shape == (10, 20) and list(ds.frame_index.values) == list(range(10))
-    assert set(ds.source.values[:8]) == {"dnabert_s"} and set(ds.source.values[8:]) == {"esm2"}
-    ds.close()
-    # same frames under another run key: not complete
-    other = make_bags(_Table(10), 4, "other-key")[0]
-    assert not store.bag_is_complete(tmp_path, other, with_probability=True)
+        n = bag.n_records
+        dna, prot = rng.random((n, 8), np.float32), rng.random((n, 12), np.float32)
+        proba = rng.random((n, 2), np.float32)
+        parts = {"predictions": store.format_prediction_rows(_frames(bag).frame_id, proba), "ids": "x\n"}
+        store.write_bag(out, bag.ref, _frames(bag), dna, prot, proba, {"x": 1}, tables=parts, counts={"frames": n})
+        assert store.bag_is_complete(out, bag.ref, with_probability=True)
+        back = store.read_bag_tables(store.bag_path(out, bag.ref))
+        assert back["predictions"] == parts["predictions"] and back["ids"] == "x\n" and back["reads"] == ""
+        assert back.counts == {"frames": n}
+    store.write_text_atomic(out / store.RUN_JSON, "{}")
+    with store.open_features(out) as ds:
+        assert list(ds.frame.values) == [f"r{i}_chunk_1F1" for i in range(10)]
+        assert ds.features.shape == (10, 20) and list(ds.record.values) == list(range(10))
+        assert set(ds.source.values[:8]) == {"dnabert_s"} and set(ds.source.values[8:]) == {"esm2"}
+    # the same records under another run key: not complete
+    other = _bags(tmp_path, 10, 4, run_key="other-key")[0]
+    assert not store.bag_is_complete(out, other.ref, with_probability=True)
     # truncated file: not complete
-    path = store.bag_path(tmp_path, bags[1])
+    path = store.bag_path(out, bags[1].ref)
     path.write_bytes(path.read_bytes()[:200])
-    assert not store.bag_is_complete(tmp_path, bags[1], with_probability=True)
-    assert not list(tmp_path.rglob(".*.tmp-*"))
+    assert not store.bag_is_complete(out, bags[1].ref, with_probability=True)
+    assert not list(out.rglob(".*.tmp-*"))
+
+
+@pytest.mark.parametrize("compression", ["none", "gzip"])
+def test_every_features_mode_reads_lazily_with_plain_xarray(tmp_path: Path, compression: str):
+    import xarray as xr
+    bag = _bags(tmp_path, 3000, 3000)[0]  # a realistic bag: the fixed per-file bytes do not dominate
+    n = bag.n_records
+    assert n >= 900
+    rng = np.random.default_rng(2)
+    dna, prot = rng.standard_normal((n, 768), np.float32), rng.standard_normal((n, 2560), np.float32)
+    proba = rng.random((n, 2), np.float32)
+    sizes = {}
+    for mode in store.FEATURE_MODES:
+        out = tmp_path / mode
+        store.check_writable(out)
+        store.write_bag(out, bag.ref, _frames(bag), dna, prot, proba, {}, features=mode,
+                        compression=compression, tables={})
+        path = store.bag_path(out, bag.ref)
+        sizes[mode] = path.stat().st_size
+        with xr.open_dataset(path, engine="h5netcdf", chunks={}) as ds:  # plain xarray, lazily
+            assert ds.probability.chunks is not None
+            np.testing.assert_array_equal(ds.probability.values, proba)
+            assert list(ds.frame.values) == _frames(bag).frame_id and set(ds["sample"].values) == {"in"}
+            if mode == "none":
+                assert "features" not in ds
+            else:
+                assert ds.features.chunks is not None and ds.features.dtype == np.dtype(mode)
+                want = np.concatenate([dna, prot], axis=1)
+                got = ds.features.values.astype(np.float32)
+                cos = (got * want).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1)
+                assert cos.min() >= (0.9999 if mode == "float16" else 1 - 1e-7)
+    assert sizes["float16"] <= 0.52 * sizes["float32"]
+    assert sizes["none"] < 0.05 * sizes["float32"]
 
 
 def test_full_disk_leaves_no_partial_bag(tmp_path: Path):
+    bag = _bags(tmp_path, 1000, 1000)[0]
     with small_tmpfs(tmp_path, "96k") as mnt:
         store.check_writable(mnt)
-        bag = make_bags(_Table(300), 300, "k")[0]
-        big = np.ones((len(bag), 1000), np.float32)
+        big = np.ones((bag.n_records, 1000), np.float32)
         with pytest.raises(store.OutputError, match="No space left"):
-            store.write_bag(mnt, bag, big, big, None, {})
-        assert not store.bag_path(mnt, bag).exists()
+            store.write_bag(mnt, bag.ref, _frames(bag), big, big, None, {}, tables={})
+        assert not store.bag_path(mnt, bag.ref).exists()
         assert not list(mnt.rglob(".*.tmp-*"))
 
 
@@ -102,7 +147,7 @@ def test_bag_sizes_cover_everything_and_shrink_at_the_tail(n, size):
     from virnuc_hpc.bags import bag_sizes
     sizes = bag_sizes(n, size)
     assert sum(sizes) == n and all(0 < s <= size for s in sizes)
-    tail = [s for s in sizes if s < size]
+    tail = [s for s in sizes if s < size]  # pieces per bag at the run's end
     assert tail == sorted(tail, reverse=True)           # never a big bag after small ones
     if n > 8 * size:
         assert sizes[-1] <= max(1, size // 8)            # the last bags are small

@@ -1,111 +1,155 @@
-"""reads.tsv and the chunk calls are built column-wise; check them against per-read loops."""
+"""The tables made per bag and merged at the end equal tables made in memory from every record.
+
+The in-memory reference here is written out per read and per frame (slow loops over the records
+of ``load_records``), not with the code under test; the probabilities are a fixed function of the
+frame id, so both sides see the same numbers.
+"""
 
 from __future__ import annotations
 
-import dataclasses
+import hashlib
 import random
-from collections import Counter
+from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from virnuc_hpc import store, tables
-from virnuc_hpc.bags import make_bags
-from virnuc_hpc.fasta import load_records
+from virnuc_hpc import merge, store, tables
+from virnuc_hpc.bags import plan_bags
+from virnuc_hpc.fasta import FastaError, load_records
 from virnuc_hpc.frames import frames_for_records
+from virnuc_hpc.samples import samples_from_paths
+from virnuc_hpc.worker import BagRules, parse_bag
 
 
-def slow_read_rows(table, loaded, calls, classify):
-    """The rules of reads.tsv written out per read (the reference)."""
-    frames_per_read = Counter(table.read_id)
+def proba_of(frame_id: str) -> np.ndarray:
+    """A fixed, frame-specific probability pair (what the classifier would give)."""
+    seed = int(hashlib.sha256(frame_id.encode()).hexdigest()[:8], 16)
+    p = np.float32(np.random.default_rng(seed).random())
+    return np.array([p, np.float32(1) - p], dtype=np.float32)
+
+
+def slow_tables(path: Path, chunk_size: int, comment: str) -> dict[str, str]:
+    """VirNucPro's tables and reads.tsv from all records at once, rule by rule."""
+    loaded = load_records([path], skip_invalid=True)
+    table = frames_for_records(loaded.records, chunk_size)
+    rows, best, per_read_frames = [], {}, {}
+    for fid, rid in zip(table.frame_id, table.read_id):
+        p = proba_of(fid)
+        label = "virus" if p[1] > p[0] else "others"
+        rows.append(f"{fid}\t{label}\t{str(p[0])}\t{str(p[1])}\n")
+        cur = best.setdefault(fid[:-2], [-1.0, -1.0])
+        cur[0], cur[1] = max(cur[0], float(p[0])), max(cur[1], float(p[1]))
+        per_read_frames[rid] = per_read_frames.get(rid, 0) + 1
+    calls = {chunk: v[1] >= v[0] for chunk, v in best.items()}
+    head = f"# {comment}\n"
+    predictions = head + "Sequence_ID\tPrediction\tscore1\tscore2\n" + "".join(rows)
+    highest = head + "Modified_ID\tIs_Virus\n" + "".join(f"{c}\t{calls[c]}\n" for c in sorted(calls))
     no_frame = set(table.chunks_without_frames)
-    rows = []
+    reads = [head, "\t".join(tables.READS_HEADER) + "\n"]
     for record, n_chunks in zip(loaded.records, table.read_n_chunks):
         chunk_ids = [f"{record.id}_chunk_{i + 1}" for i in range(n_chunks)]
         missing = [c for c in chunk_ids if c in no_frame]
         with_frames = n_chunks - len(missing)
         virus = sum(calls.get(c, False) for c in chunk_ids)
-        call = "-" if not classify or not with_frames else ("virus" if virus else "others")
-        rows.append((record.id, record.path, len(record.seq), "ok" if with_frames else "no_open_frame",
-                     n_chunks, with_frames, frames_per_read[record.id], virus if classify else "-", call,
-                     ",".join(missing) or "-"))
-    return rows
+        call = "-" if not with_frames else ("virus" if virus else "others")
+        reads.append("\t".join(map(str, (record.id, record.path, len(record.seq),
+                                         "ok" if with_frames else "no_open_frame", n_chunks, with_frames,
+                                         per_read_frames.get(record.id, 0), virus, call,
+                                         ",".join(missing) or "-"))) + "\n")
+    skipped: dict[tuple[str, str], list[str]] = {}
+    for p in loaded.skipped:
+        kinds = skipped.setdefault((p.path, p.record or f"line {p.line}"), [])
+        if p.kind not in kinds:
+            kinds.append(p.kind)
+    for (path_, rid), kinds in skipped.items():
+        reads.append(f"{rid}\t{path_}\t-\tskipped:{'+'.join(kinds)}\t0\t0\t0\t-\t-\t-\n")
+    return {store.PREDICTIONS: predictions, store.HIGHEST: highest, store.READS: "".join(reads)}
 
 
-def slow_chunk_calls(frame_ids, proba):
-    best = {}
-    for fid, (p0, p1) in zip(frame_ids, proba):
-        cur = best.setdefault(fid[:-2], [-1.0, -1.0])
-        cur[0], cur[1] = max(cur[0], p0), max(cur[1], p1)
-    return {chunk: bool(v[1] >= v[0]) for chunk, v in best.items()}
+def run_bags(path: Path, outdir: Path, records_per_bag: int, chunk_size: int, skip_invalid: bool) -> list:
+    """Every bag of a file through the worker's own steps, with proba_of as the classifier."""
+    (sample,) = samples_from_paths([str(path)])
+    rules = BagRules(chunk_size=chunk_size, skip_invalid=skip_invalid, classify=True, features="none")
+    refs = []
+    (outdir / store.BAGS_DIR).mkdir(parents=True, exist_ok=True)
+    for bag in plan_bags(list(sample.files), lambda f: records_per_bag, "key"):
+        records, valid, problems = parse_bag(bag, rules)
+        kept = [r for r, ok in zip(records, valid) if ok]
+        table = frames_for_records(kept, chunk_size)
+        proba = np.array([proba_of(f) for f in table.frame_id], dtype=np.float32).reshape(-1, 2)
+        parts, counts = tables.bag_tables(bag.index, records, valid, problems, table, proba, True)
+        position = {r.id: i for i, r in enumerate(records) if valid[i]}
+        frames = SimpleNamespace(frame_id=table.frame_id, chunk_id=table.chunk_id, read_id=table.read_id,
+                                 record=[bag.ref.first_record + position[r] for r in table.read_id])
+        store.write_bag(outdir, bag.ref, frames, None, None, proba, {}, features="none", tables=parts, counts=counts)
+        refs.append(bag.ref)
+    return refs
 
 
-def test_reads_table_matches_per_read_rules(tmp_path):
-    rng = random.Random(3)
+def messy_input(path: Path, n: int = 300) -> None:
+    """Reads of 40-1700 bp, a few invalid records, ids repeated within and across bags."""
+    rng = random.Random(7)
     lines = []
-    for i in range(400):  # lengths 40..1700: one chunk, several chunks, short tails
-        seq = "".join(rng.choices("ACGT", k=rng.choice([40, 150, 300, 520, 1700])))
-        lines += [f">r{i} description", seq]
-    lines += [">bad", "ACGT!!"]
-    fasta = tmp_path / "in.fa"
-    fasta.write_text("\n".join(lines) + "\n")
-    loaded = load_records([fasta], skip_invalid=True)
-    table = frames_for_records(loaded.records, 300)
-    proba = np.random.default_rng(0).random((len(table.frame_id), 2)).astype(np.float32)
-    calls, expected_calls = store.chunk_calls(table.frame_id, proba), slow_chunk_calls(table.frame_id, proba)
-    assert calls == expected_calls
-    assert list(calls) == list(expected_calls)  # first-seen order
-    for classify in (True, False):
-        columns, counts = tables.read_rows(table, loaded, calls if classify else {}, classify)
-        rows = list(zip(*columns))
-        expected = slow_read_rows(table, loaded, calls if classify else {}, classify)
-        assert rows[:len(expected)] == expected
-        (skipped,) = rows[len(expected):]
-        assert skipped[:3] == ("bad", str(fasta), "-") and skipped[3].startswith("skipped:")
-        assert skipped[4:] == (0, 0, 0, "-", "-", "-")
-        assert counts["reads"] == len(expected) and counts["skipped_records"] == 1
-        assert counts["reads_without_frames"] == sum(r[3] == "no_open_frame" for r in expected) > 0
-        assert counts["virus_reads"] == sum(r[8] == "virus" for r in expected)
-        assert any(r[4] > 1 for r in expected) and any(r[9] != "-" for r in expected)
-    text = store.format_columns(tables.READS_HEADER, columns, "a comment")
-    row_wise = ["# a comment", "\t".join(tables.READS_HEADER)] + ["\t".join(map(str, r)) for r in rows]
-    assert text == "\n".join(row_wise) + "\n"
+    for i in range(n):
+        lines += [f">r{i} description", "".join(rng.choices("ACGT", k=rng.choice([40, 150, 300, 520, 1700])))]
+    lines += [">bad", "ACGT!!", ">r3", "ACGTACGT", ">empty", ">r150", "ACGTTT", ">r151", "AC9T", ">r152", "ACGA"]
+    lines += [">r299 again", "".join(rng.choices("ACGT", k=150))]  # repeats an id of the same bag
+    path.write_text("\n".join(lines) + "\n")
 
 
-def test_tables_built_as_bags_finish_equal_the_tables_of_all_bags(tmp_path):
-    """Tables reads bags back as they are added, in any order; a bag never added is read at the end.
-    The files equal the tables made from all bags at once, and a bag file holding other frames
-    stops the run with a clear error instead of mixing up sequences."""
-    rng = random.Random(5)
-    fasta = tmp_path / "in.fa"
-    fasta.write_text("".join(f">r{i}\n{''.join(rng.choices('ACGT', k=rng.choice([150, 320])))}\n"
-                             for i in range(120)))
-    loaded = load_records([fasta], skip_invalid=False)
-    table = frames_for_records(loaded.records, 300)
-    bags = make_bags(table, 16, "k" * 64)
-    proba = np.random.default_rng(1).random((len(table.frame_id), 2)).astype(np.float32)
+@pytest.mark.parametrize("records_per_bag", [7, 40, 1000])
+def test_streaming_tables_equal_in_memory_tables(tmp_path: Path, records_per_bag: int, monkeypatch):
+    monkeypatch.setattr(merge, "MERGE_FAN_IN", 3)  # many bags: the merge goes through run files
+    path = tmp_path / "in.fa"
+    messy_input(path)
     outdir = tmp_path / "out"
-    (outdir / store.BAGS_DIR).mkdir(parents=True)
-    for bag in bags:
-        rows = slice(bag.start, bag.start + len(bag))
-        store.write_bag(outdir, bag, np.zeros((len(bag), 3), np.float32), np.zeros((len(bag), 2), np.float32),
-                        proba[rows], {})
-    assert len(bags) > 4
-    with tables.Tables(outdir, bags, table, loaded, classify=True) as built:
-        for bag in rng.sample(bags, len(bags) - 2):  # out of order, two left for write()
-            built.add(bag)
-        counts, files = built.write(random_weights=True)
-    assert files == [store.PREDICTIONS, store.HIGHEST, store.READS]
-    comment = f"# {store.RANDOM_WEIGHTS_WARNING}\n"
-    calls = store.chunk_calls(table.frame_id, proba)
-    assert (outdir / store.PREDICTIONS).read_text() == comment + store.format_prediction_results(table.frame_id, proba)
-    assert (outdir / store.HIGHEST).read_text() == comment + store.format_highest_scores(calls)
-    columns, want = tables.read_rows(table, loaded, calls, True)
-    assert (outdir / store.READS).read_text() == store.format_columns(tables.READS_HEADER, columns,
-                                                                      store.RANDOM_WEIGHTS_WARNING)
-    assert counts == {**want, "frames": len(table.frame_id), "bags": len(bags)}
+    refs = run_bags(path, outdir, records_per_bag, 300, skip_invalid=True)
+    assert len(refs) > 3 or records_per_bag == 1000
+    tmpdir = tables.new_tmpdir(outdir)
+    counts, files = tables.SampleTables(outdir, outdir, refs, classify=True, skip_invalid=True,
+                                        comment="c", tmpdir=tmpdir).write()
+    tables.remove_tmpdir(tmpdir)
+    want = slow_tables(path, 300, "c")
+    for name, text in want.items():
+        assert (outdir / name).read_text() == text, name
+    assert sorted(files) == sorted(want)
+    rows = [r.split("\t") for r in want[store.READS].splitlines()[2:]]
+    ok = [r for r in rows if not r[3].startswith("skipped")]
+    assert counts["reads"] == len(ok) and counts["skipped_records"] == len(rows) - len(ok) >= 6
+    assert counts["frames"] == len(want[store.PREDICTIONS].splitlines()) - 2
+    assert counts["virus_reads"] == sum(r[8] == "virus" for r in ok)
+    assert not list(outdir.rglob(".*.tmp-*")) and not list(outdir.glob(".merge-*"))
 
-    other = dataclasses.replace(bags[0], frame_ids=bags[1].frame_ids)  # bag 0's file, other frames
-    with tables.Tables(outdir, [other, *bags[1:]], table, loaded, classify=True) as built:
-        with pytest.raises(store.OutputError, match="does not hold the frames of this bag"):
-            built.write(random_weights=False)
+
+def test_repeated_ids_across_bags_stop_the_tables_without_skip_invalid(tmp_path: Path):
+    path = tmp_path / "in.fa"
+    path.write_text("".join(f">r{i}\nACGTACGTAAATTT\n" for i in range(20)) + ">r2\nACGT\n")
+    outdir = tmp_path / "out"
+    refs = run_bags(path, outdir, 4, 300, skip_invalid=False)
+    tmpdir = tables.new_tmpdir(outdir)
+    with pytest.raises(FastaError, match=r"in.fa:41: record 'r2': duplicate id, first seen at .*in.fa:5"):
+        tables.SampleTables(outdir, outdir, refs, classify=True, skip_invalid=False, comment=None,
+                            tmpdir=tmpdir).write()
+    assert not (outdir / store.PREDICTIONS).exists() and not (outdir / store.READS).exists()
+
+
+def test_merge_sorted_through_run_files(tmp_path: Path):
+    rng = random.Random(1)
+    texts = [sorted(f"{rng.random():.6f}\t{i}\n" for _ in range(rng.randrange(0, 30))) for i in range(50)]
+    got = list(merge.merge_sorted([lambda t=t: "".join(t) for t in texts], tmp_path, fan_in=4))
+    assert got == sorted(line for t in texts for line in t)
+    assert len(list(tmp_path.iterdir())) > 4  # it did spill
+
+
+def test_reads_columns_of_a_bag_match_per_read_rules(tmp_path: Path):
+    path = tmp_path / "in.fa"
+    messy_input(path, 60)
+    records = load_records([path], skip_invalid=True).records
+    table = frames_for_records(records, 300)
+    columns, counts = tables.ReadColumns.of(table, records).with_calls({}, classify=False)
+    rows = list(zip(*columns))
+    assert [r[0] for r in rows] == [r.id for r in records]
+    assert all(r[7] == "-" and r[8] == "-" for r in rows)
+    assert counts["reads"] == len(records) and counts["chunks"] == int(table.read_n_chunks.sum())

@@ -22,7 +22,10 @@ EXIT_USAGE = 2
 
 def _run_options(classifier: bool) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     options = [
-        click.argument("inputs", nargs=-1, required=True, type=click.Path(dir_okay=False)),
+        click.argument("inputs", nargs=-1, type=click.Path(dir_okay=False)),
+        click.option("--samplesheet", type=click.Path(dir_okay=False),
+                     help="TSV/CSV of samples instead of INPUTS: columns sample, file[, mate] or "
+                          "sample, fastq_1[, fastq_2] (README, 'Samples')."),
         click.option("-o", "--outdir", required=True, type=click.Path(file_okay=False),
                      help="Output directory (created; a rerun resumes it)."),
         click.option("--expected-length", type=click.Choice(["300", "500"]),
@@ -40,7 +43,14 @@ def _run_options(classifier: bool) -> Callable[[Callable[..., Any]], Callable[..
                      help="fp16/bf16 on GPU: ESM-2's erf GELU, not the tanh form fused into fc1 (4% slower)."),
         click.option("--workers", type=int, help="Dask workers (default: one per GPU, or 1)."),
         click.option("--threads-per-worker", type=int, help="torch threads per CPU worker."),
-        click.option("--bag-size", type=int, help="Frames per bag (scheduling/output unit)."),
+        click.option("--bag-size", type=int, help="Frames per bag, about (scheduling/output unit)."),
+        click.option("--features", type=click.Choice(["float32", "float16", "none"]),
+                     help="Features kept in the bag files (none: ids and probabilities only)."),
+        click.option("--compression", type=click.Choice(["none", "gzip"]),
+                     help="gzip-compress the bag files' variables."),
+        click.option("--dry-run", is_flag=True, default=False,
+                     help="Estimate reads, frames, bags, disk and GPU time from a sample of the input; "
+                          "loads no model, writes nothing."),
         click.option("--scheduler-address", help="Use a running Dask scheduler (tcp://host:port)."),
         click.option("--dashboard-address", help="Dashboard bind address (default 127.0.0.1:8787)."),
         click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
@@ -68,7 +78,8 @@ def _fail(message: str) -> None:
 
 
 def _execute(command: str, inputs: tuple[str, ...], outdir: str, preset: str | None,
-             config_file: str | None, **overrides: Any) -> None:
+             config_file: str | None, samplesheet: str | None = None, dry_run: bool = False,
+             **overrides: Any) -> None:
     from .errors import ModelFileError, ModelNotFoundError
     from .fasta import FastaError
     from .pipeline import BagsFailedError
@@ -78,10 +89,16 @@ def _execute(command: str, inputs: tuple[str, ...], outdir: str, preset: str | N
         overrides["expected_length"] = int(overrides["expected_length"])
     try:
         config = load_config(preset=preset, config_file=config_file, overrides=overrides)
+        if dry_run:
+            from .dryrun import dry_run as estimate
+            click.echo(estimate(list(inputs), config, samplesheet=samplesheet, classify=command == "predict"))
+            return
         from . import pipeline
-        result = pipeline.run(list(inputs), outdir, config=config, classify=command == "predict")
+        result = pipeline.run(list(inputs), outdir, config=config, classify=command == "predict",
+                              samplesheet=samplesheet)
     except FastaError as err:
-        _fail(f"invalid input, nothing was computed:\n{err}")
+        _fail(f"invalid input; the run stopped and left no final tables (finished bags are kept for a "
+              f"rerun; `virnuc-hpc validate` lists every problem):\n{err}")
     except ValidationError as err:
         _fail(f"invalid configuration: {err}")
     except BagsFailedError as err:
@@ -114,6 +131,8 @@ def render_summary(result: Any) -> str:
     if result.model_load_on_workers_s is not None:
         lines.append(f"(workers loaded and compiled the models in {result.model_load_on_workers_s:.1f} s, "
                      "while the input was read; model_load is what was left to wait)")
+    if result.bytes_per_frame:
+        lines.append(f"bag files: {result.bytes_per_frame:,.0f} bytes per frame")
     lines.append(f"outputs in {result.outdir}/: " + ", ".join(result.files + ["bags/"]))
     return "\n".join(lines)
 
@@ -148,18 +167,28 @@ def embed(inputs: tuple[str, ...], outdir: str, preset: str | None, config_file:
 
 
 @main.command()
-@click.argument("inputs", nargs=-1, required=True, type=click.Path(dir_okay=False))
-def validate(inputs: tuple[str, ...]) -> None:
-    """Report every problem in FASTA files without running any model."""
-    from .fasta import validate as validate_fasta
+@click.argument("inputs", nargs=-1, type=click.Path(dir_okay=False))
+@click.option("--samplesheet", type=click.Path(dir_okay=False), help="Samples as for predict.")
+@click.option("--workers", type=click.IntRange(min=1), help="Processes (default: one per core).")
+def validate(inputs: tuple[str, ...], samplesheet: str | None, workers: int | None) -> None:
+    """Report every problem in FASTA/FASTQ inputs, in parallel, without running any model."""
+    from .fasta import FastaError
+    from .pipeline import resolve_samples
+    from .samples import SampleError
+    from .validation import validate_samples
 
-    problems = validate_fasta(list(inputs))
+    try:
+        samples = resolve_samples(list(inputs), samplesheet)
+        problems = validate_samples(samples, workers=workers)
+    except (SampleError, FastaError) as err:
+        _fail(str(err))
+        return
     for problem in problems:
         click.echo(str(problem), err=True)
     if problems:
         click.echo(f"{len(problems)} problem(s) found", err=True)
         sys.exit(EXIT_USAGE)
-    click.echo(f"ok: {', '.join(inputs)}")
+    click.echo(f"ok: {', '.join(f.path for s in samples for f in s.files)}")
 
 
 @main.command(context_settings={"ignore_unknown_options": True})
@@ -206,6 +235,19 @@ def submit(run_args: tuple[str, ...], folder: str | None, time_limit: str, per_i
     params = command.make_context("virnuc-hpc submit [SLURM OPTIONS] --", list(run_args)).params
     inputs, outdir = params.pop("inputs"), params.pop("outdir")
     preset, config_file = params.pop("preset"), params.pop("config_file")
+    samplesheet, dry_run = params.pop("samplesheet"), params.pop("dry_run")
+    if dry_run:
+        _fail("--dry-run belongs to predict/embed (it submits nothing): run it there")
+    if samplesheet and inputs:
+        _fail("give input files or --samplesheet, not both")
+    if not samplesheet and not inputs:
+        _fail("no input given (FASTA/FASTQ files, or --samplesheet)")
+    if samplesheet:
+        from .samples import SampleError, read_samplesheet
+        try:
+            read_samplesheet(samplesheet)  # a mistake in the sheet is reported now, not in the job
+        except SampleError as err:
+            _fail(str(err))
     missing = [p for p in inputs if not Path(p).is_file()]
     if missing:
         _fail(f"input file(s) not found: {', '.join(missing)}")
@@ -222,14 +264,14 @@ def submit(run_args: tuple[str, ...], folder: str | None, time_limit: str, per_i
                                  time=time_limit, **sbatch)
     try:
         jobs = slurm.submit(inputs, outdir, config, options, classify=not embed_only,
-                            per_input=per_input, interface=interface)
+                            per_input=per_input, interface=interface, samplesheet=samplesheet)
     except Exception as err:  # sbatch refused (partition, account, limits) or no Slurm here
         detail = getattr(err, "stderr", None) or getattr(err, "output", None) or ""
         if isinstance(detail, bytes):
             detail = detail.decode(errors="replace")
         _fail(f"submission failed: {err} {detail}".strip())
     for job in jobs:
-        click.echo(f"submitted job {job.job_id}: {' '.join(job.inputs)} -> {job.outdir}")
+        click.echo(f"submitted job {job.job_id}: {' '.join(job.inputs) or samplesheet} -> {job.outdir}")
         click.echo(f"  log: {job.log}")
     click.echo(f"status: virnuc-hpc status {options.folder}")
     if wait:

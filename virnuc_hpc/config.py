@@ -18,7 +18,7 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 #: Fields that change what is computed for a frame; a resume with other values is refused.
 RESULT_FIELDS = ("expected_length", "esm2_model", "dnabert_model", "classifier", "precision",
-                 "bag_size", "skip_invalid", "engine", "exact_gelu")
+                 "bag_size", "skip_invalid", "engine", "exact_gelu", "features", "compression")
 
 
 class RunConfig(BaseModel):
@@ -44,7 +44,12 @@ class RunConfig(BaseModel):
                            "README, 'Speed')")
     workers: int | None = Field(None, ge=1, description="None: one per GPU, or 1 on CPU")
     threads_per_worker: int | None = Field(None, ge=1, description="torch threads per worker (CPU)")
-    bag_size: int = Field(20000, ge=1, description="frames per bag (unit of scheduling and output)")
+    bag_size: int = Field(20000, ge=1, description="frames per bag, about (unit of scheduling and output)")
+    features: Literal["float32", "float16", "none"] = Field(
+        "float32", description="features kept in the bag files: float32, float16 (HDF5 half floats, "
+                               "half the disk) or none (ids and probabilities only)")
+    compression: Literal["none", "gzip"] = Field(
+        "none", description="gzip-compress the bag files' variables (smaller, slower to write and read)")
     esm2_max_tokens: int | None = Field(None, ge=64, description="token budget per ESM-2 batch")
     dnabert_max_tokens: int | None = Field(None, ge=64, description="token budget per DNABERT batch")
     bags_in_flight_per_worker: int = Field(2, ge=1)

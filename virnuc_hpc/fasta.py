@@ -1,4 +1,4 @@
-"""Streaming FASTA input that sees exactly what VirNucPro's Biopython reader saw.
+"""FASTA parsing that sees exactly what VirNucPro's Biopython reader saw, and the input's types.
 
 Why this shape: the classifiers only make sense on the sequences the original parsed
 (compat spec, section 1), so parsing follows Bio.SeqIO's "fasta" reader on a file opened
@@ -6,19 +6,23 @@ in text mode: CR and CRLF end lines (universal newlines), id = header up to the 
 whitespace, each sequence line right-stripped, then spaces removed. Unlike the original we
 refuse inputs it would silently mangle, and report every problem with file and line.
 
-Reading is done in large binary blocks (plain or gzip, detected by magic bytes) with the
-per-byte work left to C (bytes.split / translate / count), so 1M short reads load in seconds.
+Parsing works on large binary runs of whole lines with the per-byte work left to C
+(bytes.split / translate / count), so 1M short reads load in seconds. The same scanner reads
+a whole file (read_fasta) and one block of a file cut by `reading.iter_blocks` (parse_text).
+Text after a header's id may be UTF-8, as Biopython decodes it; anything else non-ASCII is
+refused as binary. load_records and validate take FASTQ too and any compression, through
+`reading`, which builds on this module's types.
 """
 
 from __future__ import annotations
 
-import gzip
 import os
 import re
-import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import islice
+
+from .samples import InputFile, mate_read_id
 
 DEFAULT_BLOCK_SIZE = 1 << 23  # 8 MiB of (decompressed) text per read call
 MAX_LISTED = 50  # problems spelled out in a FastaError message
@@ -30,9 +34,11 @@ _VALID = (IUPAC_NUCLEOTIDES + IUPAC_NUCLEOTIDES.lower()).encode("ascii")
 # keeps our byte-level stripping identical to Biopython's str-level stripping.)
 _TEXT = bytes(range(0x20, 0x7F)) + b"\t\n\x0b\x0c\r"
 _JUNK_RE = re.compile(rb"[^\x20-\x7e\t\n\x0b\x0c\r]")
+_ASCII_JUNK_RE = re.compile(rb"[^\x20-\x7e\t\n\x0b\x0c\r\x80-\xff]")
 _BAD_IN_LINE_RE = re.compile(rb"[^ACGTUNRYKMSWBDHVacgtunrykmswbdhv ]")
-_GZIP_MAGIC = b"\x1f\x8b"
-_OTHER_COMPRESSION = {b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz", b"\x28\xb5\x2f\xfd": "zstd"}
+# First bytes of formats people feed us by mistake, for a helpful "binary" message.
+LOOKS_LIKE = {b"\x1f\x8b": "gzip", b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz", b"\x28\xb5\x2f\xfd": "zstd",
+              b"PK\x03\x04": "zip", b"BAM\x01": "BAM"}
 
 # Problem kinds. Structural ones make a file unusable and always raise.
 EMPTY_FILE = "empty-file"
@@ -43,12 +49,13 @@ EMPTY_ID = "empty-id"
 EMPTY_SEQUENCE = "empty-sequence"
 INVALID_CHAR = "invalid-char"
 DUPLICATE_ID = "duplicate-id"
-STRUCTURAL_KINDS = frozenset({EMPTY_FILE, TEXT_BEFORE_HEADER, BINARY, UNREADABLE})
+MALFORMED = "malformed-record"  # FASTQ records that are not 4 well-formed lines
+STRUCTURAL_KINDS = frozenset({EMPTY_FILE, TEXT_BEFORE_HEADER, BINARY, UNREADABLE, MALFORMED})
 
 
 @dataclass(frozen=True, slots=True)
 class Record:
-    """One FASTA record; `line` is the 1-based line of its header, for error messages."""
+    """One FASTA or FASTQ record; `line` is the 1-based line of its header, for error messages."""
 
     id: str
     seq: str
@@ -79,6 +86,10 @@ class FastaError(ValueError):
         self.problems: list[Problem] = list(problems)
         super().__init__(_summarise(self.problems))
 
+    def __reduce__(self) -> tuple[type, tuple[list[Problem]]]:
+        """Rebuilt from its problems when it crosses a process boundary (a Dask task's error)."""
+        return type(self), (self.problems,)
+
 
 @dataclass(frozen=True, slots=True)
 class LoadResult:
@@ -88,8 +99,22 @@ class LoadResult:
     skipped: list[Problem]
 
 
+@dataclass(frozen=True, slots=True)
+class Parsed:
+    """The records of one block, all of them, and what is wrong with them.
+
+    `invalid` holds the positions (in `records`) of records with a record-level problem, so
+    the caller decides to skip or refuse them. Duplicate ids are not judged here: they need
+    every file. After a structural problem the rest of the block is not parsed.
+    """
+
+    records: list[Record]
+    problems: list[Problem]
+    invalid: frozenset[int]
+
+
 def read_fasta(path: str | os.PathLike[str], *, block_size: int = DEFAULT_BLOCK_SIZE) -> Iterator[Record]:
-    """Stream the records of one plain or gzip FASTA file.
+    """Stream the records of one FASTA file, plain or compressed (told by content, not name).
 
     Only structure is checked (FastaError on an empty file, text before the first header,
     binary junk or unreadable data); record contents are returned as found. Being a stream,
@@ -100,22 +125,23 @@ def read_fasta(path: str | os.PathLike[str], *, block_size: int = DEFAULT_BLOCK_
         if isinstance(batch, Problem):
             raise FastaError([batch])
         for title, seq, _body, line in batch:
-            yield Record(_record_id(title), seq.decode("ascii"), path, line)
+            yield Record(record_id(title), seq.decode("ascii"), path, line)
 
 
 def load_records(
-    paths: Iterable[str | os.PathLike[str]] | str | os.PathLike[str],
+    paths: Iterable[str | os.PathLike[str] | InputFile] | str | os.PathLike[str] | InputFile,
     *,
     skip_invalid: bool,
     block_size: int = DEFAULT_BLOCK_SIZE,
 ) -> LoadResult:
-    """Read and validate all inputs before anything expensive runs.
+    """Read and validate all inputs (FASTA or FASTQ) before anything expensive runs.
 
     Structural problems always raise. Record problems (empty id, empty sequence, non-IUPAC
     characters, repeated id) raise all together unless skip_invalid, which drops those
     records and returns their problems in `skipped` (a record may have several).
+    InputFiles of paired samples give their reads the mate suffix (see `samples`).
     """
-    records, problems = _scan_inputs(_as_paths(paths), block_size)
+    records, problems = _scan_inputs(_as_inputs(paths), block_size)
     structural = [p for p in problems if p.kind in STRUCTURAL_KINDS]
     if structural:
         raise FastaError(structural)
@@ -125,12 +151,101 @@ def load_records(
 
 
 def validate(
-    paths: Iterable[str | os.PathLike[str]] | str | os.PathLike[str],
+    paths: Iterable[str | os.PathLike[str] | InputFile] | str | os.PathLike[str] | InputFile,
     *,
     block_size: int = DEFAULT_BLOCK_SIZE,
 ) -> list[Problem]:
     """Every problem in the inputs, in file order, without raising (for `virnuc-hpc validate`)."""
-    return _scan_inputs(_as_paths(paths), block_size)[1]
+    return _scan_inputs(_as_inputs(paths), block_size)[1]
+
+
+def parse_text(data: bytes, path: str, first_line: int, id_suffix: str = "") -> Parsed:
+    """Parse whole FASTA lines cut from a file (`first_line` is the file line of the first).
+
+    `id_suffix` is a mate file's "/1" or "/2" (see the paired rule in `samples`).
+    """
+    records: list[Record] = []
+    problems: list[Problem] = []
+    invalid: list[int] = []
+    for batch in _scan_text(path, _line_runs(_newlines_normalised([data])), first_line):
+        if isinstance(batch, Problem):
+            problems.append(batch)
+            continue
+        for raw in batch:
+            title, seq, _body, line = raw
+            record = Record(mate_read_id(record_id(title), id_suffix), seq.decode("ascii"), path, line)
+            if not (record.id and seq and not seq.translate(None, _VALID)):
+                problems.extend(_record_problems(raw, record))
+                invalid.append(len(records))
+            records.append(record)
+    return Parsed(records, problems, frozenset(invalid))
+
+
+def record_id(title: str) -> str:
+    """Biopython's id: the title's first whitespace-separated word ('' for an empty title)."""
+    words = title.split(None, 1)
+    return words[0] if words else ""
+
+
+def sequence_problems(record: Record, seq: bytes, locate: Callable[[], tuple[int, int, str]],
+                      header_char: str = ">") -> list[Problem]:
+    """Record-level problems (empty id, empty sequence, first non-IUPAC character).
+
+    `locate` gives (line, column, char) of the first bad character; it is called only when
+    there is one, so the caller's raw lines are scanned only for broken records.
+    """
+    found: list[Problem] = []
+    path, rid, line = record.path, record.id, record.line
+    if not rid:
+        found.append(Problem(path, line, None, EMPTY_ID, f"header has no id (nothing after {header_char!r})"))
+    if not seq:
+        found.append(Problem(path, line, rid, EMPTY_SEQUENCE, "empty sequence"))
+    elif bad := seq.translate(None, _VALID):
+        bad_line, column, char = locate()
+        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        message = (
+            f"invalid character {char!r} at line {bad_line}, column {column}{more}; "
+            f"only IUPAC nucleotide codes ({IUPAC_NUCLEOTIDES}, either case) are allowed"
+        )
+        found.append(Problem(path, bad_line, rid, INVALID_CHAR, message))
+    return found
+
+
+def first_junk(data: bytes, is_header: Callable[[bytes, int], bool]) -> int:
+    """Offset of the first byte a sequence text file may not hold, or -1 if there is none.
+
+    Non-ASCII is excused in a header's description (after the id) when the header line is
+    valid UTF-8, as Biopython reads it; `is_header(line, index)` says whether the line
+    (its 0-based index in data) is a header. The common all-ASCII case costs one C pass.
+    """
+    if data.isascii() and not data.translate(None, _TEXT):
+        return -1
+    pos, index, counted_to = 0, 0, 0
+    while (match := _JUNK_RE.search(data, pos)) is not None:
+        start = match.start()
+        if data[start] < 0x80:
+            return start
+        line_start = data.rfind(b"\n", 0, start) + 1
+        line_end = data.find(b"\n", start)
+        line_end = len(data) if line_end < 0 else line_end
+        index += data.count(b"\n", counted_to, line_start)
+        counted_to = line_start
+        line = data[line_start:line_end]
+        if not (is_header(line, index) and _utf8_description(line, start - line_start)):
+            return start
+        pos = line_end
+    return -1
+
+
+def binary_problem(path: str, data: bytes, at: int, first_line: int, what: str) -> Problem:
+    """The Problem for junk byte `at` of data, which starts at file line `first_line`."""
+    line = first_line + data.count(b"\n", 0, at)
+    column = at - (data.rfind(b"\n", 0, at) + 1) + 1
+    message = f"binary or non-ASCII byte 0x{data[at]:02x} at column {column}: not a {what} text file"
+    if line == 1 and first_line == 1:  # data starts the file: say what it looks like
+        message += "".join(f" (looks like {name} data)" for magic, name in LOOKS_LIKE.items()
+                           if data.startswith(magic))
+    return Problem(path, line, None, BINARY, message)
 
 
 # --------------------------------------------------------------------------- internals
@@ -138,32 +253,47 @@ def validate(
 # A parsed record before validation: (title, sequence, raw body lines, header line).
 # The raw lines are kept only to locate a bad character. A plain tuple: millions are made.
 _Raw = tuple[str, bytes, bytes, int]
+RECORDS_PER_BLOCK = 1 << 16  # records parsed at a time by load_records and validate
 
 
-def _as_paths(paths: Iterable[str | os.PathLike[str]] | str | os.PathLike[str]) -> list[str]:
+def _as_inputs(
+    paths: Iterable[str | os.PathLike[str] | InputFile] | str | os.PathLike[str] | InputFile,
+) -> list[InputFile]:
     """Accept one path or many (a bare str must not be iterated character by character)."""
-    if isinstance(paths, (str, os.PathLike)):
+    if isinstance(paths, (str, os.PathLike, InputFile)):
         paths = [paths]
-    return [os.fspath(p) for p in paths]
+    return [p if isinstance(p, InputFile) else InputFile(os.fspath(p), "", None) for p in paths]
 
 
 def _summarise(problems: list[Problem]) -> str:
     if len(problems) == 1:
         return str(problems[0])
-    lines = [f"{len(problems)} problems in FASTA input:"]
+    lines = [f"{len(problems)} problems in the input:"]
     lines += [f"  {p}" for p in problems[:MAX_LISTED]]
     if len(problems) > MAX_LISTED:
         lines.append(f"  ... and {len(problems) - MAX_LISTED} more")
     return "\n".join(lines)
 
 
-def _record_id(title: str) -> str:
-    """Biopython's id: the title's first whitespace-separated word ('' for an empty title)."""
-    words = title.split(None, 1)
-    return words[0] if words else ""
+def _utf8_description(line: bytes, at: int) -> bool:
+    """Whether non-ASCII byte `at` of a header line lies after the id, in a UTF-8 line."""
+    before = line[1:at].lstrip()
+    if not before or not any(char in before for char in b" \t\x0b\x0c\r"):
+        return False  # still inside the id (or no id yet)
+    if _ASCII_JUNK_RE.search(line):
+        return False
+    try:
+        line.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
-def _scan_inputs(paths: list[str], block_size: int) -> tuple[list[Record], list[Problem]]:
+def _is_fasta_header(line: bytes, _index: int) -> bool:
+    return line.startswith(b">")
+
+
+def _scan_inputs(files: Sequence[InputFile], read_size: int) -> tuple[list[Record], list[Problem]]:
     """Parse all files; return the records without record-level problems, and all problems.
 
     Duplicates are judged on ids across all files in order: the first occurrence keeps the
@@ -172,47 +302,69 @@ def _scan_inputs(paths: list[str], block_size: int) -> tuple[list[Record], list[
     records: list[Record] = []
     problems: list[Problem] = []
     first_seen: dict[str, tuple[str, int]] = {}
-    for path in paths:
-        for batch in _scan_file(path, block_size):
-            if isinstance(batch, Problem):
-                problems.append(batch)
+    for file in files:
+        for parsed in _parsed_file(file, read_size):
+            if isinstance(parsed, Problem):
+                problems.append(parsed)
                 continue
-            for raw in batch:
-                title, seq, _body, line = raw
-                record = Record(_record_id(title), seq.decode("ascii"), path, line)
-                where = (path, line)
-                # Fast path: a valid record whose id is new (setdefault inserts and returns `where`).
-                if record.id and seq and not seq.translate(None, _VALID):
-                    if first_seen.setdefault(record.id, where) is where:
-                        records.append(record)
+            duplicates: dict[int, Problem] = {}
+            for position, record in enumerate(parsed.records):
+                if record.id:
+                    where = (record.path, record.line)
+                    first = first_seen.setdefault(record.id, where)
+                    if first is not where:  # identity: the same file may be given twice
+                        message = f"duplicate id, first seen at {first[0]}:{first[1]}"
+                        duplicates[position] = Problem(record.path, record.line, record.id, DUPLICATE_ID, message)
                         continue
-                problems.extend(_record_problems(raw, record, first_seen))
+                if position not in parsed.invalid:
+                    records.append(record)
+            problems.extend(_with_duplicates(parsed, duplicates) if duplicates else parsed.problems)
     return records, problems
 
 
-def _record_problems(raw: _Raw, record: Record, first_seen: dict[str, tuple[str, int]]) -> list[Problem]:
-    """Everything wrong with one record; records its id in first_seen when it is new."""
-    found: list[Problem] = []
-    path, rid, seq, line = record.path, record.id, raw[1], record.line
-    if not rid:
-        found.append(Problem(path, line, None, EMPTY_ID, "header has no id (nothing after '>')"))
-    if not seq:
-        found.append(Problem(path, line, rid, EMPTY_SEQUENCE, "empty sequence"))
-    elif bad := seq.translate(None, _VALID):
-        bad_line, column, char = _locate_bad_char(raw)
-        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
-        message = (
-            f"invalid character {char!r} at line {bad_line}, column {column}{more}; "
-            f"only IUPAC nucleotide codes ({IUPAC_NUCLEOTIDES}, either case) are allowed"
-        )
-        found.append(Problem(path, bad_line, rid, INVALID_CHAR, message))
-    if rid:
-        where = (path, line)
-        first = first_seen.setdefault(rid, where)
-        if first is not where:  # identity: the same file may be given twice
-            message = f"duplicate id, first seen at {first[0]}:{first[1]}"
-            found.append(Problem(path, line, rid, DUPLICATE_ID, message))
-    return found
+def _parsed_file(file: InputFile, read_size: int) -> Iterator[Parsed | Problem]:
+    """The parsed blocks of one file, or the Problem that stops it (the file is then left)."""
+    from . import reading  # here, not at the top: reading builds on this module
+
+    try:
+        fmt = reading.sniff(file.path)
+    except FastaError as error:
+        if error.problems[0].kind != TEXT_BEFORE_HEADER:
+            yield from error.problems
+            return
+        fmt = reading.FASTA  # the scanner reports the stray text and goes on, so validate says more
+    try:
+        for block in reading.iter_blocks(file, RECORDS_PER_BLOCK, read_size=read_size, fmt=fmt):
+            parsed = reading.parse_block(block)
+            yield parsed
+            if any(p.kind in STRUCTURAL_KINDS and p.kind != TEXT_BEFORE_HEADER for p in parsed.problems):
+                return
+    except FastaError as error:  # unreadable data met while cutting blocks
+        yield from error.problems
+
+
+def _with_duplicates(parsed: Parsed, duplicates: dict[int, Problem]) -> list[Problem]:
+    """The block's problems with each duplicate-id problem right after its record's own ones.
+
+    A record's problems lie between its header line and the next record's; structural
+    problems met after the records (binary junk, malformed FASTQ) stay last.
+    """
+    infinity = float("inf")
+    records = parsed.records
+    keyed: list[tuple[float, int, int, Problem]] = []
+    for i, problem in enumerate(parsed.problems):
+        trailing = problem.kind in STRUCTURAL_KINDS and problem.kind != TEXT_BEFORE_HEADER
+        line = infinity if trailing or problem.line is None else problem.line
+        keyed.append((line, int(trailing), i, problem))
+    for position, problem in duplicates.items():
+        after = records[position + 1].line - 0.5 if position + 1 < len(records) else infinity
+        keyed.append((after, 0, -1, problem))
+    return [problem for *_key, problem in sorted(keyed, key=lambda item: item[:3])]
+
+
+def _record_problems(raw: _Raw, record: Record) -> list[Problem]:
+    """Everything wrong with one FASTA record's content (not its id's uniqueness)."""
+    return sequence_problems(record, raw[1], lambda: _locate_bad_char(raw))
 
 
 def _locate_bad_char(raw: _Raw) -> tuple[int, int, str]:
@@ -226,55 +378,75 @@ def _locate_bad_char(raw: _Raw) -> tuple[int, int, str]:
 
 
 def _scan_file(path: str, block_size: int) -> Iterator[list[_Raw] | Problem]:
-    """Parse one file into batches of raw records, yielding structural Problems where found.
+    """A whole FASTA file as batches of raw records and structural Problems.
 
     After binary junk or unreadable data the file is abandoned; text before the first
-    header is reported once and parsing goes on, so validate() can report more.
+    header is reported once and parsing goes on, so more problems can be reported.
+    """
+    found = False
+    try:
+        for batch in _scan_text(path, _line_runs(_newlines_normalised(_reads(path, block_size))), 1):
+            found = True
+            yield batch
+    except FastaError as error:  # from reading.open_binary: cannot open, or corrupt compressed data
+        yield error.problems[0]
+        return
+    if not found:  # nothing but blank lines, or nothing at all
+        yield Problem(path, None, None, EMPTY_FILE, "empty file: no FASTA records")
+
+
+def _reads(path: str, block_size: int) -> Iterator[bytes]:
+    """The decompressed bytes of a file, block_size at a time."""
+    from .reading import open_binary  # here, not at the top: reading builds on this module
+
+    with open_binary(path) as stream:
+        while block := stream.read(block_size):
+            yield block
+
+
+def _scan_text(path: str, runs: Iterable[bytes], line: int) -> Iterator[list[_Raw] | Problem]:
+    """Parse runs of whole LF-ended lines (the first at file line `line`) into raw records.
+
+    Yields batches of records and structural Problems; stops at binary junk. Text before
+    the first header is reported once and parsing goes on.
     """
     title: str | None = None  # of the record being read; None before the first header
     body_parts: list[bytes] = []
     record_line = 0
-    line = 1  # line number of the first line of the current run
     preamble_reported = False
-    try:
-        for run in _line_runs(_newlines_normalised(_blocks(path, block_size))):
-            junk = _junk_problem(path, run, line)
-            if junk is not None:
-                yield junk
-                return
-            # Every part after the first starts with a header line (its '>' eaten by split).
-            parts = run.split(b"\n>")
-            part_line = line
-            if run.startswith(b">"):
-                parts[0] = parts[0][1:]
-                headers = parts
-            else:
-                headers = islice(parts, 1, None)
-                if title is not None:
-                    body_parts.append(parts[0])
-                elif not preamble_reported and parts[0].strip():
-                    preamble_reported = True
-                    yield _preamble_problem(path, parts[0], line)
-                part_line += parts[0].count(b"\n") + 1
-            batch: list[_Raw] = []
-            for part in headers:
-                if title is not None:
-                    batch.append(_finish(title, body_parts, record_line))
-                header, _, body = part.partition(b"\n")
-                title = header.decode("ascii").rstrip()
-                body_parts = [body]
-                record_line = part_line
-                part_line += part.count(b"\n") + 1
-            if batch:
-                yield batch
-            line += run.count(b"\n")
-    except (OSError, EOFError, zlib.error) as error:
-        yield Problem(path, None, None, UNREADABLE, f"cannot read file: {error}")
-        return
+    for run in runs:
+        junk = first_junk(run, _is_fasta_header)
+        if junk >= 0:
+            yield binary_problem(path, run, junk, line, "FASTA")
+            return
+        # Every part after the first starts with a header line (its '>' eaten by split).
+        parts = run.split(b"\n>")
+        part_line = line
+        if run.startswith(b">"):
+            parts[0] = parts[0][1:]
+            headers = parts
+        else:
+            headers = islice(parts, 1, None)
+            if title is not None:
+                body_parts.append(parts[0])
+            elif not preamble_reported and parts[0].strip():
+                preamble_reported = True
+                yield _preamble_problem(path, parts[0], line)
+            part_line += parts[0].count(b"\n") + 1
+        batch: list[_Raw] = []
+        for part in headers:
+            if title is not None:
+                batch.append(_finish(title, body_parts, record_line))
+            header, _, body = part.partition(b"\n")
+            title = header.decode("utf-8").rstrip()
+            body_parts = [body]
+            record_line = part_line
+            part_line += part.count(b"\n") + 1
+        if batch:
+            yield batch
+        line += run.count(b"\n")
     if title is not None:
         yield [_finish(title, body_parts, record_line)]
-    elif not preamble_reported:  # nothing but blank lines, or nothing at all
-        yield Problem(path, None, None, EMPTY_FILE, "empty file: no FASTA records")
 
 
 def _finish(title: str, body_parts: list[bytes], line: int) -> _Raw:
@@ -294,35 +466,6 @@ def _preamble_problem(path: str, part: bytes, first_line: int) -> Problem:
         path, first_line + offset, None, TEXT_BEFORE_HEADER,
         "text before the first '>' header (is this a FASTA file?)",
     )
-
-
-def _junk_problem(path: str, run: bytes, first_line: int) -> Problem | None:
-    """A Problem for the first byte that cannot be in a FASTA text file, or None."""
-    if run.isascii() and not run.translate(None, _TEXT):
-        return None
-    match = _JUNK_RE.search(run)
-    assert match is not None
-    start = match.start()
-    line = first_line + run.count(b"\n", 0, start)
-    column = start - (run.rfind(b"\n", 0, start) + 1) + 1
-    message = f"binary or non-ASCII byte 0x{run[start]:02x} at column {column}: not a FASTA text file"
-    if first_line == 1:
-        for magic, name in _OTHER_COMPRESSION.items():
-            if run.startswith(magic):
-                message += f" (looks {name}-compressed; only gzip is supported)"
-    return Problem(path, line, None, BINARY, message)
-
-
-def _blocks(path: str, block_size: int) -> Iterator[bytes]:
-    """Raw (decompressed) byte blocks; gzip is recognised by its magic bytes, not the name."""
-    with open(path, "rb") as raw:
-        if raw.peek(2)[:2] == _GZIP_MAGIC:
-            stream = gzip.GzipFile(fileobj=raw, mode="rb")
-            while block := stream.read(block_size):
-                yield block
-        else:
-            while block := raw.read(block_size):
-                yield block
 
 
 def _newlines_normalised(blocks: Iterable[bytes]) -> Iterator[bytes]:

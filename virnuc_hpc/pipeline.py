@@ -10,10 +10,12 @@ import datetime as _dt
 import itertools
 import logging
 import platform
+import resource
 import socket
 import threading
 import time
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -23,19 +25,19 @@ from typing import Any
 from distributed import Client, as_completed
 
 from . import __version__, store
-from .bags import Bag, make_bags
+from .bags import Bag, BagRef, head_stats, plan_bags, records_per_bag
 from .cluster import connect, dashboard_link
-from .config import RESULT_FIELDS, RunConfig, fingerprint, dump_config, load_config
-from .fasta import load_records
+from .config import RESULT_FIELDS, RunConfig, dump_config, fingerprint, load_config
 from .gpu_monitor import mean_utilization
-from .frames import frames_for_records
-from .tables import Tables
-from .timing import StageTimer
 from .models import ModelFile, file_sha256, hash_models, locate_models
-from .worker import EncoderPlugin, ModelSpec, run_bag, warm_up
+from .reading import sniff
+from .samples import InputFile, Sample, SampleError, read_samplesheet, samples_from_paths
+from .tables import SampleTables, new_tmpdir, remove_tmpdir
+from .timing import StageTimer
+from .worker import BagReport, BagRules, EncoderPlugin, ModelSpec, run_bag, warm_up
 
 log = logging.getLogger("virnuc_hpc")
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: bags cut from the input stream, table parts inside the bag files
 
 
 @dataclass
@@ -47,82 +49,102 @@ class RunResult:
     dashboard: str | None = None
     files: list[str] = field(default_factory=list)
     model_load_on_workers_s: float | None = None
+    bytes_per_frame: float | None = None
 
 
 def predict(inputs: Sequence[str | Path] | str | Path, outdir: str | Path, client: Client | None = None,
-            config: RunConfig | None = None, **overrides: Any) -> RunResult:
-    """VirNucPro prediction: features, probabilities and the two compatible tables."""
-    return run(inputs, outdir, client=client, config=config, classify=True, **overrides)
+            config: RunConfig | None = None, *, samplesheet: str | Path | None = None,
+            **overrides: Any) -> RunResult:
+    """VirNucPro prediction: features, probabilities and the compatible tables, per sample."""
+    return run(inputs, outdir, client=client, config=config, classify=True, samplesheet=samplesheet,
+               **overrides)
 
 
 def embed(inputs: Sequence[str | Path] | str | Path, outdir: str | Path, client: Client | None = None,
-          config: RunConfig | None = None, **overrides: Any) -> RunResult:
+          config: RunConfig | None = None, *, samplesheet: str | Path | None = None,
+          **overrides: Any) -> RunResult:
     """Features only (DNABERT-S | ESM-2 per kept frame), as NetCDF bags."""
-    return run(inputs, outdir, client=client, config=config, classify=False, **overrides)
+    return run(inputs, outdir, client=client, config=config, classify=False, samplesheet=samplesheet,
+               **overrides)
 
 
-def _inputs(inputs: Sequence[str | Path] | str | Path) -> list[Path]:
-    paths = [Path(inputs)] if isinstance(inputs, (str, Path)) else [Path(p) for p in inputs]
+def resolve_samples(inputs: Sequence[str | Path] | str | Path, samplesheet: str | Path | None) -> list[Sample]:
+    """Samples from a samplesheet, or one sample per input file."""
+    paths = [str(inputs)] if isinstance(inputs, (str, Path)) else [str(p) for p in inputs]
+    if samplesheet is not None:
+        if paths:
+            raise SampleError("give input files or --samplesheet, not both")
+        return read_samplesheet(str(samplesheet))
     if not paths:
-        raise ValueError("no input FASTA given")
-    return paths
+        raise SampleError("no input given (FASTA/FASTQ files, or --samplesheet)")
+    return samples_from_paths(paths)
 
 
 def run(inputs: Sequence[str | Path] | str | Path, outdir: str | Path, *, client: Client | None = None,
-        config: RunConfig | None = None, classify: bool = True, **overrides: Any) -> RunResult:
+        config: RunConfig | None = None, classify: bool = True, samplesheet: str | Path | None = None,
+        **overrides: Any) -> RunResult:
     timer = StageTimer()
-    started = _dt.datetime.now(_dt.timezone.utc)
+    started, t_start = _dt.datetime.now(_dt.timezone.utc), time.perf_counter()
+    marks: dict[str, float] = {}  # seconds from the start to milestones (first bag submitted, done)
     with timer("setup"):
         config = (config or load_config()).model_copy(update={k: v for k, v in overrides.items()
                                                               if v is not None})
         config = RunConfig(**config.model_dump())  # re-validate the overrides
-        paths, outdir = _inputs(inputs), Path(outdir)
+        if not classify and config.features == "none":
+            raise ValueError("features: none keeps no features; `embed` needs float32 or float16")
+        samples = resolve_samples(inputs, samplesheet)
+        files = [f for sample in samples for f in sample.files]
+        for f in files:  # empty, binary or not FASTA/FASTQ: refused before anything starts
+            sniff(f.path)
+        outdir = Path(outdir)
         previous = store.read_manifest(outdir)
         located = locate_models(config, classify=classify)  # fast: a missing model fails right away
         spec = _model_spec(config, located)
 
-    results: list[dict[str, Any]] = []
+    reports: list[BagReport] = []
     dashboard, worker_load_s, worker_load_phases = None, None, {}
     stack = ExitStack()  # our cluster or the caller's client, and the warm-up futures
     stopping: threading.Thread | None = None
+    refs: list[BagRef] = []
     try:
-        with ThreadPoolExecutor(1, thread_name_prefix="virnuc-sha256") as hasher:
-            # Checksums (gigabytes for ESM-2 3B) are read beside the input parsing: hashlib and file
-            # reads release the GIL.
-            hashed = hasher.submit(lambda: (hash_models(located, (previous or {}).get("models")),
-                                            [{"path": str(p), "sha256": file_sha256(p)} for p in paths]))
+        with ThreadPoolExecutor(2, thread_name_prefix="virnuc-sha256") as hasher:
+            # Checksums (gigabytes for ESM-2 3B and for big inputs) are read beside the planning;
+            # hashlib and file reads release the GIL. Inputs are hashed for provenance only: each
+            # bag's digest covers its own text.
+            hashed_models = hasher.submit(hash_models, located, (previous or {}).get("models"))
+            hashed_inputs = hasher.submit(_inputs_meta, files, True)
             workers: _Workers | None = None
-            if previous is None:  # a fresh run: workers start and load models while the client reads
+            if previous is None:  # a fresh run: workers start and load models while the client plans
                 workers = _start_workers(stack, timer, config, client, spec)
-            with timer("read_validate"):
-                loaded = load_records(paths, skip_invalid=config.skip_invalid)
-            with timer("chunk_translate"):
-                table = frames_for_records(loaded.records, config.expected_length)
             with timer("checksums"):
                 store.check_writable(outdir)
-                models, inputs_meta = hashed.result()
-        with timer("plan"):
-            run_key = fingerprint({
-                "format": FORMAT_VERSION, "classify": classify,
-                "inputs": [m["sha256"] for m in inputs_meta],
-                "config": {k: getattr(config, k) for k in RESULT_FIELDS},
-                "models": {role: m.sha256 for role, m in models.items()},
-            })
-            _claim_outdir(outdir, previous, run_key, config, models, inputs_meta, classify)
-            bags = make_bags(table, config.bag_size, run_key)
-            todo = [b for b in bags if not store.bag_is_complete(outdir, b, with_probability=classify)]
-            log.info("%d frames in %d bags; %d already done, %d to compute",
-                     len(table.frame_id), len(bags), len(bags) - len(todo), len(todo))
-            warnings = _chunk_size_warnings(config, models)
-            random_weights = any(m.random_weights for m in models.values())
-            attrs = _bag_attributes(run_key, config, models, random_weights)
+                models = hashed_models.result()
+            with timer("plan"):
+                inputs_meta = _inputs_meta(files, False)
+                run_key = fingerprint({
+                    "format": FORMAT_VERSION, "classify": classify,
+                    "samples": [[s.name, [[f.path, f.mate] for f in s.files]] for s in samples],
+                    "config": {k: getattr(config, k) for k in RESULT_FIELDS},
+                    "models": {role: m.sha256 for role, m in models.items()},
+                })
+                _claim_outdir(outdir, previous, run_key, config, models, inputs_meta, classify)
+                heads = {f: head_stats(f, config.expected_length) for f in files}
+                warnings = _chunk_size_warnings(config, models)
+                random_weights = any(m.random_weights for m in models.values())
+                attrs = _bag_attributes(run_key, config, models, random_weights)
+                rules = BagRules(chunk_size=config.expected_length, skip_invalid=config.skip_invalid,
+                                 classify=classify, features=config.features, compression=config.compression)
+            bags = plan_bags(files, lambda f: records_per_bag(heads[f], config.bag_size), run_key)
 
-        with Tables(outdir, bags, table, loaded, classify) as tables:  # built while the bags run
-            computing = {b.index for b in todo}
-            for bag in bags:
-                if bag.index not in computing:  # finished by an earlier run
-                    tables.add(bag)
-            if todo:
+            def todo() -> Iterator[Bag]:
+                for bag in bags:
+                    refs.append(bag.ref)
+                    if not store.bag_is_complete(outdir, bag.ref, with_probability=classify):
+                        yield bag
+
+            pending = todo()
+            first = next(pending, None)
+            if first is not None:
                 workers = workers or _start_workers(stack, timer, config, client, spec)
                 dashboard = workers.dashboard
                 with timer("model_load"):  # what is left of it once the client is ready
@@ -130,36 +152,110 @@ def run(inputs: Sequence[str | Path] | str | Path, outdir: str | Path, *, client
                 slowest = max(phases, key=lambda p: sum(p.values()), default={})
                 worker_load_s, worker_load_phases = sum(slowest.values()), slowest
                 with timer("embed_classify"):
-                    results = _schedule(workers.client, todo, outdir, attrs, config, on_done=tables.add)
+                    reports = _schedule(workers.client, itertools.chain([first], pending), outdir, attrs,
+                                        rules, config, marks=marks, t_start=t_start)
+            log.info("%d bags: %d computed now, %d reused from an earlier run",
+                     len(refs), len(reports), len(refs) - len(reports))
             # the cluster shuts down (seconds) while the tables are finished
             stopping = threading.Thread(target=stack.close, name="virnuc-cluster-stop", daemon=True)
             stopping.start()
             with timer("finalize"):
-                counts, files = tables.write(random_weights)
+                counts, files_written = write_tables(outdir, samples, refs, classify=classify,
+                                                     skip_invalid=config.skip_invalid,
+                                                     random_weights=random_weights)
+            inputs_meta = hashed_inputs.result()
     finally:
         if stopping is None:
             stack.close()
         else:
             with timer("cluster_stop"):  # what is left of it after finalize
                 stopping.join()
+    counts["bags"] = len(refs)
     payload = {
         "tool": "virnuc-hpc", "version": __version__, "command": "predict" if classify else "embed",
         "random_weights": random_weights,
         **({"warning": store.RANDOM_WEIGHTS_WARNING} if random_weights else {}),
         "started": started.isoformat(), "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(),
         "run_key": run_key, "inputs": inputs_meta, "models": {r: m.as_dict() for r, m in models.items()},
+        "samples": [{"name": s.name, "files": [f.path for f in s.files], "paired": s.paired} for s in samples],
         "config": config.model_dump(mode="json"), "counts": counts, "seconds": timer.seconds,
+        "milestones_s": marks,
+        # the client process alone (workers are other processes): bounded whatever the input size
+        "client_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "features": {"mode": config.features, "compression": config.compression,
+                     "bytes_per_frame": _bytes_per_frame(outdir, counts.get("frames", 0))},
         # longest load + compile of the models on a worker, mostly hidden behind the client's reading
         "model_load_on_workers_s": worker_load_s,
         "model_load_on_workers_phases_s": worker_load_phases,  # of the slowest worker
-        "bags": {"total": len(bags), "computed_now": len(todo), "reused": len(bags) - len(todo)},
-        "warnings": warnings, "guards": _guard_totals(results),
-        "workers": _worker_summary(results), "environment": _environment(),
+        "bags": {"total": len(refs), "computed_now": len(reports), "reused": len(refs) - len(reports)},
+        "warnings": warnings, "guards": _guard_totals(reports),
+        "workers": _worker_summary(reports), "environment": _environment(),
     }
     store.write_json(outdir / store.RUN_JSON, payload)  # last: marks the run finished
     return RunResult(outdir=outdir, counts=counts, seconds=timer.seconds,
-                     random_weights=random_weights, dashboard=dashboard, files=files + [store.RUN_JSON],
-                     model_load_on_workers_s=worker_load_s)
+                     random_weights=random_weights, dashboard=dashboard, files=files_written + [store.RUN_JSON],
+                     model_load_on_workers_s=worker_load_s,
+                     bytes_per_frame=payload["features"]["bytes_per_frame"])
+
+
+def _inputs_meta(files: list[InputFile], with_sha256: bool) -> list[dict[str, Any]]:
+    meta = []
+    for f in files:
+        entry: dict[str, Any] = {"sample": f.sample, "path": f.path, "mate": f.mate,
+                                 "size": Path(f.path).stat().st_size}
+        if with_sha256:
+            entry["sha256"] = file_sha256(Path(f.path))
+        meta.append(entry)
+    return meta
+
+
+def _bytes_per_frame(outdir: Path, frames: int) -> float | None:
+    """Bag bytes on disk per frame (everything a frame costs: features, ids, table parts)."""
+    if not frames:
+        return None
+    return sum(p.stat().st_size for p in store.bag_files(outdir)) / frames
+
+
+def write_tables(outdir: Path, samples: list[Sample], refs: list[BagRef], *, classify: bool,
+                 skip_invalid: bool, random_weights: bool) -> tuple[dict[str, int], list[str]]:
+    """Each sample's tables from its bags: in OUTDIR itself for one sample, else in
+    OUTDIR/samples/<name>/ with OUTDIR/samples.tsv summing them up."""
+    comment = store.RANDOM_WEIGHTS_WARNING if random_weights else None
+    tmpdir = new_tmpdir(outdir)
+    single = len(samples) == 1
+    totals: dict[str, int] = {}
+    written: list[str] = []
+    rows = []
+    try:
+        for sample in samples:
+            folder = outdir if single else outdir / store.SAMPLES_DIR / sample.name
+            mine = [r for r in refs if r.sample == sample.name]
+            tables = SampleTables(outdir, folder, mine, classify=classify, skip_invalid=skip_invalid,
+                                  comment=comment, tmpdir=tmpdir)
+            counts, names = tables.write()
+            if sample.paired:
+                by_mate: dict[int, list[BagRef]] = {}
+                for ref in mine:
+                    by_mate.setdefault(ref.mate or 0, []).append(ref)
+                name = tables.pairs(by_mate)
+                names += [name] if name else []
+            prefix = "" if single else f"{store.SAMPLES_DIR}/{sample.name}/"
+            written += [prefix + n for n in names]
+            for key, value in counts.items():
+                totals[key] = totals.get(key, 0) + value
+            rows.append({"sample": sample.name, **counts})
+        if not single:
+            keys = list(rows[0].keys())
+            text = store.format_columns(keys, [[row.get(k, "-") for row in rows] for k in keys], comment)
+            store.write_text_atomic(outdir / store.SAMPLES_TSV, text)
+            written.append(store.SAMPLES_TSV)
+    except BaseException:  # e.g. a repeated id in a later sample: no sample's tables may stay
+        for name in written:
+            (outdir / name).unlink(missing_ok=True)
+        raise
+    finally:
+        remove_tmpdir(tmpdir)
+    return totals, written
 
 
 def _model_spec(config: RunConfig, located: dict[str, ModelFile]) -> ModelSpec:
@@ -250,25 +346,26 @@ def _start_workers(stack: ExitStack, timer: StageTimer, config: RunConfig, clien
     return _Workers(dask_client, futures, dashboard)
 
 
-def _schedule(client: Client, todo: list[Bag], outdir: Path, attrs: dict[str, Any],
-              config: RunConfig, on_done: Callable[[Bag], None] = lambda bag: None) -> list[dict[str, Any]]:
-    """Submit bags with bounded look-ahead (a few per worker); results as they complete, each bag
-    handed to ``on_done`` once its file is written.
+def _schedule(client: Client, todo: Iterator[Bag], outdir: Path, attrs: dict[str, Any], rules: BagRules,
+              config: RunConfig, *, marks: dict[str, float] | None = None,
+              t_start: float = 0.0) -> list[BagReport]:
+    """Submit bags as they are cut from the input, with bounded look-ahead (a few per worker).
 
     Dynamic scheduling: a worker that finishes gets the next bag, so faster or joining workers take
     more. A bag whose worker dies is recomputed elsewhere by Dask. Dask blames every bag that was on
     a dying worker, so a bag given up on (KilledWorker) is a suspect, not a culprit: suspects are
     rerun one at a time at the end, where a death can only be their own, and only a bag that then
-    kills its worker again is reported with its frame ids.
+    kills its worker again is reported with its records. A bag with invalid input stops the run:
+    its error is raised here and every other bag is cancelled.
     """
     from distributed import KilledWorker
     from tqdm.auto import tqdm
 
-    pending = iter(todo)
-    by_key: dict[str, Bag] = {}
-    results: list[dict[str, Any]] = []
+    by_key: dict[str, BagRef] = {}
+    reports: list[BagReport] = []
     suspects: list[Bag] = []
-    failed: list[Bag] = []
+    failed: list[BagRef] = []
+    held: dict[str, Bag] = {}  # bags in flight, kept until done in case one must be rerun alone
 
     def in_flight_limit() -> int:
         workers = max(1, len(client.scheduler_info(n_workers=-1).get("workers", {})))
@@ -276,61 +373,68 @@ def _schedule(client: Client, todo: list[Bag], outdir: Path, attrs: dict[str, An
 
     def submit(bag: Bag, attempt: str = "") -> Any:
         key = f"{bag.name}-{bag.digest[:12]}{attempt}"
-        by_key[key] = bag
-        return client.submit(run_bag, bag, str(outdir), attrs, pure=False, key=key)
+        by_key[key] = bag.ref
+        held[key] = bag
+        with warnings.catch_warnings():  # a bag carries megabytes of reads by design
+            warnings.filterwarnings("ignore", message=".*large graph.*", category=UserWarning)
+            return client.submit(run_bag, bag, str(outdir), attrs, rules, pure=False, key=key)
 
-    first = [submit(bag) for bag in itertools.islice(pending, in_flight_limit())]
-    futures = as_completed(first, loop=client.loop)
-    total = sum(len(b) for b in todo)
+    marks = {} if marks is None else marks
+    futures = as_completed([submit(bag) for bag in itertools.islice(todo, in_flight_limit())], loop=client.loop)
     t0, tokens = time.perf_counter(), 0
-    # disable=None: tqdm shows the bar only on a terminal (no carriage-return noise in log files)
-    with tqdm(total=total, unit="frame", disable=True if not config.progress else None,
-              dynamic_ncols=True, desc="embedding") as bar:
-        for future in futures:
-            try:
-                result = future.result()
-            except KilledWorker:
-                suspects.append(by_key[future.key])
-                log.warning("%s was on two workers that died; it is retried alone at the end",
-                            by_key[future.key].name)
-            else:
-                results.append(result)
-                on_done(by_key[future.key])
-                tokens += result["protein_tokens"]
-                bar.update(result["frames"])
-                bar.set_postfix_str(f"{tokens / max(time.perf_counter() - t0, 1e-9):,.0f} ESM tok/s")
-            limit = in_flight_limit()  # one scheduler query per finished bag
-            while futures.count() < limit:
-                bag = next(pending, None)
-                if bag is None:
-                    break
-                futures.add(submit(bag))
-        for bag in suspects:  # alone on the cluster: a worker death now is this bag's own doing
-            try:
-                result = submit(bag, attempt="-alone").result()
-            except KilledWorker:
-                failed.append(bag)
-                log.error("%s killed its worker again when run alone; giving up on it", bag.name)
-            else:
-                results.append(result)
-                on_done(bag)
-                bar.update(result["frames"])
+    marks["first_bag_submitted"] = t0 - t_start
+    try:
+        # disable=None: tqdm shows the bar only on a terminal (no carriage-return noise in log files)
+        with tqdm(unit="read", disable=True if not config.progress else None, dynamic_ncols=True,
+                  desc="embedding") as bar:
+            for future in futures:
+                bag = held.pop(future.key)
+                try:
+                    report = future.result()
+                except KilledWorker:
+                    suspects.append(bag)
+                    log.warning("%s was on two workers that died; it is retried alone at the end", bag.name)
+                else:
+                    marks.setdefault("first_bag_done", time.perf_counter() - t_start)
+                    reports.append(report)
+                    tokens += report.protein_tokens
+                    bar.update(report.records)
+                    bar.set_postfix_str(f"{tokens / max(time.perf_counter() - t0, 1e-9):,.0f} ESM tok/s")
+                limit = in_flight_limit()  # one scheduler query per finished bag
+                while futures.count() < limit:
+                    nxt = next(todo, None)
+                    if nxt is None:
+                        break
+                    futures.add(submit(nxt))
+            for bag in suspects:  # alone on the cluster: a worker death now is this bag's own doing
+                key = f"{bag.name}-{bag.digest[:12]}-alone"
+                try:
+                    report = submit(bag, attempt="-alone").result()
+                except KilledWorker:
+                    failed.append(bag.ref)
+                    log.error("%s killed its worker again when run alone; giving up on it", bag.name)
+                else:
+                    reports.append(report)
+                    bar.update(report.records)
+                held.pop(key, None)
+    except BaseException:
+        client.cancel(list(futures.futures))  # e.g. invalid input in one bag: stop the others
+        raise
     if failed:
-        rows = [(b.name, fid) for b in failed for fid in b.frame_ids]
-        store.write_text_atomic(outdir / store.FAILED_BAGS,
-                                store.format_columns(("bag", "frame_id"), list(zip(*rows))))
-        raise BagsFailedError(f"{len(failed)} bag(s) ({', '.join(b.name for b in failed)}; "
-                              f"{len(rows)} frames) kept killing their worker, also when run alone; "
-                              f"frame ids in {outdir / store.FAILED_BAGS}. The other bags are kept: "
-                              "rerun to retry.")
-    return results
+        rows = [(r.name, r.sample, r.path, r.first_record, r.first_record + r.n_records - 1) for r in failed]
+        store.write_text_atomic(outdir / store.FAILED_BAGS, store.format_columns(
+            ("bag", "sample", "file", "first_record", "last_record"), list(zip(*rows))))
+        raise BagsFailedError(f"{len(failed)} bag(s) ({', '.join(r.name for r in failed)}) kept killing "
+                              f"their worker, also when run alone; their records are listed in "
+                              f"{outdir / store.FAILED_BAGS}. The other bags are kept: rerun to retry.")
+    return reports
 
 
-def _guard_totals(results: list[dict[str, Any]]) -> dict[str, int]:
+def _guard_totals(reports: list[BagReport]) -> dict[str, int]:
     """Batches recomputed in fp32 (NaN/Inf) or split after CUDA OOM, summed over this run's bags."""
     totals: dict[str, int] = {}
-    for r in results:
-        for key, value in r["counters"].items():
+    for r in reports:
+        for key, value in r.counters.items():
             if "nonfinite" in key or "oom" in key:
                 totals[key] = totals.get(key, 0) + int(value)
     return totals
@@ -345,23 +449,24 @@ def _busy_fraction(intervals: list[tuple[float, float]]) -> float | None:
     return sum(e - s for s, e in intervals) / span if span > 0 else 1.0
 
 
-def _worker_summary(results: list[dict[str, Any]]) -> dict[str, Any]:
+def _worker_summary(reports: list[BagReport]) -> dict[str, Any]:
     """Per worker: bags, frames, tokens, summed stage seconds, counters, and how busy the device was:
     the device lock's hold time (an upper bound; overall, and in the steady state after the worker's
     first bag) and, on GPUs, NVML's utilization averaged over the steady state."""
     per: dict[str, dict[str, Any]] = {}
     intervals: dict[str, list[tuple[float, float]]] = {}
     samples: dict[str, list[tuple[float, int]]] = {}
-    for r in results:
-        samples.setdefault(r["worker"], []).extend(r.get("gpu_utilization", []))
-        w = per.setdefault(r["worker"], {"bags": 0, "frames": 0, "protein_tokens": 0, "seconds": {},
-                                         "counters": {}})
+    for r in reports:
+        samples.setdefault(r.worker, []).extend(r.gpu_utilization)
+        w = per.setdefault(r.worker, {"bags": 0, "records": 0, "frames": 0, "protein_tokens": 0,
+                                      "seconds": {}, "counters": {}})
         w["bags"] += 1
-        w["frames"] += r["frames"]
-        w["protein_tokens"] += r["protein_tokens"]
-        intervals.setdefault(r["worker"], []).append(tuple(r["device_interval"]))
-        for group in ("seconds", "counters"):
-            for k, v in r[group].items():
+        w["records"] += r.records
+        w["frames"] += r.frames
+        w["protein_tokens"] += r.protein_tokens
+        intervals.setdefault(r.worker, []).append(tuple(r.device_interval))
+        for group, values in (("seconds", r.seconds), ("counters", r.counters)):
+            for k, v in values.items():
                 w[group][k] = w[group].get(k, 0) + v
     for worker, spans in intervals.items():
         spans.sort()

@@ -41,7 +41,6 @@ DEFAULT_DASHBOARD = "127.0.0.1:8787"
 #: Slurm states after which a job will not run again (a requeued job goes back to PENDING).
 FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL",
                 "BOOT_FAIL", "DEADLINE", "SPECIAL_EXIT", "REVOKED"}
-FASTA_SUFFIXES = (".gz", ".fa", ".fasta", ".fna", ".fas", ".ffn")
 
 
 # --- options and submission ------------------------------------------------------------------
@@ -128,6 +127,7 @@ class PipelineJob:
     classify: bool = True
     join_timeout_s: float = 300.0
     interface: str | None = None
+    samplesheet: str | None = None  # instead of inputs
 
     def __call__(self) -> dict[str, Any]:
         _log_to_stderr()
@@ -169,7 +169,7 @@ class PipelineJob:
                     store.write_json(rendezvous_path(env), info)
                     _wait_for_ranks(client, env.num_tasks, self.join_timeout_s)
                 result = pipeline.run(self.inputs, self.outdir, client=client, config=config,
-                                      classify=self.classify)
+                                      classify=self.classify, samplesheet=self.samplesheet)
                 names = {a: str(w.get("name")) for a, w in
                          client.scheduler_info(n_workers=-1)["workers"].items()}
         except Exception:
@@ -206,13 +206,12 @@ def job_config(config: RunConfig) -> RunConfig:
 
 
 def output_dirs(inputs: Sequence[str | Path], outdir: str | Path) -> list[Path]:
-    """One OUTDIR per input for job arrays: OUTDIR/<input name without FASTA suffixes>."""
+    """One OUTDIR per input for job arrays: OUTDIR/<sample name of the input>."""
+    from .samples import sample_name
+
     names: list[str] = []
     for path in inputs:
-        name = Path(path).name
-        while name.lower().endswith(FASTA_SUFFIXES) and "." in name:
-            name = name[: name.rfind(".")]
-        name = name or "input"
+        name = sample_name(str(path)) or "input"
         names.append(name if name not in names else f"{name}-{len(names)}")
     return [Path(outdir) / n for n in names]
 
@@ -228,13 +227,16 @@ class Submitted:
 
 def submit(inputs: Sequence[str | Path], outdir: str | Path, config: RunConfig, options: SlurmOptions,
            *, classify: bool = True, per_input: bool | None = None,
-           interface: str | None = None) -> list[Submitted]:
-    """Submit one job for all inputs, or (several inputs, ``per_input``) a job array, one task and
-    one OUTDIR/<name> per input. Returns what was submitted; also recorded in the job folder."""
+           interface: str | None = None, samplesheet: str | None = None) -> list[Submitted]:
+    """Submit one job for all inputs (or a samplesheet), or (several inputs, ``per_input``) a job
+    array, one task and one OUTDIR/<name> per input. Returns what was submitted; also recorded in
+    the job folder."""
     paths = [str(p) for p in inputs]  # as typed: the job runs in this directory (--chdir)
     outdir = Path(outdir).resolve()
     per_input = len(paths) > 1 if per_input is None else per_input
-    if per_input:
+    if samplesheet is not None:
+        jobs = [PipelineJob([], str(outdir), config, classify, interface=interface, samplesheet=samplesheet)]
+    elif per_input:
         jobs = [PipelineJob([p], str(o), config, classify, interface=interface)
                 for p, o in zip(paths, output_dirs(paths, outdir))]
     else:

@@ -16,10 +16,12 @@ is done, so nothing that looks finished is left behind by a failed or killed run
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import uuid
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +31,6 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from .bags import Bag
 from .classifier import LABELS as CLASSES, labels_from_proba
 
 ENGINE = "h5netcdf"
@@ -41,7 +42,11 @@ READS = "reads.tsv"
 RUN_JSON = "run.json"
 CONFIG = "config.yaml"
 FAILED_BAGS = "failed_bags.tsv"  # only after bags that kept killing their worker
-FINAL_OUTPUTS = (PREDICTIONS, HIGHEST, READS, RUN_JSON, FAILED_BAGS)
+PAIRS = "pairs.tsv"              # paired samples: one call per read pair
+SAMPLES_DIR = "samples"          # several samples: one folder of tables each
+SAMPLES_TSV = "samples.tsv"      # several samples: one row of counts each
+SAMPLE_OUTPUTS = (PREDICTIONS, HIGHEST, READS, PAIRS)
+FINAL_OUTPUTS = (PREDICTIONS, HIGHEST, READS, PAIRS, SAMPLES_TSV, RUN_JSON, FAILED_BAGS)
 RANDOM_WEIGHTS_WARNING = ("RANDOM WEIGHTS: produced by randomly initialised models (virnuc-hpc demo/"
                           "test); these numbers are NOT a biological result")
 
@@ -52,7 +57,7 @@ class OutputError(RuntimeError):
 
 # --- atomic files ---------------------------------------------------------------------------
 
-def _tmp_name(path: Path) -> Path:
+def tmp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
 
 
@@ -61,7 +66,7 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
-    tmp = _tmp_name(path)
+    tmp = tmp_name(path)
     try:
         with open(tmp, "wb") as fh:
             fh.write(data)
@@ -83,7 +88,7 @@ def check_writable(outdir: Path) -> None:
     """Fail early, with a clear message, when OUTDIR cannot be created or written."""
     try:
         (outdir / BAGS_DIR).mkdir(parents=True, exist_ok=True)
-        probe = _tmp_name(outdir / "probe")
+        probe = tmp_name(outdir / "probe")
         probe.write_bytes(b"x" * 4096)
         probe.unlink()
     except OSError as err:
@@ -113,6 +118,13 @@ def bag_files(outdir: str | Path) -> list[Path]:
 def clear_outputs(outdir: Path, *, bags: bool) -> None:
     for name in FINAL_OUTPUTS:
         (outdir / name).unlink(missing_ok=True)
+    samples = outdir / SAMPLES_DIR
+    if samples.is_dir():
+        for folder in samples.iterdir():
+            for name in SAMPLE_OUTPUTS:
+                (folder / name).unlink(missing_ok=True)
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
     if bags:
         for path in bag_files(outdir):
             path.unlink()
@@ -121,69 +133,146 @@ def clear_outputs(outdir: Path, *, bags: bool) -> None:
 
 # --- bag files ------------------------------------------------------------------------------
 
-def bag_path(outdir: Path, bag: Bag) -> Path:
+#: bytes of each features mode: float32 (NetCDF-4), float16 (HDF5 half floats), none (ids and
+#: probabilities only). See README, "Features".
+FEATURE_MODES = ("float32", "float16", "none")
+_STRING_COORDS = ("frame", "chunk_id", "read_id", "sample")
+TABLES_GROUP = "tables"  # per-bag table parts, beside the features; xarray does not open groups
+TABLE_PARTS = ("predictions", "chunk_calls", "reads", "ids", "problems")
+
+
+def bag_path(outdir: Path, bag: Any) -> Path:
     return outdir / BAGS_DIR / f"{bag.name}.nc"
 
 
-def write_bag(outdir: Path, bag: Bag, dnabert: np.ndarray, esm2: np.ndarray,
-              probability: np.ndarray | None, attrs: dict[str, Any]) -> Path:
-    """Write one bag's features (and probabilities) as NetCDF, atomically."""
-    n = len(bag)
-    if dnabert.shape[0] != n or esm2.shape[0] != n:
-        raise ValueError(f"{bag.name}: {n} frames but {dnabert.shape[0]}/{esm2.shape[0]} vectors")
-    features = np.concatenate([dnabert, esm2], axis=1).astype(np.float32, copy=False)
-    source = np.array(["dnabert_s"] * dnabert.shape[1] + ["esm2"] * esm2.shape[1], dtype=object)
-    data_vars: dict[str, Any] = {"features": (("frame", "feature"), features)}
+def write_bag(outdir: Path, bag: Any, frames: Any, dnabert: np.ndarray | None, esm2: np.ndarray | None,
+              probability: np.ndarray | None, attrs: dict[str, Any], *, features: str = "float32",
+              compression: str = "none", tables: dict[str, str] | None = None,
+              counts: dict[str, int] | None = None) -> Path:
+    """Write one bag (features per ``features`` mode, probabilities, frame coordinates and the
+    bag's table parts) as one NetCDF-4/HDF5 file, atomically.
+
+    ``frames`` has columns frame_id, chunk_id, read_id and ``record`` (record number in its file).
+    """
+    if features not in FEATURE_MODES:
+        raise ValueError(f"features must be one of {FEATURE_MODES}, got {features!r}")
+    n = len(frames.frame_id)
+    packed = compression == "gzip"
+    gz: dict[str, Any] = {"compression": "gzip", "compression_opts": 4, "shuffle": True} if packed else {}
+    data_vars: dict[str, Any] = {}
+    encoding: dict[str, Any] = {name: {"dtype": "S1", **gz} for name in _STRING_COORDS}
+    encoding["record"] = dict(gz)
+    dims = {"dnabert_dim": 0, "esm2_dim": 0}
+    if features != "none":
+        assert dnabert is not None and esm2 is not None
+        if dnabert.shape[0] != n or esm2.shape[0] != n:
+            raise ValueError(f"{bag.name}: {n} frames but {dnabert.shape[0]}/{esm2.shape[0]} vectors")
+        feats = np.concatenate([dnabert, esm2], axis=1).astype(np.float32, copy=False)
+        data_vars["features"] = (("frame", "feature"), feats)
+        encoding["features"] = {"chunksizes": (max(1, min(n, 1024)), feats.shape[1]), **gz}
+        if features == "float16":
+            encoding["features"]["dtype"] = "float16"
+        dims = {"dnabert_dim": dnabert.shape[1], "esm2_dim": esm2.shape[1]}
     if probability is not None:
         data_vars["probability"] = (("frame", "class"), probability.astype(np.float32, copy=False))
-    ds = xr.Dataset(
-        data_vars,
-        coords={
-            "frame": np.array(bag.frame_ids, dtype=object),
-            "frame_index": ("frame", np.arange(bag.start, bag.start + n, dtype=np.int64)),
-            "chunk_id": ("frame", np.array(bag.chunk_ids, dtype=object)),
-            "read_id": ("frame", np.array(bag.read_ids, dtype=object)),
-            "feature": np.arange(features.shape[1], dtype=np.int32),
-            "source": ("feature", source),
-            "class": np.array(CLASSES, dtype=object),
-        },
-        attrs={**attrs, "bag": bag.index, "bag_digest": bag.digest, "n_frames": n,
-               "dnabert_dim": dnabert.shape[1], "esm2_dim": esm2.shape[1]},
-    )
-    rows = max(1, min(n, 1024))
-    encoding = {"features": {"chunksizes": (rows, features.shape[1])}}
+        encoding["probability"] = dict(gz)
+    coords: dict[str, Any] = {
+        "frame": np.array(frames.frame_id, dtype=object),
+        "chunk_id": ("frame", np.array(frames.chunk_id, dtype=object)),
+        "read_id": ("frame", np.array(frames.read_id, dtype=object)),
+        "sample": ("frame", np.array([bag.sample] * n, dtype=object)),
+        "record": ("frame", np.asarray(frames.record, dtype=np.int64)),
+        "class": np.array(CLASSES, dtype=object),
+    }
+    if features != "none":
+        source = ["dnabert_s"] * dims["dnabert_dim"] + ["esm2"] * dims["esm2_dim"]
+        coords["feature"] = np.arange(len(source), dtype=np.int32)
+        coords["source"] = ("feature", np.array(source, dtype=object))
+    ds = xr.Dataset(data_vars, coords=coords, attrs={
+        **attrs, "bag": bag.index, "bag_digest": bag.digest, "n_frames": n, "features_mode": features,
+        "input_file": bag.path, "first_record": bag.first_record, "n_records": bag.n_records, **dims})
     # Serialise in memory, then write plain bytes: HDF5 crashes the process on a full disk,
     # while a Python write raises ENOSPC that we can report.
     # Inside a Dask worker xarray would take a cluster-wide lock for the in-memory file; this
     # write is local to the task, so a plain (synchronous) writer is right.
     with dask.config.set(scheduler="synchronous"):
-        data = ds.to_netcdf(None, engine=ENGINE, encoding=encoding)
+        data = ds.to_netcdf(None, engine=ENGINE, encoding=encoding, invalid_netcdf=features == "float16")
+    data = bytes(data) if not isinstance(data, bytes) else data
+    if tables is not None:
+        data = _with_tables(data, tables, counts or {})
     path = bag_path(outdir, bag)
-    write_bytes_atomic(path, bytes(data) if not isinstance(data, bytes) else data)
+    write_bytes_atomic(path, data)
     return path
 
 
-def bag_is_complete(outdir: Path, bag: Bag, *, with_probability: bool) -> bool:
+def _with_tables(data: bytes, tables: dict[str, str], counts: dict[str, int]) -> bytes:
+    """Add the bag's table parts (UTF-8 text, gzip-compressed) as a group of the in-memory file."""
+    buffer = io.BytesIO(data)
+    with h5netcdf.File(buffer, "a") as f:
+        group = f.create_group(TABLES_GROUP)
+        for name in TABLE_PARTS:
+            raw = np.frombuffer(tables.get(name, "").encode(), dtype=np.uint8)
+            group.dimensions[f"{name}_bytes"] = len(raw)
+            var = group.create_variable(name, (f"{name}_bytes",), dtype=np.uint8,
+                                        **({"compression": "gzip", "compression_opts": 1,
+                                            "chunks": (min(len(raw), 1 << 20),)} if len(raw) else {}))
+            if len(raw):
+                var[...] = raw
+        for key, value in counts.items():
+            group.attrs[key] = int(value)
+    return buffer.getvalue()
+
+
+def bag_is_complete(outdir: Path, bag: Any, *, with_probability: bool) -> bool:
     """True when the bag's file exists, opens, and belongs to exactly this bag of this run."""
     path = bag_path(outdir, bag)
     if not path.is_file():
         return False
     try:  # h5netcdf directly: no cached file handles, so a file replaced on disk is seen as it is
         with h5netcdf.File(path, "r") as f:
-            return (f.attrs.get("bag_digest") == bag.digest and f.dimensions["frame"].size == len(bag)
+            return (f.attrs.get("bag_digest") == bag.digest and TABLES_GROUP in f.groups
                     and (not with_probability or "probability" in f.variables))
     except Exception:  # unreadable or truncated: recompute it
         return False
 
 
-def read_bag_predictions(path: Path) -> tuple[list[str], np.ndarray]:
+@dataclass(frozen=True)
+class BagTables:
+    """One bag's table parts as text, and its counts (read back from its file)."""
+
+    parts: dict[str, str]
+    counts: dict[str, int]
+
+    def __getitem__(self, name: str) -> str:
+        return self.parts[name]
+
+
+def read_bag_tables(path: Path) -> BagTables:
     with h5netcdf.File(path, "r") as f:
-        ids = [x.decode() if isinstance(x, bytes) else str(x) for x in f.variables["frame"][...]]
-        return ids, np.asarray(f.variables["probability"][...], dtype=np.float32)
+        group = f.groups[TABLES_GROUP]
+        parts = {name: np.asarray(group.variables[name][...], dtype=np.uint8).tobytes().decode()
+                 for name in TABLE_PARTS}
+        counts = {k: int(v) for k, v in group.attrs.items()}
+    return BagTables(parts, counts)
+
+
+def read_bag_frames(path: Path) -> tuple[list[str], list[str]]:
+    """(frame ids, read ids) of one bag, in order."""
+    with h5netcdf.File(path, "r") as f:
+        return [_text(x) for x in f.variables["frame"][...]], [_text(x) for x in f.variables["read_id"][...]]
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, np.ndarray):  # a char array row
+        return value.tobytes().decode().rstrip("\0")
+    return str(value)
 
 
 def open_features(outdir: str | Path) -> xr.Dataset:
-    """One lazy Dataset over all bags of OUTDIR, frames in input order."""
+    """One lazy Dataset over all bags of OUTDIR, frames in input order (coordinate ``sample`` says
+    which sample a frame belongs to; frame ids are unique within a sample)."""
     outdir = Path(outdir)
     paths = bag_files(outdir)
     if not paths:
@@ -231,9 +320,14 @@ def format_columns(header: Iterable[str], columns: Sequence[Sequence[Any]],
                    comment: str | None = None) -> str:
     """A TSV (optional '# comment' line, header, rows) from data held as columns: each column is
     converted to text once, then joined row-wise."""
-    text = [list(map(str, column)) for column in columns]
     head = ([f"# {comment}\n"] if comment else []) + ["\t".join(header) + "\n"]
+    return "".join(head) + format_rows(columns)
+
+
+def format_rows(columns: Sequence[Sequence[Any]]) -> str:
+    """TSV rows (no header) from columns; '' when there are none."""
+    text = [list(map(str, column)) for column in columns]
     body = "\n".join(map("\t".join, zip(*text)))
-    return "".join(head) + (body + "\n" if body else "")
+    return body + "\n" if body else ""
 
 

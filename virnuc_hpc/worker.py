@@ -151,44 +151,112 @@ def embed_prepared(encoder: Any, prepared: tuple[Any, np.ndarray | None]) -> np.
     return rows if inverse is None else rows[inverse]
 
 
-def run_bag(bag: Bag, outdir: str, attrs: dict[str, Any]) -> dict[str, Any]:
-    """Embed, classify and store one bag; returns timings and counters for the client."""
+@dataclass(frozen=True)
+class BagRules:
+    """How every bag of a run is processed (the same for all bags)."""
+
+    chunk_size: int
+    skip_invalid: bool
+    classify: bool
+    features: str = "float32"
+    compression: str = "none"
+
+
+@dataclass(frozen=True)
+class BagReport:
+    """What a finished bag tells the client: sizes, timings, counters; never tensors or rows."""
+
+    bag: int
+    records: int
+    frames: int
+    protein_tokens: int
+    worker: str
+    device_interval: tuple[float, float]
+    seconds: dict[str, float]
+    counters: dict[str, int]
+    gpu_utilization: list[tuple[float, int]]
+
+
+@dataclass(frozen=True)
+class _FrameColumns:
+    frame_id: list[str]
+    chunk_id: list[str]
+    read_id: list[str]
+    record: list[int]
+
+
+def parse_bag(bag: Bag, rules: BagRules) -> tuple[list[Any], list[bool], list[tuple[int, Any]]]:
+    """A bag's records, which of them are valid, and (position, problem) of the others.
+
+    Structural problems always stop the run; record problems do unless ``skip_invalid`` (ids
+    repeated across bags are found when the tables are merged)."""
+    from .fasta import STRUCTURAL_KINDS, FastaError
+    from .reading import parse_block
+    from .validation import check_records
+
+    parsed = parse_block(bag.block)
+    structural = [p for p in parsed.problems if p.kind in STRUCTURAL_KINDS]
+    if structural:
+        raise FastaError(structural)
+    valid, problems = check_records(parsed.records, parsed.problems, parsed.invalid)
+    if problems and not rules.skip_invalid:
+        raise FastaError([p for _, p in problems])
+    return parsed.records, valid, problems
+
+
+def run_bag(bag: Bag, outdir: str, attrs: dict[str, Any], rules: BagRules) -> BagReport:
+    """Parse, translate, embed, classify and store one bag; returns what the client needs to know."""
+    from . import store
+    from .frames import frames_for_records
+    from .tables import bag_tables
+
     plugin: EncoderPlugin = get_worker().plugins[PLUGIN_NAME]
     t0 = time.perf_counter()
     enc = plugin.encoders()
     t1 = time.perf_counter()
-    dna_in, prot_in = prepare_distinct(enc.dnabert, bag.nucleotides), prepare_distinct(enc.esm2, bag.proteins)
+    records, valid, problems = parse_bag(bag, rules)
+    kept = [r for r, ok in zip(records, valid) if ok]
+    table = frames_for_records(kept, rules.chunk_size)
+    position = {r.id: i for i, r in enumerate(records) if valid[i]}
+    frames = _FrameColumns(table.frame_id, table.chunk_id, table.read_id,
+                           [bag.ref.first_record + position[r] for r in table.read_id])
+    tparse = time.perf_counter()
+    if len(table):
+        dna_in, prot_in = prepare_distinct(enc.dnabert, table.nucleotide), prepare_distinct(enc.esm2, table.protein)
     tp = time.perf_counter()
     with plugin.device_lock:
         device_start = time.time()
         before = {"esm2": _stats_of(enc.esm2), "dnabert": _stats_of(enc.dnabert)}
         td = time.perf_counter()
-        dna = embed_prepared(enc.dnabert, dna_in)
+        dna = embed_prepared(enc.dnabert, dna_in) if len(table) else np.zeros((0, enc.dnabert.dim), np.float32)
         t2 = time.perf_counter()
-        prot = embed_prepared(enc.esm2, prot_in)
+        prot = embed_prepared(enc.esm2, prot_in) if len(table) else np.zeros((0, enc.esm2.dim), np.float32)
         t3 = time.perf_counter()
         after = {"esm2": _stats_of(enc.esm2), "dnabert": _stats_of(enc.dnabert)}
         device_end = time.time()
     proba = None
-    if enc.classifier is not None:
-        proba = enc.classifier.predict_proba(np.concatenate([dna, prot], axis=1))
+    if enc.classifier is not None and rules.classify:
+        proba = (enc.classifier.predict_proba(np.concatenate([dna, prot], axis=1)) if len(table)
+                 else np.zeros((0, 2), np.float32))
     t4 = time.perf_counter()
-    from . import store
-
+    parts, counts = bag_tables(bag.index, records, valid, problems, table, proba, rules.classify)
     attrs = {**attrs, "precision": enc.precision, "device": enc.device}
-    store.write_bag(Path(outdir), bag, dna, prot, proba, attrs)
+    store.write_bag(Path(outdir), bag.ref, frames, dna, prot, proba, attrs, features=rules.features,
+                    compression=rules.compression, tables=parts, counts=counts)
     t5 = time.perf_counter()
     counters = {f"{name}_{key}": after[name].get(key, 0) - before[name].get(key, 0)
                 for name in after for key in after[name]}
-    return {
-        "bag": bag.index, "frames": len(bag), "protein_tokens": bag.protein_tokens,
-        "worker": get_worker().address, "device_interval": (device_start, device_end),
-        "seconds": {"model_load": t1 - t0, "prepare": tp - t1, "device_wait": td - tp, "dnabert": t2 - td,
-                    "esm2": t3 - t2, "classifier": t4 - t3, "write": t5 - t4},
-        "counters": counters,
+    return BagReport(
+        bag=bag.index, records=len(records), frames=len(table),
+        protein_tokens=sum(map(len, table.protein)) + 2 * len(table), worker=get_worker().address,
+        device_interval=(device_start, device_end),
+        seconds={"model_load": t1 - t0, "parse_translate": tparse - t1, "prepare": tp - tparse,
+                 "device_wait": td - tp, "dnabert": t2 - td, "esm2": t3 - t2, "classifier": t4 - t3,
+                 "tables_write": t5 - t4},
+        counters=counters,
         # NVML samples since the previous drain on this worker (any bag's): GPU-side busy
-        "gpu_utilization": plugin.utilization.drain() if plugin.utilization is not None else [],
-    }
+        gpu_utilization=plugin.utilization.drain() if plugin.utilization is not None else [],
+    )
 
 
 def warm_up() -> dict[str, float]:

@@ -1,0 +1,260 @@
+"""Input side at scale: FASTQ.gz of 1M and 10M 150-bp reads through the streaming reader, in one call.
+
+    python benchmarks/input_scaling.py --reads 1000000,10000000 --cores 1,2,4,8,16
+
+Synthetic FASTQ.gz with the open-frame density of `pipeline_scaling.py` (a quarter of the reads
+coding-like, one stop-free frame by construction; the rest random). Measures, in one process tree:
+
+1. reading + validation + chunking + six-frame translation throughput against cores: the client
+   cuts the decompressed stream into blocks (as `predict` does), a local Dask cluster of N processes
+   parses and translates them; reads/s per N.
+2. `virnuc-hpc predict` end to end through the CLI (demo models, random weights, on the GPU when
+   there is one, `--features none` so that 10M reads fit the disk): wall time, the client's peak
+   RSS, seconds to the first bag, for each read count.
+3. bytes per frame of every features mode (float32, float16, none, each plain and gzip) on 100k
+   reads, and the float16 features' cosine to the float32 ones.
+
+Writes JSON + markdown under benchmarks/results/ named after the machine's GPU (or "cpu"), with a
+written estimate for 100M reads on 4 nodes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+STOPS = {"TAA", "TAG", "TGA"}
+
+
+def synthetic_fastq_gz(path: Path, n: int, length: int = 150, coding_fraction: float = 0.26,
+                       seed: int = 0, batch: int = 200_000) -> None:
+    """FASTQ.gz with the open-frame density of pipeline_scaling.py, generated with numpy."""
+    from xopen import xopen
+
+    bases = np.frombuffer(b"ACGT", dtype=np.uint8)
+    codons = np.array([a + b + c for a in "ACGT" for b in "ACGT" for c in "ACGT" if a + b + c not in STOPS])
+    codon_bytes = np.frombuffer("".join(codons).encode(), dtype=np.uint8).reshape(-1, 3)
+    rng = np.random.default_rng(seed)
+    quality = b"I" * length
+    with xopen(path, "wb", compresslevel=1, threads=0) as out:
+        for start in range(0, n, batch):
+            m = min(batch, n - start)
+            seqs = bases[rng.integers(0, 4, size=(m, length))]
+            coding = rng.random(m) < coding_fraction
+            k = int(coding.sum())
+            if k:
+                picked = codon_bytes[rng.integers(0, len(codons), size=(k, length // 3 + 1))].reshape(k, -1)
+                seqs[coding] = picked[:, :length]
+            lines = []
+            for i, row in enumerate(seqs):
+                lines.append(b"@read_%d\n%s\n+\n%s\n" % (start + i, row.tobytes(), quality))
+            out.write(b"".join(lines))
+
+
+def translate_block(block, chunk_size: int) -> tuple[int, int]:
+    """What a worker does to a bag before the GPU: parse, validate, chunk, translate."""
+    from virnuc_hpc.frames import frames_for_records
+    from virnuc_hpc.reading import parse_block
+    from virnuc_hpc.validation import check_records
+
+    parsed = parse_block(block)
+    valid, _ = check_records(parsed.records, parsed.problems, parsed.invalid)
+    table = frames_for_records([r for r, ok in zip(parsed.records, valid) if ok], chunk_size)
+    return block.n_records, len(table)
+
+
+def reading_throughput(path: Path, cores: int, block_records: int = 25_000) -> dict:
+    from distributed import Client, LocalCluster, as_completed
+
+    from virnuc_hpc.reading import iter_blocks
+    from virnuc_hpc.samples import samples_from_paths
+
+    file = samples_from_paths([str(path)])[0].files[0]
+    with LocalCluster(n_workers=cores, threads_per_worker=1, host="127.0.0.1", dashboard_address=None,
+                      processes=True) as cluster, Client(cluster, set_as_default=False) as client:
+        client.submit(translate_block, next(iter_blocks(file, 100)), 300).result()  # imports
+        client.run(lambda: __import__("virnuc_hpc.frames"))
+        t0 = time.perf_counter()
+        blocks = iter_blocks(file, block_records)
+        pending = as_completed([client.submit(translate_block, b, 300, pure=False)
+                                for b in itertools.islice(blocks, 3 * cores)], loop=client.loop)
+        reads = frames = 0
+        for fut in pending:
+            r, f = fut.result()
+            reads, frames = reads + r, frames + f
+            b = next(blocks, None)
+            if b is not None:
+                pending.add(client.submit(translate_block, b, 300, pure=False))
+        seconds = time.perf_counter() - t0
+    return {"cores": cores, "reads": reads, "frames": frames, "seconds": seconds, "reads_per_s": reads / seconds}
+
+
+def cli_predict(path: Path, outdir: Path, device: str, extra: list[str]) -> dict:
+    shutil.rmtree(outdir, ignore_errors=True)
+    cmd = [sys.executable, "-m", "virnuc_hpc.cli", "predict", str(path), "-o", str(outdir), "--preset", "demo",
+           "--no-progress", "--bag-size", "20000", "--dashboard-address", "127.0.0.1:0", *extra]
+    if device == "cuda":
+        cmd += ["--device", "cuda", "--precision", "fp16", "--workers", "1"]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"predict failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+    run = json.loads((outdir / "run.json").read_text())
+    return {"wall_s": wall, "client_peak_rss_mb": run["client_peak_rss_mb"], "milestones_s": run["milestones_s"],
+            "stages_s": run["seconds"], "reads": run["counts"]["reads"], "frames": run["counts"]["frames"],
+            "bags": run["bags"]["total"], "bytes_per_frame": run["features"]["bytes_per_frame"]}
+
+
+def features_modes(path: Path, workdir: Path, device: str, models: list[str]) -> list[dict]:
+    rows, features = [], {}
+    for mode in ("float32", "float16", "none"):
+        for compression in ("none", "gzip"):
+            out = workdir / f"modes-{mode}-{compression}"
+            r = cli_predict(path, out, device, ["--features", mode, "--compression", compression, *models])
+            row = {"features": mode, "compression": compression, "frames": r["frames"],
+                   "bytes_per_frame": r["bytes_per_frame"]}
+            if mode != "none" and compression == "none":
+                from virnuc_hpc import open_features
+                with open_features(out) as ds:
+                    features[mode] = ds["features"].values.astype(np.float32)
+            rows.append(row)
+    a, b = features["float32"], features["float16"]
+    cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    base = next(r["bytes_per_frame"] for r in rows if r["features"] == "float32" and r["compression"] == "none")
+    for r in rows:
+        r["ratio_to_float32"] = r["bytes_per_frame"] / base
+    rows.append({"float16_cosine_min": float(cos.min()), "float16_cosine_median": float(np.median(cos))})
+    return rows
+
+
+def device_name() -> str:
+    try:
+        import torch
+        if torch.cuda.is_available():
+            return torch.cuda.get_device_name(0)
+    except ImportError:
+        pass
+    return "cpu"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--reads", default="1000000,10000000")
+    parser.add_argument("--cores", default="1,2,4,8,16")
+    parser.add_argument("--modes-reads", type=int, default=100_000)
+    parser.add_argument("--throughput-reads", type=int, default=2_000_000)
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/virnuc-input-scaling"))
+    parser.add_argument("--results", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument("--tag", default="")
+    parser.add_argument("--skip", default="", help="comma list of parts to skip: throughput,predict,modes")
+    parser.add_argument("--real-models", type=Path, default=None,
+                        help="bytes per frame with real-size random models (made here if missing; "
+                             "pipeline_scaling.make_models) instead of the demo models' small vectors")
+    args = parser.parse_args()
+    skip = set(filter(None, args.skip.split(",")))
+    name = device_name()
+    device = args.device if args.device != "auto" else ("cpu" if name == "cpu" else "cuda")
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    counts = [int(x) for x in args.reads.split(",")]
+    files = {}
+    for n in sorted(set(counts + [args.modes_reads, args.throughput_reads])):
+        path = args.workdir / f"reads-{n}.fastq.gz"
+        if not path.exists():
+            t0 = time.perf_counter()
+            synthetic_fastq_gz(path, n)
+            print(f"made {path} ({path.stat().st_size / 1e6:,.0f} MB) in {time.perf_counter() - t0:.0f} s", flush=True)
+        files[n] = path
+    result: dict = {"device": name, "cpu_count": os.cpu_count(), "reads": counts}
+    if "throughput" not in skip:
+        result["throughput"] = []
+        for cores in [int(c) for c in args.cores.split(",") if int(c) <= (os.cpu_count() or 1)]:
+            row = reading_throughput(files[args.throughput_reads], cores)
+            print(f"reading+translation, {cores:>2} cores: {row['reads_per_s']:>12,.0f} reads/s", flush=True)
+            result["throughput"].append(row)
+    if "predict" not in skip:
+        result["predict"] = []
+        for n in counts:
+            r = cli_predict(files[n], args.workdir / f"out-{n}", device, ["--features", "none"])
+            r["input_reads"] = n
+            print(f"predict {n:>10,} reads: wall {r['wall_s']:7.1f} s, client peak RSS "
+                  f"{r['client_peak_rss_mb']:6.0f} MB, first bag at {r['milestones_s'].get('first_bag_submitted', 0):5.1f} s",
+                  flush=True)
+            result["predict"].append(r)
+            shutil.rmtree(args.workdir / f"out-{n}", ignore_errors=True)
+    if "modes" not in skip:
+        models: list[str] = []
+        if args.real_models:
+            from pipeline_scaling import make_models
+            made = make_models(args.real_models)
+            models = ["--esm2-model", made["esm2"], "--dnabert-model", made["dnabert"],
+                      "--classifier", made["classifier"], "--expected-length", "300"]
+        result["modes_models"] = "real-size random" if models else "demo (small vectors)"
+        result["features_modes"] = features_modes(files[args.modes_reads], args.workdir, device, models)
+    write_results(result, args)
+
+
+def write_results(result: dict, args: argparse.Namespace) -> None:
+    slug = result["device"].lower().replace(" ", "-") + (f"-{args.tag}" if args.tag else "")
+    args.results.mkdir(parents=True, exist_ok=True)
+    lines = [f"# input_scaling on {result['device']} ({result['cpu_count']} CPU cores)", "",
+             "Synthetic 150-bp FASTQ.gz; demo models (random weights: no biological meaning).", ""]
+    if "throughput" in result:
+        lines += ["## Reading + validation + chunking + translation", "", "| cores | reads/s | vs 1 core |", "|---|---|---|"]
+        one = result["throughput"][0]["reads_per_s"]
+        lines += [f"| {r['cores']} | {r['reads_per_s']:,.0f} | {r['reads_per_s'] / one:.2f} |" for r in result["throughput"]]
+        lines.append("")
+    if "predict" in result:
+        lines += ["## predict through the CLI (--features none)", "",
+                  "| reads | wall s | client peak RSS MB | first bag submitted s | first bag done s | bags |",
+                  "|---|---|---|---|---|---|"]
+        for r in result["predict"]:
+            m = r["milestones_s"]
+            lines.append(f"| {r['input_reads']:,} | {r['wall_s']:.1f} | {r['client_peak_rss_mb']:.0f} | "
+                         f"{m.get('first_bag_submitted', 0):.1f} | {m.get('first_bag_done', 0):.1f} | {r['bags']} |")
+        lines.append("")
+        if len(result["predict"]) >= 2:
+            a, b = result["predict"][0], result["predict"][-1]
+            result["rss_ratio_largest_to_smallest"] = b["client_peak_rss_mb"] / a["client_peak_rss_mb"]
+            lines.append(f"Client peak RSS, {b['input_reads']:,} vs {a['input_reads']:,} reads: "
+                         f"{result['rss_ratio_largest_to_smallest']:.3f}x.")
+            lines.append("")
+    if "features_modes" in result:
+        lines += [f"## Bytes per frame (bag files, everything included; {result['modes_models']} models)", "",
+                  "| features | compression | bytes/frame | vs float32 |", "|---|---|---|---|"]
+        for r in result["features_modes"]:
+            if "features" in r:
+                lines.append(f"| {r['features']} | {r['compression']} | {r['bytes_per_frame']:,.0f} | "
+                             f"{r['ratio_to_float32']:.3f} |")
+        cos = result["features_modes"][-1]
+        lines += ["", f"float16 features vs float32: cosine min {cos['float16_cosine_min']:.6f}, "
+                      f"median {cos['float16_cosine_median']:.6f}.", ""]
+    if "throughput" in result:
+        best = max(r["reads_per_s"] for r in result["throughput"])
+        lines += ["## 100M reads on 4 nodes (written estimate)", "",
+                  f"Input side: the client only decompresses and cuts (one stream per file); workers parse "
+                  f"and translate. At the {best:,.0f} reads/s measured here, 100M reads need "
+                  f"{1e8 / best / 60:.1f} min of input work, spread over the bags, far below the GPU time "
+                  "(ESM-2 3B at ~92k tokens/s per GPU: ~41 tokens per 150-bp read -> about 12.4 GPU hours, "
+                  "so ~3.1 h on 4 nodes of 1 GPU, ~47 min on 4 nodes of 4 GPUs). Client memory stays at "
+                  "the level measured above (it holds a bounded number of bags); disk with --features none "
+                  "is about 80M frames x the none bytes/frame above.", ""]
+    (args.results / f"input_scaling-{slug}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (args.results / f"input_scaling-{slug}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
