@@ -9,11 +9,11 @@ coding-like, one stop-free frame by construction; the rest random). Measures, in
    cuts the decompressed stream into blocks (as `predict` does), a local Dask cluster of N processes
    parses and translates them; reads/s per N.
 2. `virnuc-hpc predict` end to end through the CLI (demo models, random weights, on the GPU when
-   there is one, `--features none` so that 10M reads fit the disk): wall time, the client's peak
-   RSS, seconds to the first bag, for each read count.
-3. bytes per frame of every features mode (float32, float16, none, each plain and gzip) on 100k
-   reads, and the float16 features' cosine to the float32 ones.
+   there is one, `--features none` so that 10M reads fit the disk; the demo models are so small
+   that several workers share the GPU, `--workers-per-gpu`): wall time, the client's peak RSS,
+   seconds to the first bag, for each read count.
 
+Bytes per frame of the features modes: benchmarks/features_bytes.py.
 Writes JSON + markdown under benchmarks/results/ named after the machine's GPU (or "cpu"), with a
 written estimate for 100M reads on 4 nodes.
 """
@@ -100,14 +100,16 @@ def reading_throughput(path: Path, cores: int, block_records: int = 25_000) -> d
     return {"cores": cores, "reads": reads, "frames": frames, "seconds": seconds, "reads_per_s": reads / seconds}
 
 
-def cli_predict(path: Path, outdir: Path, device: str, extra: list[str]) -> dict:
+def cli_predict(path: Path, outdir: Path, device: str, extra: list[str], workers_per_gpu: int = 1) -> dict:
     shutil.rmtree(outdir, ignore_errors=True)
     cmd = [sys.executable, "-m", "virnuc_hpc.cli", "predict", str(path), "-o", str(outdir), "--preset", "demo",
            "--no-progress", "--bag-size", "20000", "--dashboard-address", "127.0.0.1:0", *extra]
-    if device == "cuda":
-        cmd += ["--device", "cuda", "--precision", "fp16", "--workers", "1"]
+    env = dict(os.environ)
+    if device == "cuda":  # CUDA_VISIBLE_DEVICES=0,0,...: dask-cuda starts one worker per entry
+        cmd += ["--device", "cuda", "--precision", "fp16", "--workers", str(workers_per_gpu)]
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(["0"] * workers_per_gpu)
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         raise SystemExit(f"predict failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
@@ -115,28 +117,6 @@ def cli_predict(path: Path, outdir: Path, device: str, extra: list[str]) -> dict
     return {"wall_s": wall, "client_peak_rss_mb": run["client_peak_rss_mb"], "milestones_s": run["milestones_s"],
             "stages_s": run["seconds"], "reads": run["counts"]["reads"], "frames": run["counts"]["frames"],
             "bags": run["bags"]["total"], "bytes_per_frame": run["features"]["bytes_per_frame"]}
-
-
-def features_modes(path: Path, workdir: Path, device: str, models: list[str]) -> list[dict]:
-    rows, features = [], {}
-    for mode in ("float32", "float16", "none"):
-        for compression in ("none", "gzip"):
-            out = workdir / f"modes-{mode}-{compression}"
-            r = cli_predict(path, out, device, ["--features", mode, "--compression", compression, *models])
-            row = {"features": mode, "compression": compression, "frames": r["frames"],
-                   "bytes_per_frame": r["bytes_per_frame"]}
-            if mode != "none" and compression == "none":
-                from virnuc_hpc import open_features
-                with open_features(out) as ds:
-                    features[mode] = ds["features"].values.astype(np.float32)
-            rows.append(row)
-    a, b = features["float32"], features["float16"]
-    cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
-    base = next(r["bytes_per_frame"] for r in rows if r["features"] == "float32" and r["compression"] == "none")
-    for r in rows:
-        r["ratio_to_float32"] = r["bytes_per_frame"] / base
-    rows.append({"float16_cosine_min": float(cos.min()), "float16_cosine_median": float(np.median(cos))})
-    return rows
 
 
 def device_name() -> str:
@@ -153,16 +133,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reads", default="1000000,10000000")
     parser.add_argument("--cores", default="1,2,4,8,16")
-    parser.add_argument("--modes-reads", type=int, default=100_000)
     parser.add_argument("--throughput-reads", type=int, default=2_000_000)
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/virnuc-input-scaling"))
     parser.add_argument("--results", type=Path, default=Path(__file__).parent / "results")
     parser.add_argument("--tag", default="")
-    parser.add_argument("--skip", default="", help="comma list of parts to skip: throughput,predict,modes")
-    parser.add_argument("--real-models", type=Path, default=None,
-                        help="bytes per frame with real-size random models (made here if missing; "
-                             "pipeline_scaling.make_models) instead of the demo models' small vectors")
+    parser.add_argument("--skip", default="", help="comma list of parts to skip: throughput,predict")
+    parser.add_argument("--workers-per-gpu", type=int, default=4,
+                        help="demo models are tiny: the workers' host work (parse, translate, "
+                             "tokenise, write) is the bottleneck, so several workers share a GPU")
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
     name = device_name()
@@ -170,7 +149,7 @@ def main() -> None:
     args.workdir.mkdir(parents=True, exist_ok=True)
     counts = [int(x) for x in args.reads.split(",")]
     files = {}
-    for n in sorted(set(counts + [args.modes_reads, args.throughput_reads])):
+    for n in sorted(set(counts + [args.throughput_reads])):
         path = args.workdir / f"reads-{n}.fastq.gz"
         if not path.exists():
             t0 = time.perf_counter()
@@ -184,25 +163,20 @@ def main() -> None:
             row = reading_throughput(files[args.throughput_reads], cores)
             print(f"reading+translation, {cores:>2} cores: {row['reads_per_s']:>12,.0f} reads/s", flush=True)
             result["throughput"].append(row)
+            write_results(result, args)
     if "predict" not in skip:
         result["predict"] = []
         for n in counts:
-            r = cli_predict(files[n], args.workdir / f"out-{n}", device, ["--features", "none"])
+            r = cli_predict(files[n], args.workdir / f"out-{n}", device, ["--features", "none"],
+                            args.workers_per_gpu)
             r["input_reads"] = n
+            r["workers"] = args.workers_per_gpu if device == "cuda" else None
             print(f"predict {n:>10,} reads: wall {r['wall_s']:7.1f} s, client peak RSS "
                   f"{r['client_peak_rss_mb']:6.0f} MB, first bag at {r['milestones_s'].get('first_bag_submitted', 0):5.1f} s",
                   flush=True)
             result["predict"].append(r)
             shutil.rmtree(args.workdir / f"out-{n}", ignore_errors=True)
-    if "modes" not in skip:
-        models: list[str] = []
-        if args.real_models:
-            from pipeline_scaling import make_models
-            made = make_models(args.real_models)
-            models = ["--esm2-model", made["esm2"], "--dnabert-model", made["dnabert"],
-                      "--classifier", made["classifier"], "--expected-length", "300"]
-        result["modes_models"] = "real-size random" if models else "demo (small vectors)"
-        result["features_modes"] = features_modes(files[args.modes_reads], args.workdir, device, models)
+            write_results(result, args)  # after each run: a time-out keeps what was measured
     write_results(result, args)
 
 
@@ -231,16 +205,6 @@ def write_results(result: dict, args: argparse.Namespace) -> None:
             lines.append(f"Client peak RSS, {b['input_reads']:,} vs {a['input_reads']:,} reads: "
                          f"{result['rss_ratio_largest_to_smallest']:.3f}x.")
             lines.append("")
-    if "features_modes" in result:
-        lines += [f"## Bytes per frame (bag files, everything included; {result['modes_models']} models)", "",
-                  "| features | compression | bytes/frame | vs float32 |", "|---|---|---|---|"]
-        for r in result["features_modes"]:
-            if "features" in r:
-                lines.append(f"| {r['features']} | {r['compression']} | {r['bytes_per_frame']:,.0f} | "
-                             f"{r['ratio_to_float32']:.3f} |")
-        cos = result["features_modes"][-1]
-        lines += ["", f"float16 features vs float32: cosine min {cos['float16_cosine_min']:.6f}, "
-                      f"median {cos['float16_cosine_median']:.6f}.", ""]
     if "throughput" in result:
         best = max(r["reads_per_s"] for r in result["throughput"])
         lines += ["## 100M reads on 4 nodes (written estimate)", "",
@@ -250,10 +214,11 @@ def write_results(result: dict, args: argparse.Namespace) -> None:
                   "(ESM-2 3B at ~92k tokens/s per GPU: ~41 tokens per 150-bp read -> about 12.4 GPU hours, "
                   "so ~3.1 h on 4 nodes of 1 GPU, ~47 min on 4 nodes of 4 GPUs). Client memory stays at "
                   "the level measured above (it holds a bounded number of bags); disk with --features none "
-                  "is about 80M frames x the none bytes/frame above.", ""]
+                  "is about 80M frames x 118 bytes (features_bytes.md) = 9.4 GB, with float16 about "
+                  "550 GB.", ""]
     (args.results / f"input_scaling-{slug}.json").write_text(json.dumps(result, indent=2) + "\n")
     (args.results / f"input_scaling-{slug}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    print("\n".join(lines), flush=True)
 
 
 if __name__ == "__main__":

@@ -106,8 +106,9 @@ def test_bad_record_mid_run_stops_the_run_with_its_line(tmp_path: Path, demo_cac
     """A bad record far into the input is found by the worker that takes its bag: exit 2 with
     file:line, the other bags are cancelled, nothing looks finished; --skip-invalid then goes on."""
     lines = DEMO_FASTA.read_text().splitlines()
-    lines[-3:-3] = [">broken_read", "ACGTXACGT"]
-    bad_line = len(lines) - 3
+    last_header = max(i for i, line in enumerate(lines) if line.startswith(">"))
+    lines[last_header:last_header] = [">broken_read", "ACGTXACGT"]
+    bad_line = last_header + 2
     path = tmp_path / "late.fa"
     path.write_text("\n".join(lines) + "\n")
     outdir = tmp_path / "out"

@@ -36,6 +36,7 @@ from virnuc_hpc.fasta import (
     validate,
 )
 from virnuc_hpc.reading import FASTA, FASTQ, Block, iter_blocks, open_binary, parse_block, sniff
+from virnuc_hpc.validation import check_records, id_line, sorted_ids
 from virnuc_hpc.samples import (
     InputFile,
     Sample,
@@ -392,6 +393,23 @@ def test_fasta_parse_block_marks_invalid_records(tmp_path: Path) -> None:
         ([("a", "AC", 1), ("b", "A*", 3)], frozenset({1})), ([("c", "", 5), ("d", "GG", 6)], frozenset({0}))]
     assert [(p.kind, p.line) for p in parsed[0].problems + parsed[1].problems] == [
         (INVALID_CHAR, 4), (EMPTY_SEQUENCE, 5)]
+
+
+def test_check_records_and_sorted_ids_of_a_block_with_repeats_and_problems(tmp_path: Path) -> None:
+    a = write(tmp_path / "a.fq", "@r2\nAC\n+\nII\n@r1\nA!\n+\nII\n@r2\nGG\n+\nII\n@ x\nGG\n+\nII\n"
+                                 "@\nGG\n+\nII\n@r10\nTT\n+\nII\n")
+    parsed = parse_block(blocks_of(a, 10)[0])
+    valid, located = check_records(parsed.records, parsed.problems, parsed.invalid)
+    assert valid == [True, False, False, True, False, True]
+    assert [(i, p.line, p.kind) for i, p in located] == [(1, 6, INVALID_CHAR), (2, 9, DUPLICATE_ID),
+                                                           (4, 17, EMPTY_ID)]
+    assert located[1][1].message == f"duplicate id, first seen at {a}:1"
+    # The first occurrence of each id, sorted by id; the empty id has no line.
+    assert sorted_ids(3, parsed.records, valid) == "".join(sorted([
+        id_line("r2", 3, 0, 1, True), id_line("r1", 3, 1, 5, False), id_line("x", 3, 3, 13, True),
+        id_line("r10", 3, 5, 21, True)]))
+    clean = parse_block(blocks_of(write(tmp_path / "b.fq", "@b\nAC\n+\nII\n@a\nGG\n+\nII\n"), 10)[0])
+    assert check_records(clean.records, clean.problems, clean.invalid) == ([True, True], [])
 
 
 def test_parse_block_does_not_judge_duplicates_but_load_records_does(tmp_path: Path) -> None:

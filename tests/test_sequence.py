@@ -243,6 +243,19 @@ def test_frames_for_records_matches_reference(random_reads: list[Read], c: int, 
     assert 0 in table.read_n_chunks.tolist()
 
 
+@pytest.mark.parametrize("batch_bases", [1 << 20, 3000])
+def test_frames_for_records_short_read_groups_match_reference(batch_bases: int) -> None:
+    # Groups of reads that are all 1..c bases take the one-chunk-per-read path; a long or an
+    # empty read puts its group on the per-read path. Both must give the reference table.
+    rng = random.Random(11)
+    reads = [Read(f"s{i}", random_seq(rng, rng.randrange(1, 301))) for i in range(3000)]
+    reads[2500:2500] = [Read("long", random_seq(rng, 1700)), Read("empty", "")]
+    expected = ref_frame_table(reads, 300)
+    assert_table_matches(frames_for_records(reads, 300, batch_bases=batch_bases), expected)
+    assert_table_matches(frames_for_records(iter(reads), 300, batch_bases=batch_bases), expected)
+    assert len(expected["frame_id"]) > 1000 and expected["chunks_without_frames"]
+
+
 def test_six_frames_matches_reference(random_reads: list[Read]) -> None:
     checked = 0
     for read in random_reads[::7]:

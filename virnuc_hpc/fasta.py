@@ -21,6 +21,7 @@ import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import islice
+from typing import NamedTuple
 
 from .samples import InputFile, mate_read_id
 
@@ -53,9 +54,12 @@ MALFORMED = "malformed-record"  # FASTQ records that are not 4 well-formed lines
 STRUCTURAL_KINDS = frozenset({EMPTY_FILE, TEXT_BEFORE_HEADER, BINARY, UNREADABLE, MALFORMED})
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
-    """One FASTA or FASTQ record; `line` is the 1-based line of its header, for error messages."""
+class Record(NamedTuple):
+    """One FASTA or FASTQ record; `line` is the 1-based line of its header, for error messages.
+
+    A NamedTuple rather than a frozen dataclass: one is built per read, and a frozen
+    dataclass's __init__ (object.__setattr__ per field) made that half of FASTQ parsing.
+    """
 
     id: str
     seq: str

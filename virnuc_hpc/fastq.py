@@ -9,6 +9,7 @@ CRLF is accepted; text after the id may be UTF-8, as in FASTA headers.
 from __future__ import annotations
 
 import io
+import itertools
 import re
 
 import dnaio
@@ -44,19 +45,25 @@ def parse_text(data: bytes, path: str, first_line: int, id_suffix: str = "",
         return Parsed([], [binary_problem(path, text, junk, line, "FASTQ")], frozenset())
     if not text.isascii():  # only header descriptions can hold it now; dnaio wants ASCII
         text = _NON_ASCII.sub(b"?", text)
-    records: list[Record] = []
+    names: list[str] = []  # of the records before any format error
+    seqs: list[str] = []
     problems: list[Problem] = []
     try:
-        for number, read in enumerate(dnaio.open(io.BytesIO(text), fileformat="fastq")):
-            records.append(Record(mate_read_id(record_id(read.name), id_suffix), read.sequence, path,
-                                  line + 4 * number))
+        for read in dnaio.open(io.BytesIO(text), fileformat="fastq"):
+            names.append(read.name)
+            seqs.append(read.sequence)
     except dnaio.FastqFormatError as error:
-        problems.append(_malformed(path, text, line, len(records), id_suffix, error))
+        problems.append(_malformed(path, text, line, len(names), id_suffix, error))
     else:
-        if expected is not None and len(records) < expected:
+        if expected is not None and len(names) < expected:
             message = "malformed FASTQ: blank line between records (a FASTQ record is exactly 4 lines)"
-            problems.append(Problem(path, line + 4 * len(records), None, MALFORMED, message))
-    invalid = _invalid(records)
+            problems.append(Problem(path, line + 4 * len(names), None, MALFORMED, message))
+    # Column by column: the loop above does only what must happen while dnaio reads.
+    ids = [record_id(name) for name in names]
+    if id_suffix:
+        ids = [mate_read_id(rid, id_suffix) for rid in ids]
+    records = list(map(Record, ids, seqs, itertools.repeat(path), range(line, line + 4 * len(ids), 4)))
+    invalid = _invalid(ids, seqs)
     record_problems = [p for i in invalid for p in _record_problems(records[i])]
     return Parsed(records, record_problems + problems, frozenset(invalid))
 
@@ -68,17 +75,16 @@ def _is_header(line: bytes, index: int) -> bool:
     return index % 4 == 0 and line.startswith(b"@")
 
 
-def _invalid(records: list[Record]) -> list[int]:
+def _invalid(ids: list[str], seqs: list[str]) -> list[int]:
     """Positions of records with an empty id or sequence or a non-IUPAC character.
 
     One C pass over all sequences when the block is clean, which it nearly always is.
     """
-    seqs = [record.seq for record in records]
-    if all(record.id for record in records) and all(seqs):
+    if all(ids) and all(seqs):
         if not "".join(seqs).encode("ascii").translate(None, _VALID):
             return []
-    return [i for i, record in enumerate(records)
-            if not (record.id and record.seq and not record.seq.encode("ascii").translate(None, _VALID))]
+    return [i for i, (rid, seq) in enumerate(zip(ids, seqs))
+            if not (rid and seq and not seq.encode("ascii").translate(None, _VALID))]
 
 
 def _record_problems(record: Record) -> list[Problem]:

@@ -10,6 +10,7 @@ any '*', and its nucleotide string is 3P+1 bases long.
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ import numpy as np
 from virnuc_hpc.chunking import chunk_bounds
 
 FRAME_NAMES = ("F1", "F2", "F3", "R1", "R2", "R3")
-DEFAULT_BATCH_BASES = 1 << 21  # bases translated per numpy batch: bounds memory, stays in cache
+DEFAULT_BATCH_BASES = 1 << 20  # bases translated per numpy batch: bounds memory, stays in cache
 
 # NCBI translation table 1, codons enumerated in TCAG order.
 _NCBI_BASES = "TCAG"
@@ -46,6 +47,9 @@ def _base5_tables() -> tuple[np.ndarray, np.ndarray]:
 
 
 _CODE, _AMINO = _base5_tables()
+_CODE_TABLE = _CODE.tobytes()  # the same maps as bytes.translate tables
+_AMINO_TABLE = _AMINO.tobytes() + bytes(256 - len(_AMINO))
+_DROPPED_CHAR = chr(_DROPPED)
 
 
 class SequenceRecord(Protocol):
@@ -118,28 +122,36 @@ def frames_for_records(
     *,
     batch_bases: int = DEFAULT_BATCH_BASES,
 ) -> FrameTable:
-    """Chunk every record (spec section 1) and keep its frames (section 2), in input order."""
+    """Chunk every record (spec section 1) and keep its frames (section 2), in input order.
+
+    Records are taken in groups of at most batch_bases // chunk_size; a group of short reads
+    (every read 1..chunk_size bases, the common case) is one chunk per read, handled with
+    list operations instead of a Python step per read.
+    """
     if chunk_size <= 0:
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
     out = _Columns()
     read_ids: list[str] = []
     read_n_chunks: list[int] = []
     batch = _Batch()
-    for record in records:
-        read_id, seq = record.id, record.seq
-        length = len(seq)
-        read_ids.append(read_id)
-        if length <= chunk_size:  # the common case for short reads: skip the bounds arithmetic
-            read_n_chunks.append(1 if length else 0)
-            if length:
-                batch.add(f"{read_id}_chunk_1", seq, read_id)
+    source = iter(records)
+    group_size = max(1, batch_bases // chunk_size)
+    while group := list(itertools.islice(source, group_size)):
+        ids = [record.id for record in group]
+        seqs = [record.seq for record in group]
+        lengths = list(map(len, seqs))
+        read_ids.extend(ids)
+        if min(lengths) > 0 and max(lengths) <= chunk_size:
+            read_n_chunks.extend([1] * len(ids))
+            batch.extend([f"{read_id}_chunk_1" for read_id in ids], seqs, ids, sum(lengths))
         else:
-            bounds = chunk_bounds(length, chunk_size)
-            read_n_chunks.append(len(bounds))
-            for i, (start, end) in enumerate(bounds):
-                batch.add(f"{read_id}_chunk_{i + 1}", seq[start:end], read_id)
-                if batch.bases >= batch_bases:
-                    batch = batch.flush(out)
+            for read_id, seq, length in zip(ids, seqs, lengths):
+                bounds = chunk_bounds(length, chunk_size)
+                read_n_chunks.append(len(bounds))
+                for i, (start, end) in enumerate(bounds):
+                    batch.extend([f"{read_id}_chunk_{i + 1}"], [seq[start:end]], [read_id], end - start)
+                    if batch.bases >= batch_bases:
+                        batch = batch.flush(out)
         if batch.bases >= batch_bases:
             batch = batch.flush(out)
     batch.flush(out)
@@ -179,11 +191,12 @@ class _Batch:
     read_ids: list[str] = field(default_factory=list)
     bases: int = 0
 
-    def add(self, chunk_id: str, seq: str, read_id: str) -> None:
-        self.chunk_ids.append(chunk_id)
-        self.seqs.append(seq)
-        self.read_ids.append(read_id)
-        self.bases += len(seq)
+    def extend(self, chunk_ids: list[str], seqs: list[str], read_ids: list[str], bases: int) -> None:
+        """Add chunks (parallel lists) holding `bases` bases in all."""
+        self.chunk_ids.extend(chunk_ids)
+        self.seqs.extend(seqs)
+        self.read_ids.extend(read_ids)
+        self.bases += bases
 
     def flush(self, out: _Columns) -> _Batch:
         """Translate the batch into `out`; return a fresh, empty batch."""
@@ -199,7 +212,7 @@ class _Batch:
         out.read_id.extend([read_ids[j] for j in chunk_index])
         out.protein.extend(proteins)
         out.nucleotide.extend(nucleotides)
-        out.chunks_without_frames.extend(chunk_ids[j] for j in np.flatnonzero(~kept.any(axis=1)).tolist())
+        out.chunks_without_frames.extend([chunk_ids[j] for j in np.flatnonzero(~kept.any(axis=1)).tolist()])
         return _Batch()
 
 
@@ -207,14 +220,15 @@ def _translate_chunks(seqs: list[str]) -> tuple[np.ndarray, list[str], list[str]
     """Six-frame translate chunks: (kept mask of shape (n, 6), proteins, nucleotides).
 
     Proteins and nucleotides are given for kept frames only, chunk by chunk in F1..R3 order.
+    Only stops and dropped codons are located per frame; the codons of a frame are read (as a
+    stride-3 slice of one amino-acid string) only when the frame is kept.
     """
-    forward, reverse, text, lengths = _upper_and_revcomp(seqs)
-    total, n = len(forward), len(lengths)
+    both, text, lengths = _upper_and_revcomp(seqs)
+    total, n = len(both) // 2, len(lengths)
     offsets = np.cumsum(lengths) - lengths
-    # Amino acid of the codon starting at every position: forward buffer, then reverse buffer.
-    amino = np.zeros(2 * total, dtype=np.uint8)
-    amino[: max(total - 2, 0)] = _amino_at(forward)
-    amino[total : total + max(total - 2, 0)] = _amino_at(reverse)
+    # Amino acid of the codon starting at every position of forward + reverse (the layout of
+    # `text`); codons running past a chunk end are computed too, but lie in no frame.
+    amino = _amino_at(both)
     # Frame f of chunk j is a run of codons every 3 positions from its start. The reverse
     # complement of chunk j sits at total - offset - length in the reversed buffer, which
     # follows the forward one in `amino` and `text`.
@@ -224,35 +238,61 @@ def _translate_chunks(seqs: list[str]) -> tuple[np.ndarray, list[str], list[str]
     frame_offset = np.array([0, 1, 2, 0, 1, 2], dtype=np.int64)
     starts = (chunk_base + frame_offset).ravel()
     counts = (np.maximum(lengths[:, None] - frame_offset, 0) // 3).ravel()  # complete codons
-    first = np.cumsum(counts) - counts  # index of each frame's first codon in `codons`
-    positions = np.repeat(starts - 3 * first, counts) + 3 * np.arange(counts.sum(), dtype=np.int64)
-    codons = amino[positions]
-    # Stops and dropped codons are rare: find them, then credit them to their frame.
-    ends = first + counts
-    frame_of_stop = np.searchsorted(ends, np.flatnonzero(codons == _STOP), side="right")
-    dropped = codons == _DROPPED
-    frame_dropped = np.bincount(
-        np.searchsorted(ends, np.flatnonzero(dropped), side="right"), minlength=len(counts)
-    )
+    # A frame is kept when it has no stop and some codon that is not dropped.
+    codes = np.frombuffer(amino, dtype=np.uint8)
+    segments = _Segments(offsets, lengths, total)
+    has_stop = np.zeros(6 * n, dtype=bool)
+    has_stop[segments.frame_of(np.flatnonzero(codes == _STOP))] = True
+    frame_dropped = np.bincount(segments.frame_of(np.flatnonzero(codes == _DROPPED)), minlength=6 * n)
     protein_len = counts - frame_dropped
-    kept = protein_len > 0
-    kept[frame_of_stop] = False
+    kept = (protein_len > 0) & ~has_stop
     chosen = np.flatnonzero(kept)
-    # Proteins: the non-dropped amino acids of all frames, decoded once and sliced.
-    residues = codons[~dropped].tobytes().decode("ascii")
-    p_start = (first - (np.cumsum(frame_dropped) - frame_dropped))[chosen]
-    p_len = protein_len[chosen]
-    proteins = [residues[a:b] for a, b in zip(p_start.tolist(), (p_start + p_len).tolist())]
+    # Proteins: every third amino acid from the frame start, dropped codons removed.
+    residues = amino.decode("ascii")
+    p_start = starts[chosen]
+    p_end = p_start + 3 * counts[chosen]
+    proteins = [residues[a:b:3] for a, b in zip(p_start.tolist(), p_end.tolist())]
+    for i in np.flatnonzero(frame_dropped[chosen]).tolist():
+        proteins[i] = proteins[i].replace(_DROPPED_CHAR, "")
     # Nucleotides: 3P+1 bases from the frame start (quirk), clipped at the chunk end.
-    n_start = starts[chosen]
     chunk_end = (chunk_base + lengths[:, None]).ravel()[chosen]
-    n_end = np.minimum(n_start + 3 * p_len + 1, chunk_end)
-    nucleotides = [text[a:b] for a, b in zip(n_start.tolist(), n_end.tolist())]
+    n_end = np.minimum(p_start + 3 * protein_len[chosen] + 1, chunk_end)
+    nucleotides = [text[a:b] for a, b in zip(p_start.tolist(), n_end.tolist())]
     return kept.reshape(n, 6), proteins, nucleotides
 
 
-def _upper_and_revcomp(seqs: list[str]) -> tuple[bytes, bytes, str, np.ndarray]:
-    """Upper-cased chunks end to end, their reverse complement, both as text, and chunk lengths.
+class _Segments:
+    """The forward and reverse-complement copies of each chunk in forward + reverse buffers.
+
+    Forward copies lie in chunk order, reverse ones in reverse chunk order, so the start of
+    every copy, taken in that order, is ascending and a position's copy is a binary search.
+    """
+
+    def __init__(self, offsets: np.ndarray, lengths: np.ndarray, total: int) -> None:
+        self.n = len(lengths)
+        self.start = np.concatenate([offsets, (2 * total - offsets - lengths)[::-1]])
+        self.length = np.concatenate([lengths, lengths[::-1]])
+
+    def frame_of(self, positions: np.ndarray) -> np.ndarray:
+        """Flat frame index (6 * chunk + F1..R3) of each codon start that lies in a frame.
+
+        A position whose codon runs past the end of its copy is in no frame and is left out.
+        """
+        # Positions are ascending: find where each copy's positions begin (a search per copy,
+        # not per position), then number every position with its copy.
+        begins = np.searchsorted(positions, self.start)
+        copy = np.repeat(np.arange(len(self.start)), np.diff(begins, append=len(positions)))
+        rel = positions - self.start[copy]
+        inside = rel <= self.length[copy] - 3
+        copy, rel = copy[inside], rel[inside]
+        reverse = copy >= self.n
+        chunk = np.where(reverse, 2 * self.n - 1 - copy, copy)
+        return 6 * chunk + 3 * reverse + rel % 3
+
+
+def _upper_and_revcomp(seqs: list[str]) -> tuple[bytes, str, np.ndarray]:
+    """Upper-cased chunks end to end then their reverse complement, as bytes and as text,
+    and the chunk lengths.
 
     The bytes are for translation (one byte per character; a non-ASCII character becomes '?',
     which is not a base either); the text is what nucleotide strings are cut from, so that
@@ -261,27 +301,24 @@ def _upper_and_revcomp(seqs: list[str]) -> tuple[bytes, bytes, str, np.ndarray]:
     joined = "".join(seqs)
     if joined.isascii():  # upper() keeps the length, so offsets can come from the inputs
         forward = joined.upper().encode("ascii")
-        reverse = forward.translate(_COMPLEMENT_BYTES)[::-1]
-        text = (forward + reverse).decode("ascii")
+        both = forward + forward.translate(_COMPLEMENT_BYTES)[::-1]
         lengths = np.fromiter(map(len, seqs), dtype=np.int64, count=len(seqs))
-        return forward, reverse, text, lengths
+        return both, both.decode("ascii"), lengths
     upper = [s.upper() for s in seqs]  # e.g. 'ß'.upper() == 'SS': lengths may change
     forward_text = "".join(upper)
-    reverse_text = forward_text.translate(_COMPLEMENT_STR)[::-1]
+    text = forward_text + forward_text.translate(_COMPLEMENT_STR)[::-1]
     lengths = np.fromiter(map(len, upper), dtype=np.int64, count=len(upper))
-    return (
-        forward_text.encode("ascii", "replace"),
-        reverse_text.encode("ascii", "replace"),
-        forward_text + reverse_text,
-        lengths,
-    )
+    return text.encode("ascii", "replace"), text, lengths
 
 
-def _amino_at(buffer: bytes) -> np.ndarray:
-    """Amino-acid byte of the codon starting at each position 0..len-3 (_DROPPED if not ACGT)."""
-    code = _CODE[np.frombuffer(buffer, dtype=np.uint8)]
+def _amino_at(buffer: bytes) -> bytes:
+    """Amino-acid byte of the codon starting at each position of buffer (_DROPPED if not ACGT).
+
+    The last two positions, which start no whole codon, are _DROPPED. Byte to code and index
+    to amino acid are bytes.translate table look-ups, the fastest per-byte map at hand.
+    """
+    code = np.frombuffer((buffer + b"??").translate(_CODE_TABLE), dtype=np.uint8)
     index = code[:-2] * np.uint8(25)
     index += code[1:-1] * np.uint8(5)
     index += code[2:]
-    return _AMINO[index]
-
+    return index.tobytes().translate(_AMINO_TABLE)

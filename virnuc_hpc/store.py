@@ -27,6 +27,7 @@ from typing import Any
 
 import dask
 import h5netcdf
+import h5py
 import numpy as np
 import pandas as pd
 import xarray as xr
@@ -169,7 +170,9 @@ def write_bag(outdir: Path, bag: Any, frames: Any, dnabert: np.ndarray | None, e
             raise ValueError(f"{bag.name}: {n} frames but {dnabert.shape[0]}/{esm2.shape[0]} vectors")
         feats = np.concatenate([dnabert, esm2], axis=1).astype(np.float32, copy=False)
         data_vars["features"] = (("frame", "feature"), feats)
-        encoding["features"] = {"chunksizes": (max(1, min(n, 1024)), feats.shape[1]), **gz}
+        # HDF5 stores whole chunks: rows per chunk split the bag evenly, so no chunk is mostly empty
+        rows = -(-n // max(1, -(-n // 1024))) if n else 1
+        encoding["features"] = {"chunksizes": (rows, feats.shape[1]), **gz}
         if features == "float16":
             encoding["features"]["dtype"] = "float16"
         dims = {"dnabert_dim": dnabert.shape[1], "esm2_dim": esm2.shape[1]}
@@ -247,12 +250,14 @@ class BagTables:
         return self.parts[name]
 
 
-def read_bag_tables(path: Path) -> BagTables:
-    with h5netcdf.File(path, "r") as f:
-        group = f.groups[TABLES_GROUP]
-        parts = {name: np.asarray(group.variables[name][...], dtype=np.uint8).tobytes().decode()
-                 for name in TABLE_PARTS}
-        counts = {k: int(v) for k, v in group.attrs.items()}
+def read_bag_tables(path: Path, names: Sequence[str] = TABLE_PARTS) -> BagTables:
+    """Some (default all) of a bag's table parts, and its counts. h5py directly: the tables are
+    plain byte arrays, and h5netcdf's dimension bookkeeping would cost more than reading them."""
+    with h5py.File(path, "r") as f:
+        group = f[TABLES_GROUP]
+        parts = {name: group[name][()].tobytes().decode() for name in names}
+        counts = {k: int(np.asarray(v).reshape(-1)[0]) for k, v in group.attrs.items()
+                  if not k.startswith("_") and np.size(v) == 1}
     return BagTables(parts, counts)
 
 

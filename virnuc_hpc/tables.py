@@ -165,7 +165,7 @@ class SampleTables:
         self.by_index = {ref.index: ref for ref in refs}
 
     def _part(self, ref: Any, name: str) -> str:
-        return store.read_bag_tables(store.bag_path(self.outdir, ref))[name]
+        return store.read_bag_tables(store.bag_path(self.outdir, ref), (name,))[name]
 
     def duplicates(self) -> list[Repeat]:
         """Later occurrences of ids seen earlier in another bag of this sample (the worker already
@@ -207,7 +207,7 @@ class SampleTables:
                 outputs.append(predictions)
                 predictions.write(prefix + store.PREDICTION_HEADER)
             for ref in self.refs:
-                tables = store.read_bag_tables(store.bag_path(self.outdir, ref))
+                tables = store.read_bag_tables(store.bag_path(self.outdir, ref), ("predictions", "reads"))
                 parts, bag_counts = dict(tables.parts), tables.counts
                 if ref.index in dropped:
                     parts, bag_counts = self._drop(ref, parts, dropped[ref.index])

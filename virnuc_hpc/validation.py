@@ -33,19 +33,26 @@ def check_records(records: list[Record], problems: list[Problem],
     """Which records of a block are valid, and (record position, problem) of the others.
 
     ``problems`` and ``invalid`` come from the parser; an id repeated inside the block is a
-    problem of its later occurrences (the first keeps the id, even when invalid otherwise)."""
-    lines = [r.line for r in records]
-    located = [(max(0, bisect.bisect_right(lines, p.line or 0) - 1), p) for p in problems]
-    valid = [i not in invalid for i in range(len(records))]
-    first: dict[str, int] = {}
-    for i, record in enumerate(records):
-        if not record.id:
-            continue
-        seen = first.setdefault(record.id, i)
-        if seen != i:
-            valid[i] = False
-            located.append((i, Problem(record.path, record.line, record.id, DUPLICATE_ID,
-                                       f"duplicate id, first seen at {record.path}:{records[seen].line}")))
+    problem of its later occurrences (the first keeps the id, even when invalid otherwise).
+    A block without repeated ids, the usual case, needs no per-record Python loop."""
+    located: list[tuple[int, Problem]] = []
+    if problems:
+        lines = [r.line for r in records]
+        located = [(max(0, bisect.bisect_right(lines, p.line or 0) - 1), p) for p in problems]
+    valid = [True] * len(records)
+    for i in invalid:
+        valid[i] = False
+    ids = [r.id for r in records]
+    if len(set(ids)) < len(ids):  # some id repeated (or empty twice): look record by record
+        first: dict[str, int] = {}
+        for i, record in enumerate(records):
+            if not record.id:
+                continue
+            seen = first.setdefault(record.id, i)
+            if seen != i:
+                valid[i] = False
+                located.append((i, Problem(record.path, record.line, record.id, DUPLICATE_ID,
+                                           f"duplicate id, first seen at {record.path}:{records[seen].line}")))
     located.sort(key=lambda item: item[0])  # stable: a record's own problems keep their order
     return valid, located
 
@@ -57,12 +64,17 @@ def id_line(read_id: str, block: int, position: int, line: int, valid: bool) -> 
 
 
 def sorted_ids(block_number: int, records: list[Record], valid: list[bool]) -> str:
-    """The first occurrence of each id of a block, as sorted ``id_line``s."""
-    first: dict[str, tuple[int, int, bool]] = {}
-    for position, (record, ok) in enumerate(zip(records, valid)):
-        if record.id and record.id not in first:
-            first[record.id] = (position, record.line, ok)
-    return "".join(sorted(id_line(rid, block_number, p, line, ok) for rid, (p, line, ok) in first.items()))
+    """The first occurrence of each id of a block, as sorted ``id_line``s.
+
+    Built with comprehensions (the id_line format inlined): this runs for every block of a run."""
+    ids = [record.id for record in records]
+    # Walking the block backwards, an id's first occurrence is stored last and wins.
+    first = dict(zip(reversed(ids), range(len(ids) - 1, -1, -1)))
+    first.pop("", None)
+    block = f"{block_number:08d}"
+    lines = [f"{rid}\t{block}\t{p}\t{records[p].line}\t{int(valid[p])}\n" for rid, p in first.items()]
+    lines.sort()
+    return "".join(lines)
 
 
 @dataclass(frozen=True)
