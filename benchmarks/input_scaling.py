@@ -104,12 +104,24 @@ def cli_predict(path: Path, outdir: Path, device: str, extra: list[str], workers
     shutil.rmtree(outdir, ignore_errors=True)
     cmd = [sys.executable, "-m", "virnuc_hpc.cli", "predict", str(path), "-o", str(outdir), "--preset", "demo",
            "--no-progress", "--bag-size", "20000", "--dashboard-address", "127.0.0.1:0", *extra]
-    env = dict(os.environ)
-    if device == "cuda":  # CUDA_VISIBLE_DEVICES=0,0,...: dask-cuda starts one worker per entry
-        cmd += ["--device", "cuda", "--precision", "fp16", "--workers", str(workers_per_gpu)]
-        env["CUDA_VISIBLE_DEVICES"] = ",".join(["0"] * workers_per_gpu)
+    helpers: list[subprocess.Popen] = []
+    if device == "cuda":
+        cmd += ["--device", "cuda", "--precision", "fp16"]
+        if workers_per_gpu > 1:  # a scheduler and N one-GPU workers on GPU 0, joined by predict
+            address = start_shared_gpu_workers(outdir.parent / f"{outdir.name}-scheduler.json", workers_per_gpu,
+                                               helpers)
+            cmd += ["--scheduler-address", address]
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+    finally:
+        for helper in reversed(helpers):
+            helper.terminate()
+        for helper in helpers:
+            try:
+                helper.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                helper.kill()
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         raise SystemExit(f"predict failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
@@ -117,6 +129,28 @@ def cli_predict(path: Path, outdir: Path, device: str, extra: list[str], workers
     return {"wall_s": wall, "client_peak_rss_mb": run["client_peak_rss_mb"], "milestones_s": run["milestones_s"],
             "stages_s": run["seconds"], "reads": run["counts"]["reads"], "frames": run["counts"]["frames"],
             "bags": run["bags"]["total"], "bytes_per_frame": run["features"]["bytes_per_frame"]}
+
+
+def start_shared_gpu_workers(scheduler_file: Path, n: int, procs: list[subprocess.Popen]) -> str:
+    """`dask scheduler` plus n `virnuc-hpc worker` processes that all see GPU 0; returns the address."""
+    scheduler_file.unlink(missing_ok=True)
+    procs.append(subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
+                                   "--port", "0", "--no-dashboard", "--scheduler-file", str(scheduler_file)],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    deadline = time.time() + 60
+    while not scheduler_file.exists() and time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(0.5)
+    address = json.loads(scheduler_file.read_text())["address"]
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "0"}
+    for i in range(n):
+        procs.append(subprocess.Popen([sys.executable, "-m", "virnuc_hpc.cli", "worker", "--scheduler-address",
+                                       address, "--device", "cuda", "--name", f"gpu0-{i}"], env=env,
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    from distributed import Client
+    with Client(address, timeout=60) as client:
+        client.wait_for_workers(n, timeout=120)
+    return address
 
 
 def device_name() -> str:
@@ -141,7 +175,8 @@ def main() -> None:
     parser.add_argument("--skip", default="", help="comma list of parts to skip: throughput,predict")
     parser.add_argument("--workers-per-gpu", type=int, default=4,
                         help="demo models are tiny: the workers' host work (parse, translate, "
-                             "tokenise, write) is the bottleneck, so several workers share a GPU")
+                             "tokenise, write) is the bottleneck, so several workers share GPU 0 "
+                             "(a scheduler and `virnuc-hpc worker` processes that predict joins)")
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
     name = device_name()

@@ -18,7 +18,10 @@ from __future__ import annotations
 import hashlib
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, replace
+
+import numpy as np
 
 from .reading import Block, iter_blocks
 from .samples import InputFile
@@ -72,6 +75,16 @@ class Bag:
     def nbytes(self) -> int:
         return len(self.block.data)
 
+    def for_transfer(self) -> tuple[Bag, np.ndarray]:
+        """The bag without its text, and the text as a uint8 array: Dask ships arrays as raw
+        frames (no pickling of megabytes), about twice as fast as bytes inside the task."""
+        light = Bag(self.ref, replace(self.block, data=b""))
+        return light, np.frombuffer(self.block.data, dtype=np.uint8)
+
+    def with_text(self, text: np.ndarray) -> Bag:
+        """The bag again, from ``for_transfer``'s two halves (on the worker)."""
+        return Bag(self.ref, replace(self.block, data=text.tobytes()))
+
 
 def bag_digest(run_key: str, block: Block) -> str:
     """Identity of a bag: the run, where its records are, and the sha256 of their text."""
@@ -113,6 +126,20 @@ def plan_bags(files: list[InputFile], records_per_bag: Callable[[InputFile], int
     never spans two files. Of the last file, up to ``TAIL_BAGS + 1`` bags' worth of pieces are
     held back to recognise the run's tail; other files end in one smaller bag.
     """
+    with ThreadPoolExecutor(1, thread_name_prefix="virnuc-bag-digest") as digests:
+        # Joining a bag's pieces and hashing them (hashlib releases the GIL) run on a thread while
+        # the next bag is cut: one bag of look-ahead.
+        ready: deque[Future[Bag]] = deque()
+        for future in _bag_futures(files, records_per_bag, run_key, read_size, digests):
+            ready.append(future)
+            if len(ready) > 1:
+                yield ready.popleft().result()
+        while ready:
+            yield ready.popleft().result()
+
+
+def _bag_futures(files: list[InputFile], records_per_bag: Callable[[InputFile], int], run_key: str,
+                 read_size: int, pool: ThreadPoolExecutor) -> Iterator[Future[Bag]]:
     index = 0
     for number, file in enumerate(files):
         last_file = number == len(files) - 1
@@ -124,13 +151,13 @@ def plan_bags(files: list[InputFile], records_per_bag: Callable[[InputFile], int
         for piece in iter_blocks(file, per_piece, read_size=read_size):
             held.append(piece)
             if len(held) >= hold:  # the oldest pieces are surely not the tail: a full bag
-                yield _bag(index, run_key, [held.popleft() for _ in range(per_bag)])
+                yield pool.submit(_bag, index, run_key, [held.popleft() for _ in range(per_bag)])
                 index += 1
         pieces = list(held)
         sizes = bag_sizes(len(pieces), per_bag) if last_file else _chunks(len(pieces), per_bag)
         start = 0
         for size in sizes:
-            yield _bag(index, run_key, pieces[start:start + size])
+            yield pool.submit(_bag, index, run_key, pieces[start:start + size])
             index += 1
             start += size
 

@@ -15,7 +15,7 @@ import socket
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -147,17 +147,13 @@ def run(inputs: Sequence[str | Path] | str | Path, outdir: str | Path, *, client
             if first is not None:
                 workers = workers or _start_workers(stack, timer, config, client, spec)
                 dashboard = workers.dashboard
-                loaded: list[dict[str, float]] = []
-
-                def wait_for_models(w: _Workers = workers) -> None:
-                    """The first bags are queued already: their parsing overlaps the model load."""
-                    with timer("model_load"):  # what is left of it once the client is ready
-                        loaded.extend(w.client.gather(w.warm_up))
-                    marks["models_ready"] = time.perf_counter() - t_start
-
+                # Bags are submitted once every worker has its models: a bag that kills its worker
+                # must not take a warm-up (pinned to that worker) down with it.
+                with timer("model_load"):  # what is left of it once the client is ready
+                    loaded = workers.client.gather(workers.warm_up)
+                marks["models_ready"] = time.perf_counter() - t_start
                 reports = _schedule(workers.client, itertools.chain([first], pending), outdir, attrs,
-                                    rules, config, marks=marks, t_start=t_start, timer=timer,
-                                    after_first_submit=wait_for_models)
+                                    rules, config, marks=marks, t_start=t_start, timer=timer)
                 slowest = max(loaded, key=lambda p: sum(p.values()), default={})
                 worker_load_s, worker_load_phases = sum(slowest.values()), slowest
             log.info("%d bags: %d computed now, %d reused from an earlier run",
@@ -354,8 +350,7 @@ def _start_workers(stack: ExitStack, timer: StageTimer, config: RunConfig, clien
 
 def _schedule(client: Client, todo: Iterator[Bag], outdir: Path, attrs: dict[str, Any], rules: BagRules,
               config: RunConfig, *, marks: dict[str, float] | None = None, t_start: float = 0.0,
-              timer: StageTimer | None = None,
-              after_first_submit: Callable[[], None] = lambda: None) -> list[BagReport]:
+              timer: StageTimer | None = None) -> list[BagReport]:
     """Submit bags as they are cut from the input, with bounded look-ahead (a few per worker).
 
     Dynamic scheduling: a worker that finishes gets the next bag, so faster or joining workers take
@@ -382,19 +377,15 @@ def _schedule(client: Client, todo: Iterator[Bag], outdir: Path, attrs: dict[str
         key = f"{bag.name}-{bag.digest[:12]}{attempt}"
         by_key[key] = bag.ref
         held[key] = bag
+        light, text = bag.for_transfer()
         with warnings.catch_warnings():  # a bag carries megabytes of reads by design
             warnings.filterwarnings("ignore", message=".*large graph.*", category=UserWarning)
-            return client.submit(run_bag, bag, str(outdir), attrs, rules, pure=False, key=key)
+            return client.submit(run_bag, light, text, str(outdir), attrs, rules, pure=False, key=key)
 
     marks = {} if marks is None else marks
     timer = timer or StageTimer()
     futures = as_completed([submit(bag) for bag in itertools.islice(todo, in_flight_limit())], loop=client.loop)
     marks["first_bag_submitted"] = time.perf_counter() - t_start
-    try:
-        after_first_submit()
-    except BaseException:
-        client.cancel(list(futures.futures))
-        raise
     t0, tokens = time.perf_counter(), 0
     try:
         # disable=None: tqdm shows the bar only on a terminal (no carriage-return noise in log files)

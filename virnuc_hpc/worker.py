@@ -204,14 +204,16 @@ def parse_bag(bag: Bag, rules: BagRules) -> tuple[list[Any], list[bool], list[tu
     return parsed.records, valid, problems
 
 
-def run_bag(bag: Bag, outdir: str, attrs: dict[str, Any], rules: BagRules) -> BagReport:
-    """Parse, translate, embed, classify and store one bag; returns what the client needs to know."""
+def run_bag(bag: Bag, text: np.ndarray, outdir: str, attrs: dict[str, Any], rules: BagRules) -> BagReport:
+    """Parse, translate, embed, classify and store one bag (its text shipped apart, see
+    ``Bag.for_transfer``); returns what the client needs to know."""
     from . import store
     from .frames import frames_for_records
     from .tables import bag_tables
 
     plugin: EncoderPlugin = get_worker().plugins[PLUGIN_NAME]
     t0 = time.perf_counter()
+    bag = bag.with_text(text)
     # host work first: while the worker's first bag waits for the models to load, it is parsed
     records, valid, problems = parse_bag(bag, rules)
     kept = [r for r, ok in zip(records, valid) if ok]
