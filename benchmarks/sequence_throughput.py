@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from virnuc_hpc.fasta import load_records
+from virnuc_hpc.loading import load_records
 from virnuc_hpc.frames import frames_for_records
 
 RESULTS = Path(__file__).resolve().parent / "results"

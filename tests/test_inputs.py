@@ -14,7 +14,8 @@ import pytest
 
 from conftest import DEMO, DEMO_FASTA, assert_nothing_finished, cli, finished_outputs
 from virnuc_hpc import store
-from virnuc_hpc.fasta import DUPLICATE_ID, INVALID_CHAR, load_records
+from virnuc_hpc.fasta import DUPLICATE_ID, INVALID_CHAR
+from virnuc_hpc.loading import load_records
 from virnuc_hpc.samples import samples_from_paths
 from virnuc_hpc.validation import validate_samples
 

@@ -18,7 +18,7 @@ from conftest import (DEMO, DEMO_FASTA, FINAL, assert_nothing_finished, cli, fin
                       small_tmpfs)
 from virnuc_hpc import store
 from virnuc_hpc.config import load_config
-from virnuc_hpc.fasta import load_records
+from virnuc_hpc.loading import load_records
 from virnuc_hpc.frames import frames_for_records
 
 

@@ -31,10 +31,8 @@ from virnuc_hpc.fasta import (
     TEXT_BEFORE_HEADER,
     UNREADABLE,
     FastaError,
-    load_records,
-    read_fasta,
-    validate,
 )
+from virnuc_hpc.loading import load_records, read_fasta, validate
 from virnuc_hpc.reading import FASTA, FASTQ, Block, iter_blocks, open_binary, parse_block, sniff
 from virnuc_hpc.validation import check_records, id_line, sorted_ids
 from virnuc_hpc.samples import (

@@ -28,10 +28,8 @@ from virnuc_hpc.fasta import (
     FastaError,
     Problem,
     Record,
-    load_records,
-    read_fasta,
-    validate,
 )
+from virnuc_hpc.loading import load_records, read_fasta, validate
 from virnuc_hpc.frames import FrameTable, frames_for_records, six_frames
 
 # ----------------------------------------------------------------------------- reference

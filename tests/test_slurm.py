@@ -21,7 +21,7 @@ import pytest
 
 from conftest import DEMO, DEMO_FASTA, ROOT, cli, finished_outputs
 from virnuc_hpc import slurm
-from virnuc_hpc.fasta import load_records
+from virnuc_hpc.loading import load_records
 from virnuc_hpc.frames import frames_for_records
 
 pytestmark = pytest.mark.slurm

@@ -17,7 +17,8 @@ import pytest
 
 from virnuc_hpc import merge, store, tables
 from virnuc_hpc.bags import plan_bags
-from virnuc_hpc.fasta import FastaError, load_records
+from virnuc_hpc.fasta import FastaError
+from virnuc_hpc.loading import load_records
 from virnuc_hpc.frames import frames_for_records
 from virnuc_hpc.samples import samples_from_paths
 from virnuc_hpc.worker import BagRules, parse_bag

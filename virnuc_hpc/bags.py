@@ -71,10 +71,6 @@ class Bag:
     def n_records(self) -> int:
         return self.ref.n_records
 
-    @property
-    def nbytes(self) -> int:
-        return len(self.block.data)
-
     def for_transfer(self) -> tuple[Bag, np.ndarray]:
         """The bag without its text, and the text as a uint8 array: Dask ships arrays as raw
         frames (no pickling of megabytes), about twice as fast as bytes inside the task."""

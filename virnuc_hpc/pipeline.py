@@ -363,7 +363,6 @@ def _schedule(client: Client, todo: Iterator[Bag], outdir: Path, attrs: dict[str
     from distributed import KilledWorker
     from tqdm.auto import tqdm
 
-    by_key: dict[str, BagRef] = {}
     reports: list[BagReport] = []
     suspects: list[Bag] = []
     failed: list[BagRef] = []
@@ -375,7 +374,6 @@ def _schedule(client: Client, todo: Iterator[Bag], outdir: Path, attrs: dict[str
 
     def submit(bag: Bag, attempt: str = "") -> Any:
         key = f"{bag.name}-{bag.digest[:12]}{attempt}"
-        by_key[key] = bag.ref
         held[key] = bag
         light, text = bag.for_transfer()
         with warnings.catch_warnings():  # a bag carries megabytes of reads by design
