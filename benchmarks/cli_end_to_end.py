@@ -70,10 +70,14 @@ def main() -> None:
         util = [w["gpu_utilization_steady"] for w in workers if w.get("gpu_utilization_steady") is not None]
         row = {"features": features, "wall_s": wall, "wall_min": wall / 60, "stages_s": run["seconds"],
                "milestones_s": run["milestones_s"], "client_peak_rss_mb": run["client_peak_rss_mb"],
+               "client_peak_rss_mb_after_stage": run.get("client_peak_rss_mb_after_stage"),
                "reads": run["counts"]["reads"], "frames": run["counts"]["frames"], "esm_tokens": tokens,
                "esm_tokens_per_s_embed": tokens / run["seconds"]["embed_classify"],
                "gpu_util_nvml_steady_min": min(util) if util else None,
                "bytes_per_frame": run["features"]["bytes_per_frame"],
+               # outside the timed stages: Python's start and imports, and the process exit
+               "outside_stages_s": wall - sum(run["seconds"].values()),
+               "model_load_on_workers_phases_s": run.get("model_load_on_workers_phases_s"),
                "ratio_to_reference": wall / 60 / args.reference_min}
         runs.append(row)
         print(json.dumps(row), flush=True)

@@ -62,42 +62,59 @@ def synthetic_fastq_gz(path: Path, n: int, length: int = 150, coding_fraction: f
             out.write(b"".join(lines))
 
 
-def translate_block(block, chunk_size: int) -> tuple[int, int]:
-    """What a worker does to a bag before the GPU: parse, validate, chunk, translate."""
-    from virnuc_hpc.frames import frames_for_records
-    from virnuc_hpc.reading import parse_block
-    from virnuc_hpc.validation import check_records
+def translate_bag_text(light, text, rules) -> tuple[int, int]:
+    """What a worker does to a bag before the GPU (worker.translate_bag), from the bag as shipped."""
+    from virnuc_hpc.worker import translate_bag
 
-    parsed = parse_block(block)
-    valid, _ = check_records(parsed.records, parsed.problems, parsed.invalid)
-    table = frames_for_records([r for r, ok in zip(parsed.records, valid) if ok], chunk_size)
-    return block.n_records, len(table)
+    _, _, _, table = translate_bag(light.with_text(text), rules)
+    return light.n_records, len(table)
 
 
-def reading_throughput(path: Path, cores: int, block_records: int = 25_000) -> dict:
+def reading_throughput(path: Path, cores: int, records_per_bag: int = 25_000) -> dict:
+    """Reads/s of predict's input side with N one-thread worker processes: the client cuts bags
+    (bags.plan_bags) and ships them as predict does (Bag.for_transfer), workers parse, validate,
+    chunk and translate them (worker.translate_bag); a few bags in flight per worker."""
+    import dask
     from distributed import Client, LocalCluster, as_completed
 
-    from virnuc_hpc.reading import iter_blocks
+    from virnuc_hpc.bags import plan_bags
+    from virnuc_hpc.cluster import worker_dask_config
     from virnuc_hpc.samples import samples_from_paths
+    from virnuc_hpc.worker import BagRules
 
     file = samples_from_paths([str(path)])[0].files[0]
-    with LocalCluster(n_workers=cores, threads_per_worker=1, host="127.0.0.1", dashboard_address=None,
+    rules = BagRules(chunk_size=300, skip_invalid=False, classify=False)
+    with dask.config.set(worker_dask_config()), LocalCluster(n_workers=cores, threads_per_worker=1, host="127.0.0.1", dashboard_address=None,
                       processes=True) as cluster, Client(cluster, set_as_default=False) as client:
-        client.submit(translate_block, next(iter_blocks(file, 100)), 300).result()  # imports
-        client.run(lambda: __import__("virnuc_hpc.frames"))
-        t0 = time.perf_counter()
-        blocks = iter_blocks(file, block_records)
-        pending = as_completed([client.submit(translate_block, b, 300, pure=False)
-                                for b in itertools.islice(blocks, 3 * cores)], loop=client.loop)
+        warm = next(plan_bags([file], lambda _: 100, "warm"))
+        client.run(lambda: __import__("virnuc_hpc.worker") and __import__("virnuc_hpc.frames"))
+        client.submit(translate_bag_text, *warm.for_transfer(), rules).result()
+        t0, c0 = time.perf_counter(), time.process_time()
+        bags = plan_bags([file], lambda _: records_per_bag, "bench")
+        pending = as_completed([client.submit(translate_bag_text, *b.for_transfer(), rules, pure=False)
+                                for b in itertools.islice(bags, 3 * cores)], loop=client.loop)
         reads = frames = 0
         for fut in pending:
             r, f = fut.result()
             reads, frames = reads + r, frames + f
-            b = next(blocks, None)
+            b = next(bags, None)
             if b is not None:
-                pending.add(client.submit(translate_block, b, 300, pure=False))
-        seconds = time.perf_counter() - t0
-    return {"cores": cores, "reads": reads, "frames": frames, "seconds": seconds, "reads_per_s": reads / seconds}
+                pending.add(client.submit(translate_bag_text, *b.for_transfer(), rules, pure=False))
+        seconds, client_cpu = time.perf_counter() - t0, time.process_time() - c0
+    return {"cores": cores, "reads": reads, "frames": frames, "seconds": seconds, "reads_per_s": reads / seconds,
+            "client_cpu_s": client_cpu}
+
+
+def client_ceiling(path: Path, records_per_bag: int = 25_000) -> dict:
+    """The client's part alone (decompress, cut, digest; nothing shipped): reads/s it could feed."""
+    from virnuc_hpc.bags import plan_bags
+    from virnuc_hpc.samples import samples_from_paths
+
+    file = samples_from_paths([str(path)])[0].files[0]
+    t0 = time.perf_counter()
+    reads = sum(b.n_records for b in plan_bags([file], lambda _: records_per_bag, "bench"))
+    seconds = time.perf_counter() - t0
+    return {"reads": reads, "seconds": seconds, "reads_per_s": reads / seconds}
 
 
 def cli_predict(path: Path, outdir: Path, device: str, extra: list[str], workers_per_gpu: int = 1) -> dict:
@@ -153,6 +170,17 @@ def start_shared_gpu_workers(scheduler_file: Path, n: int, procs: list[subproces
     return address
 
 
+def cpu_description() -> str:
+    """CPU model and threads per core (from lscpu), so per-core numbers can be compared across hosts."""
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    fields = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
+    model = fields.get("Model name", "unknown").strip()
+    return f"{model}, {fields.get('Thread(s) per core', '?').strip()} thread(s) per core"
+
+
 def device_name() -> str:
     try:
         import torch
@@ -191,8 +219,11 @@ def main() -> None:
             synthetic_fastq_gz(path, n)
             print(f"made {path} ({path.stat().st_size / 1e6:,.0f} MB) in {time.perf_counter() - t0:.0f} s", flush=True)
         files[n] = path
-    result: dict = {"device": name, "cpu_count": os.cpu_count(), "reads": counts}
+    result: dict = {"device": name, "cpu_count": os.cpu_count(), "cpu": cpu_description(), "reads": counts}
     if "throughput" not in skip:
+        result["client_ceiling"] = client_ceiling(files[args.throughput_reads])
+        print(f"client alone (decompress, cut, digest): {result['client_ceiling']['reads_per_s']:,.0f} reads/s",
+              flush=True)
         result["throughput"] = []
         for cores in [int(c) for c in args.cores.split(",") if int(c) <= (os.cpu_count() or 1)]:
             row = reading_throughput(files[args.throughput_reads], cores)
@@ -218,12 +249,19 @@ def main() -> None:
 def write_results(result: dict, args: argparse.Namespace) -> None:
     slug = result["device"].lower().replace(" ", "-") + (f"-{args.tag}" if args.tag else "")
     args.results.mkdir(parents=True, exist_ok=True)
-    lines = [f"# input_scaling on {result['device']} ({result['cpu_count']} CPU cores)", "",
+    lines = [f"# input_scaling on {result['device']} ({result['cpu_count']} CPU cores: {result.get('cpu', '?')})", "",
              "Synthetic 150-bp FASTQ.gz; demo models (random weights: no biological meaning).", ""]
     if "throughput" in result:
-        lines += ["## Reading + validation + chunking + translation", "", "| cores | reads/s | vs 1 core |", "|---|---|---|"]
+        lines += ["## Reading + validation + chunking + translation", "",
+                  "predict's input path: the client cuts and ships bags, N one-thread worker processes "
+                  "parse, validate, chunk and translate them.", "",
+                  "| worker processes | reads/s | vs 1 | client CPU s |", "|---|---|---|---|"]
         one = result["throughput"][0]["reads_per_s"]
-        lines += [f"| {r['cores']} | {r['reads_per_s']:,.0f} | {r['reads_per_s'] / one:.2f} |" for r in result["throughput"]]
+        lines += [f"| {r['cores']} | {r['reads_per_s']:,.0f} | {r['reads_per_s'] / one:.2f} | "
+                  f"{r.get('client_cpu_s', float('nan')):.1f} |" for r in result["throughput"]]
+        if "client_ceiling" in result:
+            lines += ["", f"The client alone (decompress, cut into bags, digest; nothing shipped): "
+                          f"{result['client_ceiling']['reads_per_s']:,.0f} reads/s."]
         lines.append("")
     if "predict" in result:
         lines += ["## predict through the CLI (--features none)", "",

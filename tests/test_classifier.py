@@ -12,12 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from virnuc_hpc.classifier import (
-    MLPClassifier,
-    check_chunk_size,
-    labels_from_proba,
-    load_classifier,
-)
+from virnuc_hpc.calls import labels_from_proba
+from virnuc_hpc.classifier import MLPClassifier, check_chunk_size, load_classifier
 from virnuc_hpc.errors import ModelFileError, ModelNotFoundError
 from virnuc_hpc.random_models.classifier import write_random_classifier
 

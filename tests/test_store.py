@@ -8,7 +8,7 @@ import pytest
 
 from conftest import small_tmpfs
 from virnuc_hpc import store
-from virnuc_hpc.classifier import labels_from_proba
+from virnuc_hpc.calls import labels_from_proba
 
 
 def test_prediction_results_bytes():

@@ -23,11 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from virnuc_hpc.calls import NUM_CLASSES
 from virnuc_hpc.errors import ModelFileError, ModelNotFoundError
 
 INPUT_DIM = 3328  # [DNABERT-S 768 | ESM-2 2560]
-NUM_CLASSES = 2  # column 0 = others, column 1 = virus
-LABELS = ("others", "virus")
 
 
 class MLPClassifier(nn.Module):
@@ -46,14 +45,6 @@ class MLPClassifier(nn.Module):
         x = F.relu(x)
         x = self.dropout(x)
         return self.output_layer(x)
-
-
-def labels_from_proba(proba: np.ndarray) -> np.ndarray:
-    """'virus' iff P(virus) > P(others); an exact tie is 'others', as torch.max picks the first index."""
-    proba = np.asarray(proba)
-    if proba.ndim != 2 or proba.shape[1] != NUM_CLASSES:
-        raise ValueError(f"expected probabilities of shape (N, 2), got {proba.shape}")
-    return np.where(proba[:, 1] > proba[:, 0], LABELS[1], LABELS[0])
 
 
 class Classifier:

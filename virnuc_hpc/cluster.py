@@ -26,6 +26,19 @@ GPU_WORKER_THREADS = 2
 CPU_WORKER_THREADS = 1
 
 
+def worker_dask_config() -> dict[str, object]:
+    """Dask settings for the worker processes we start.
+
+    Non-daemonic workers (so that a worker may start processes of its own). And no
+    MALLOC_TRIM_THRESHOLD_: Dask's Nanny sets it by default, which also pins glibc's mmap threshold
+    at 128 KiB, so every megabyte-sized buffer of a bag becomes a fresh mmap with its page faults;
+    parsing and translating a bag measured 1.5x slower that way.
+    """
+    environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}))
+    environ.pop("MALLOC_TRIM_THRESHOLD_", None)
+    return {"distributed.worker.daemon": False, "distributed.nanny.pre-spawn-environ": environ}
+
+
 def gpu_count() -> int:
     """GPUs visible to this process, without initialising CUDA in it (workers do that)."""
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
@@ -56,8 +69,7 @@ def local_cluster(config: RunConfig, host: str = "127.0.0.1") -> Iterator[LocalC
     common = dict(host=host, dashboard_address=_dashboard_host_port(config.dashboard_address),
                   silence_logs=logging.CRITICAL)  # task errors reach the client
     # A bag that kills its worker twice is reported, not retried forever.
-    with dask.config.set({"distributed.scheduler.allowed-failures": 1,
-                          "distributed.worker.daemon": False}):
+    with dask.config.set({"distributed.scheduler.allowed-failures": 1, **worker_dask_config()}):
         if wants_gpu(config):
             from dask_cuda import LocalCUDACluster  # imported only where GPUs exist
             cluster = LocalCUDACluster(n_workers=config.workers, threads_per_worker=GPU_WORKER_THREADS,
@@ -109,7 +121,7 @@ async def _serve_workers(scheduler_address: str, config: RunConfig, host: str | 
                          death_timeout: float, handle_signals: bool) -> None:
     from distributed import Nanny
 
-    with dask.config.set({"distributed.worker.daemon": False}):
+    with dask.config.set(worker_dask_config()):
         if wants_gpu(config):
             from dask_cuda import CUDAWorker  # imported only where GPUs exist
             servers = [CUDAWorker(scheduler_address, host=host, nthreads=GPU_WORKER_THREADS, name=name,

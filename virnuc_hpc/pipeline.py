@@ -10,7 +10,6 @@ import datetime as _dt
 import itertools
 import logging
 import platform
-import resource
 import socket
 import threading
 import time
@@ -33,7 +32,7 @@ from .models import ModelFile, file_sha256, hash_models, locate_models
 from .reading import sniff
 from .samples import InputFile, Sample, SampleError, read_samplesheet, samples_from_paths
 from .tables import SampleTables, new_tmpdir, remove_tmpdir
-from .timing import StageTimer
+from .timing import StageTimer, peak_rss_mb
 from .worker import BagReport, BagRules, EncoderPlugin, ModelSpec, run_bag, warm_up
 
 log = logging.getLogger("virnuc_hpc")
@@ -183,7 +182,8 @@ def run(inputs: Sequence[str | Path] | str | Path, outdir: str | Path, *, client
         "config": config.model_dump(mode="json"), "counts": counts, "seconds": timer.seconds,
         "milestones_s": marks,
         # the client process alone (workers are other processes): bounded whatever the input size
-        "client_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "client_peak_rss_mb": peak_rss_mb(),
+        "client_peak_rss_mb_after_stage": timer.peak_rss_mb,  # where it grew
         "features": {"mode": config.features, "compression": config.compression,
                      "bytes_per_frame": _bytes_per_frame(outdir, counts.get("frames", 0))},
         # longest load + compile of the models on a worker, mostly hidden behind the client's reading

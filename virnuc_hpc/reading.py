@@ -210,10 +210,10 @@ def _text_buffers(stream: BinaryIO, read_size: int) -> Iterator[bytes]:
 def _nth(data: bytes, sep: bytes, k: int, start: int) -> int:
     """Where the k-th (k >= 1) `sep` of data[start:] begins, or -1 if there are fewer.
 
-    Strides are counted in C; only the stride holding the answer is walked with find.
+    Strides are counted in C; only the stride holding the answer is searched, with numpy.
     `sep` is one or two bytes long (a two-byte sep across a stride end is kept whole).
     """
-    stride = 1 << 15
+    stride = 1 << 16
     pos, size = start, len(data)
     while pos < size:
         end = min(pos + stride, size)
@@ -221,10 +221,12 @@ def _nth(data: bytes, sep: bytes, k: int, start: int) -> int:
             end += 1
         found = data.count(sep, pos, end)
         if found >= k:
-            at = data.find(sep, pos, end)
-            for _ in range(k - 1):
-                at = data.find(sep, at + len(sep), end)
-            return at
+            view = np.frombuffer(data, np.uint8, count=end - pos, offset=pos)
+            hits = view == sep[0]
+            if len(sep) == 2:  # sep[0] followed by sep[1] within the stride
+                hits[:-1] &= view[1:] == sep[1]
+                hits[-1] = False
+            return pos + int(np.flatnonzero(hits)[k - 1])
         k -= found
         pos = end
     return -1
@@ -233,6 +235,11 @@ def _nth(data: bytes, sep: bytes, k: int, start: int) -> int:
 def _count_lines(data: bytes) -> int:
     """Newlines in data; numpy counts bytes about three times faster than bytes.count."""
     return int(np.count_nonzero(np.frombuffer(data, np.uint8) == _LF))
+
+
+def _newline_positions(data: bytes) -> np.ndarray:
+    """Offsets of every LF in data: one numpy pass serves both counting lines and cutting."""
+    return np.flatnonzero(np.frombuffer(data, np.uint8) == _LF)
 
 
 def _fasta_blocks(buffers: Iterable[bytes], per_block: int) -> Iterator[tuple[int, int, bytes]]:
@@ -273,7 +280,7 @@ def _fastq_blocks(buffers: Iterable[bytes], per_block: int) -> Iterator[tuple[in
 
     Blank lines before the first record join the first block, blank lines after the last
     record join the last block: so finished blocks wait (`held`) until text follows them.
-    Each buffer's newlines are counted once; only a buffer holding a cut is walked again.
+    Each buffer's newlines are located once, in numpy; cuts are look-ups.
     """
     lines_per_block = 4 * per_block
     pending: list[bytes] = []
@@ -281,7 +288,8 @@ def _fastq_blocks(buffers: Iterable[bytes], per_block: int) -> Iterator[tuple[in
     goal: int | None = None  # newlines that complete the pending block; None before any text
     held: list[tuple[int, bytes]] = []  # (lines, text): a finished block, then any blank ones
     for buf in buffers:
-        newlines = _count_lines(buf)
+        newline_at = _newline_positions(buf)
+        newlines = len(newline_at)
         if goal is None:
             text = buf.lstrip()
             if not text:
@@ -294,20 +302,21 @@ def _fastq_blocks(buffers: Iterable[bytes], per_block: int) -> Iterator[tuple[in
             pending.append(buf)
             lines += newlines
         else:
-            pos = 0
-            while (cut := _nth(buf, b"\n", goal - lines, pos)) >= 0:
+            pos = used = 0  # buf[pos:] is not in a block yet; `used` newlines of buf lie before pos
+            while used + goal - lines <= newlines:
+                cut = int(newline_at[used + goal - lines - 1])
                 pending.append(buf[pos : cut + 1])
                 block = b"".join(pending)
                 if held and _NOT_SPACE.search(block):
                     yield from ((per_block, n, text) for n, text in held)
                     held = []
                 held.append((goal, block))
-                newlines -= goal - lines
+                used += goal - lines
                 pending, lines, goal, pos = [], 0, lines_per_block, cut + 1
             rest = buf[pos:]
             if rest:
                 pending.append(rest)
-                lines = newlines
+                lines = newlines - used
         if held and _NOT_SPACE.search(rest):
             yield from ((per_block, n, text) for n, text in held)
             held = []

@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from .classifier import LABELS as CLASSES, labels_from_proba
+from .calls import LABELS as CLASSES, labels_from_proba
 
 ENGINE = "h5netcdf"
 BAGS_DIR = "bags"

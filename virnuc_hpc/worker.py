@@ -204,20 +204,26 @@ def parse_bag(bag: Bag, rules: BagRules) -> tuple[list[Any], list[bool], list[tu
     return parsed.records, valid, problems
 
 
+def translate_bag(bag: Bag, rules: BagRules) -> tuple[list[Any], list[bool], list[tuple[int, Any]], Any]:
+    """A bag's host work before the GPU: ``parse_bag``, then the six-frame table of its valid records."""
+    from .frames import frames_for_records
+
+    records, valid, problems = parse_bag(bag, rules)
+    table = frames_for_records([r for r, ok in zip(records, valid) if ok], rules.chunk_size)
+    return records, valid, problems, table
+
+
 def run_bag(bag: Bag, text: np.ndarray, outdir: str, attrs: dict[str, Any], rules: BagRules) -> BagReport:
     """Parse, translate, embed, classify and store one bag (its text shipped apart, see
     ``Bag.for_transfer``); returns what the client needs to know."""
     from . import store
-    from .frames import frames_for_records
     from .tables import bag_tables
 
     plugin: EncoderPlugin = get_worker().plugins[PLUGIN_NAME]
     t0 = time.perf_counter()
-    bag = bag.with_text(text)
     # host work first: while the worker's first bag waits for the models to load, it is parsed
-    records, valid, problems = parse_bag(bag, rules)
-    kept = [r for r, ok in zip(records, valid) if ok]
-    table = frames_for_records(kept, rules.chunk_size)
+    bag = bag.with_text(text)
+    records, valid, problems, table = translate_bag(bag, rules)
     position = {r.id: i for i, r in enumerate(records) if valid[i]}
     frames = _FrameColumns(table.frame_id, table.chunk_id, table.read_id,
                            [bag.ref.first_record + position[r] for r in table.read_id])
