@@ -38,3 +38,74 @@ def test_dump_round_trips(tmp_path: Path):
     path = tmp_path / "c.yaml"
     path.write_text(dump_config(cfg))
     assert load_config(config_file=path) == cfg
+
+
+def _fields_of(kind: type) -> list[str]:
+    """RunConfig fields whose type is ``kind`` (or ``kind | None``)."""
+    return [name for name, field in RunConfig.model_fields.items()
+            if field.annotation in (kind, kind | None)]
+
+
+def test_numbers_and_switches_are_strict():
+    # YAML reads `true`, `yes` and `on` as booleans, and 2.5 as a float: none may become an integer
+    # (pydantic's lax mode turns true into 1), nor 1 a switch
+    ints, bools, floats = _fields_of(int), _fields_of(bool), _fields_of(float)
+    assert {"bag_size", "workers", "threads_per_worker", "bags_in_flight_per_worker"} <= set(ints)
+    assert {"skip_invalid", "overwrite", "progress", "exact_gelu"} <= set(bools)
+    assert "scheduler_timeout" in floats
+    for name in ints:
+        for bad in (True, 2.5, 64.0, "64"):
+            with pytest.raises(ValidationError, match=name):
+                RunConfig(**{name: bad})
+        assert getattr(RunConfig(**{name: 64}), name) == 64
+    for name in bools:
+        for bad in (1, 0, "yes"):
+            with pytest.raises(ValidationError, match=name):
+                RunConfig(**{name: bad})
+    for name in floats:
+        for bad in (True, "10"):
+            with pytest.raises(ValidationError, match=name):
+                RunConfig(**{name: bad})
+        assert getattr(RunConfig(**{name: 3}), name) == 3.0
+
+
+def test_type_errors_read_in_yaml_terms(tmp_path: Path):
+    from virnuc_hpc.config import describe_errors
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("bag_size: true\nprogress: 1\n")
+    with pytest.raises(ValidationError) as caught:
+        load_config(config_file=mine)
+    assert describe_errors(caught.value).splitlines() == [
+        "bag_size: expected a whole number, got true", "progress: expected true or false, got 1"]
+
+
+@pytest.mark.parametrize("given, bound", [("8799", "127.0.0.1:8799"), (":8799", "127.0.0.1:8799"),
+                                          (8799, "127.0.0.1:8799"), ("0.0.0.0:8799", "0.0.0.0:8799"),
+                                          ("node7:0", "node7:0"), ("[::1]:8799", "[::1]:8799")])
+def test_dashboard_address_without_host_means_localhost(given, bound):
+    assert RunConfig(dashboard_address=given).dashboard_address == bound
+
+
+@pytest.mark.parametrize("given", ["not an address", "", "127.0.0.1", "127.0.0.1:99999", "tcp://h:1", True])
+def test_dashboard_address_garbage_is_refused(given):
+    with pytest.raises(ValidationError, match="dashboard_address"):
+        RunConfig(dashboard_address=given)
+
+
+@pytest.mark.parametrize("given", ["tcp://10.0.0.1:8786", "tls://head:8786", "head-node:8786", "[::1]:8786"])
+def test_scheduler_address_forms(given):
+    assert RunConfig(scheduler_address=given).scheduler_address == given
+    assert RunConfig().scheduler_timeout == 10
+
+
+@pytest.mark.parametrize("given", ["not an address", "head", "http://head:8786", "tcp://head", "head:0"])
+def test_scheduler_address_garbage_is_refused(given):
+    with pytest.raises(ValidationError, match="tcp://HOST:PORT"):
+        RunConfig(scheduler_address=given)
+
+
+@pytest.mark.parametrize("name", ["../configs/demo", str(CONFIG_DIR / "demo"), "demo.yaml", "x/"])
+def test_presets_are_names_not_paths(name: str):
+    # ../configs/demo and the absolute path do name a real file: still not a preset
+    with pytest.raises(ValueError, match="unknown preset .*known presets: default, demo"):
+        load_config(preset=name)

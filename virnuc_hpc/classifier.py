@@ -270,18 +270,39 @@ def _checked_state_dict(sd: Mapping[str, Any], name: str,
             f"{name} is not a VirNucPro classifier: "
             f"missing keys {sorted(missing)}, unexpected keys {sorted(unexpected)}"
         )
-    out: dict[str, torch.Tensor] = {}
     for key, value in sd.items():
         if not isinstance(value, torch.Tensor) or tuple(value.shape) != shapes[key]:
             got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
             raise ModelFileError(f"{name}: '{key}' is {got}, expected shape {shapes[key]}")
+        _check_layout(value, key, name)  # every tensor, before anything is built from any of them
+    out: dict[str, torch.Tensor] = {}
+    for key, value in sd.items():
         if key.endswith("num_batches_tracked"):
             out[key] = value.detach().to(torch.long)
         elif value.is_floating_point():
             out[key] = value.detach().to(torch.float32)
         else:
             raise ModelFileError(f"{name}: '{key}' has dtype {value.dtype}, expected floating point")
+        if bad := int((~torch.isfinite(out[key])).sum()):  # NaN/Inf: every frame 'others', score nan
+            raise ModelFileError(f"{name}: '{key}' holds {bad} NaN or infinite value(s); refusing a "
+                                 "classifier that would call every frame 'others' with score nan")
     return out, hidden, in_dim
+
+
+def _check_layout(value: torch.Tensor, key: str, name: str) -> None:
+    """Refuse a tensor that is not a plain contiguous block inside its own storage.
+
+    torch.save keeps views as (storage, offset, shape, strides): a few bytes with stride 0 can
+    claim a huge shape (``torch.zeros(1).expand(40000, 3328)`` is 4 bytes on disk, 530 MB once
+    copied into the model), so each tensor must be backed by as many stored bytes as it holds.
+    """
+    needed = (value.storage_offset() + value.numel()) * value.element_size()
+    stored = value.untyped_storage().nbytes()
+    if value.numel() and (not value.is_contiguous() or value.storage_offset() < 0 or stored < needed):
+        raise ModelFileError(
+            f"{name}: '{key}' is a view of shape {tuple(value.shape)} with strides {value.stride()} "
+            f"over {stored} stored bytes (needs {needed} contiguous bytes); not a saved model weight"
+        )
 
 
 def load_classifier(path: str | Path, *, device: str | torch.device = "cpu",

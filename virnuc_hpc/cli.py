@@ -8,16 +8,19 @@ message, never a traceback.
 from __future__ import annotations
 
 import logging
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from typing import Any
 
 import click
 from pydantic import ValidationError
 
-from .config import load_config
+from .config import describe_errors, load_config
 
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a Ctrl-C
 
 
 def _run_options(classifier: bool) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -52,10 +55,15 @@ def _run_options(classifier: bool) -> Callable[[Callable[..., Any]], Callable[..
                      help="Estimate reads, frames, bags, disk and GPU time from a sample of the input; "
                           "loads no model, writes nothing."),
         click.option("--scheduler-address", help="Use a running Dask scheduler (tcp://host:port)."),
-        click.option("--dashboard-address", help="Dashboard bind address (default 127.0.0.1:8787)."),
+        click.option("--scheduler-timeout", type=float,
+                     help="Seconds to reach --scheduler-address before giving up (default 10)."),
+        click.option("--dashboard-address",
+                     help="Dashboard [HOST:]PORT (default 127.0.0.1:8787; a port alone binds 127.0.0.1, "
+                          "0.0.0.0:PORT every interface)."),
         click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
                      help="YAML file with any configuration keys."),
-        click.option("--preset", help="Named configuration from configs/ (e.g. demo)."),
+        click.option("--preset", help="Named configuration shipped in configs/ (e.g. demo); "
+                                      "a YAML file of your own goes to --config."),
         click.option("--skip-invalid", is_flag=True, default=None,
                      help="Skip empty records, bad characters and duplicate ids (listed in reads.tsv)."),
         click.option("--overwrite", is_flag=True, default=None,
@@ -72,6 +80,13 @@ def _run_options(classifier: bool) -> Callable[[Callable[..., Any]], Callable[..
     return decorate
 
 
+def _interrupt_once(signum: int, frame: Any) -> None:
+    """The first Ctrl-C raises KeyboardInterrupt, which shuts the cluster down; later ones are
+    ignored, so that an impatient second Ctrl-C cannot cut the shutdown short and leave workers."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
 def _fail(message: str) -> None:
     click.echo(f"virnuc-hpc: error: {message}", err=True)
     sys.exit(EXIT_USAGE)
@@ -80,11 +95,12 @@ def _fail(message: str) -> None:
 def _execute(command: str, inputs: tuple[str, ...], outdir: str, preset: str | None,
              config_file: str | None, samplesheet: str | None = None, dry_run: bool = False,
              **overrides: Any) -> None:
-    from .errors import ModelFileError, ModelNotFoundError
+    from .errors import UserError
     from .fasta import FastaError
     from .pipeline import BagsFailedError
-    from .store import OutputError
 
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, _interrupt_once)
     if overrides.get("expected_length"):
         overrides["expected_length"] = int(overrides["expected_length"])
     try:
@@ -100,11 +116,15 @@ def _execute(command: str, inputs: tuple[str, ...], outdir: str, preset: str | N
         _fail(f"invalid input; the run stopped and left no final tables (finished bags are kept for a "
               f"rerun; `virnuc-hpc validate` lists every problem):\n{err}")
     except ValidationError as err:
-        _fail(f"invalid configuration: {err}")
+        _fail(f"invalid configuration: {describe_errors(err)}")
+    except KeyboardInterrupt:  # the cluster is shut down by now (pipeline.run's cleanup)
+        click.echo("virnuc-hpc: interrupted" + ("" if dry_run else ": finished bags are kept; rerun the "
+                                                "same command to resume"), err=True)
+        sys.exit(EXIT_INTERRUPTED)
     except BagsFailedError as err:
         click.echo(f"virnuc-hpc: error: {err}", err=True)
         sys.exit(1)
-    except (ModelNotFoundError, ModelFileError, OutputError, ValueError) as err:
+    except (UserError, ValueError) as err:
         _fail(str(err))
     except OSError as err:
         _fail(f"{err.strerror or err}: {err.filename or ''}".rstrip(": "))
@@ -137,7 +157,18 @@ def render_summary(result: Any) -> str:
     return "\n".join(lines)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Commands(click.Group):
+    """Commands interrupted by Ctrl-C exit 130 with one line (click would print "Aborted!" and exit 1)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            click.echo("virnuc-hpc: interrupted", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="virnuc-hpc")
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
 def main(verbose: int) -> None:
@@ -257,7 +288,7 @@ def submit(run_args: tuple[str, ...], folder: str | None, time_limit: str, per_i
         config = load_config(preset=preset, config_file=config_file, overrides=params)
         slurm.time_minutes(time_limit)
     except ValidationError as err:
-        _fail(f"invalid configuration: {err}")
+        _fail(f"invalid configuration: {describe_errors(err)}")
     except ValueError as err:
         _fail(str(err))
     options = slurm.SlurmOptions(folder=Path(folder or Path(outdir) / "slurm").resolve(),
@@ -285,17 +316,27 @@ def submit(run_args: tuple[str, ...], folder: str | None, time_limit: str, per_i
 @click.argument("folder", type=click.Path(exists=True, file_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per job.")
 def status(folder: str, as_json: bool) -> None:
-    """List the jobs submitted into FOLDER: state, finished bags, output and log files."""
+    """List the jobs submitted into FOLDER: state, finished bags, output and log files; for an
+    output directory, the run holding its lock (pid, host, user, command, last heartbeat)."""
     import dataclasses
     import json
 
     from . import slurm
+    from .lock import describe_holder, read_lock
 
+    lock = read_lock(folder)
     states = slurm.job_status(folder)
     if as_json:
+        if lock is not None:
+            click.echo(json.dumps({"lock": lock}))
         for s in states:
             click.echo(json.dumps(dataclasses.asdict(s)))
-    else:
+        return
+    if lock is not None:
+        holder = describe_holder(None if lock.get("unreadable") else lock, lock["age_s"])
+        state = f"STALE ({lock['stale_reason']}; the next run takes it over)" if lock["stale"] else "live"
+        click.echo(f"lock {lock['path']}: {state}\n  held by {holder}")
+    if states or lock is None:
         click.echo(slurm.format_status(states))
 
 
@@ -319,16 +360,22 @@ def worker(scheduler_address: str, host: str | None, name: str | None, death_tim
     the scheduler and every worker, also one joining later, loads them from there.
     """
     from .cluster import serve_workers
+    from .errors import UserError
     from .slurm import node_address
 
     try:
         config = load_config(preset=preset, config_file=config_file, overrides=overrides)
-    except (ValidationError, ValueError) as err:
+    except ValidationError as err:
+        _fail(f"invalid configuration: {describe_errors(err)}")
+    except ValueError as err:
         _fail(str(err))
     if host is None:
         local = any(h in scheduler_address for h in ("127.0.0.1", "localhost", "[::1]"))
         host = "127.0.0.1" if local else node_address()
-    serve_workers(scheduler_address, config, host=host, name=name, death_timeout=death_timeout)
+    try:
+        serve_workers(scheduler_address, config, host=host, name=name, death_timeout=death_timeout)
+    except UserError as err:  # e.g. device cuda without dask-cuda
+        _fail(str(err))
 
 
 if __name__ == "__main__":  # pragma: no cover

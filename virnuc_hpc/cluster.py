@@ -8,16 +8,19 @@ passes other addresses.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import logging
 import os
 import signal
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 import dask
 from distributed import Client, LocalCluster
 
 from .config import RunConfig
+from .errors import SetupError
 
 
 # Task threads per worker. A GPU worker has two: one bag holds the device (worker.py's lock) while
@@ -55,8 +58,58 @@ def wants_gpu(config: RunConfig) -> bool:
     return config.device == "cuda" or (config.device == "auto" and gpu_count() > 0)
 
 
-def _dashboard_host_port(address: str) -> str:
-    return address if ":" in address else f"{address}:8787"
+def preflight(config: RunConfig, client: Client | None = None) -> None:
+    """Refuse, before any process starts, a run whose workers could not start or load the models.
+
+    Packages and devices only where this process starts the workers itself: the workers of a
+    scheduler we join (or of the caller's client) run elsewhere, with their own. A scheduler to join
+    must answer, within ``scheduler_timeout``.
+    """
+    if client is not None:
+        return
+    if config.scheduler_address:
+        check_scheduler(config.scheduler_address, config.scheduler_timeout)
+    else:
+        check_local_workers(config)
+
+
+def check_local_workers(config: RunConfig) -> None:
+    """The packages and devices that workers started on this machine need (a SetupError if not)."""
+    if wants_gpu(config) and importlib.util.find_spec("dask_cuda") is None:
+        asked = "device cuda" if config.device == "cuda" else f"{gpu_count()} visible GPU(s)"
+        raise SetupError(f"{asked} needs the dask-cuda package (one Dask worker per GPU): "
+                         "pip install 'virnuc-hpc[gpu]', or run on the CPU with --device cpu")
+    if config.device == "cuda" and gpu_count() == 0:
+        hidden = os.environ.get("CUDA_VISIBLE_DEVICES")
+        where = f" (CUDA_VISIBLE_DEVICES={hidden!r})" if hidden is not None else ""
+        raise SetupError(f"device cuda was asked for, but no GPU is visible here{where}: run on a GPU "
+                         "node, or use --device cpu (or auto)")
+    if config.engine == "deepspeed" and importlib.util.find_spec("deepspeed") is None:
+        raise SetupError("engine deepspeed needs the deepspeed package: pip install 'virnuc-hpc[deepspeed]', "
+                         "or use --engine native (the same results)")
+
+
+@contextmanager
+def _sigint_blocked() -> Iterator[None]:
+    """Block SIGINT in this thread while a cluster starts.
+
+    The threads the cluster starts inherit the mask, and so do the worker processes they spawn
+    (across fork and exec), for their whole life: a Ctrl-C in the terminal, which signals the whole
+    process group, reaches only the client, which shuts the workers down (instead of every worker
+    dying with a traceback of its own). A Ctrl-C while the cluster starts is handled once it is up.
+    """
+    if not hasattr(signal, "pthread_sigmask"):  # pragma: no cover - not POSIX
+        yield
+        return
+    # multiprocessing starts its resource tracker with the first worker, and then *unblocks* SIGINT
+    # in the starting thread (whatever its mask was before): start it now, before blocking.
+    from multiprocessing import resource_tracker
+    resource_tracker.ensure_running()
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 @contextmanager
@@ -64,23 +117,71 @@ def local_cluster(config: RunConfig, host: str = "127.0.0.1") -> Iterator[LocalC
     """Start the cluster a stand-alone run needs; torn down on exit.
 
     ``host`` is where the scheduler and workers listen: 127.0.0.1 unless workers on other nodes
-    must join (the multi-node Slurm job binds to the node's address).
+    must join (the multi-node Slurm job binds to the node's address). The dashboard listens where
+    ``config.dashboard_address`` says (127.0.0.1 unless it names a host).
     """
-    common = dict(host=host, dashboard_address=_dashboard_host_port(config.dashboard_address),
+    check_local_workers(config)
+    common = dict(host=host, dashboard_address=config.dashboard_address,
                   silence_logs=logging.CRITICAL)  # task errors reach the client
-    # A bag that kills its worker twice is reported, not retried forever.
-    with dask.config.set({"distributed.scheduler.allowed-failures": 1, **worker_dask_config()}):
-        if wants_gpu(config):
-            from dask_cuda import LocalCUDACluster  # imported only where GPUs exist
-            cluster = LocalCUDACluster(n_workers=config.workers, threads_per_worker=GPU_WORKER_THREADS,
-                                       **common)
-        else:
-            cluster = LocalCluster(n_workers=config.workers or 1, threads_per_worker=CPU_WORKER_THREADS,
-                                   processes=True, memory_limit=0, **common)
+    cluster: LocalCluster | None = None
     try:
+        # A bag that kills its worker twice is reported, not retried forever.
+        with dask.config.set({"distributed.scheduler.allowed-failures": 1, **worker_dask_config()}), \
+                _sigint_blocked():
+            if wants_gpu(config):
+                from dask_cuda import LocalCUDACluster  # imported only where GPUs exist
+                cluster = LocalCUDACluster(n_workers=config.workers, threads_per_worker=GPU_WORKER_THREADS,
+                                           **common)
+            else:
+                cluster = LocalCluster(n_workers=config.workers or 1, threads_per_worker=CPU_WORKER_THREADS,
+                                       processes=True, memory_limit=0, **common)
         yield cluster
     finally:
-        cluster.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def join_scheduler(address: str, timeout: float) -> Client:
+    """A client of the scheduler at ``address``, or a SetupError within about ``timeout`` seconds.
+
+    The scheduler is first reached with a bare connection: a Client whose connection fails is left
+    half made, and its ``__del__`` prints a traceback when the interpreter exits.
+    """
+    check_scheduler(address, timeout)
+    try:
+        return Client(address, timeout=timeout, set_as_default=False)
+    except (OSError, TimeoutError) as err:  # gone since the check
+        failure = str(err)
+    raise _unreachable(address, timeout, failure)
+
+
+def check_scheduler(address: str, timeout: float) -> None:
+    """A SetupError unless a Dask scheduler answers at ``address`` within ``timeout`` seconds."""
+    failure = _probe_scheduler(address, timeout)
+    if failure is not None:
+        raise _unreachable(address, timeout, failure)
+
+
+def _unreachable(address: str, timeout: float, failure: str) -> SetupError:
+    return SetupError(f"cannot reach the Dask scheduler at {address} within {timeout:g} s ({failure}); "
+                      "check the address and that the scheduler is running (or raise scheduler_timeout)")
+
+
+def _probe_scheduler(address: str, timeout: float) -> str | None:
+    """None if a Dask scheduler answers at ``address`` (a connection and Dask's handshake), else why not."""
+    from distributed.comm import connect as comm_connect
+    from distributed.security import Security
+
+    async def handshake() -> None:
+        comm = await comm_connect(address, timeout=timeout, **Security().get_connection_args("client"))
+        await comm.close()
+
+    try:  # in a thread of its own: asyncio.run also where an event loop runs (Jupyter)
+        with ThreadPoolExecutor(1, thread_name_prefix="virnuc-probe") as pool:
+            pool.submit(asyncio.run, handshake()).result()
+    except Exception as err:
+        return str(err) or type(err).__name__
+    return None
 
 
 @contextmanager
@@ -90,7 +191,7 @@ def connect(config: RunConfig, client: Client | None = None) -> Iterator[Client]
         yield client
         return
     if config.scheduler_address:
-        with Client(config.scheduler_address, set_as_default=False) as remote:
+        with join_scheduler(config.scheduler_address, config.scheduler_timeout) as remote:
             yield remote
         return
     with local_cluster(config) as cluster, Client(cluster, set_as_default=False) as own:
@@ -114,6 +215,7 @@ def serve_workers(scheduler_address: str, config: RunConfig, *, host: str | None
     scheduler is applied to workers that join later too. With ``handle_signals``, SIGINT/SIGTERM
     close the workers cleanly (their processes are not daemonic, so they must not be orphaned).
     """
+    check_local_workers(config)
     asyncio.run(_serve_workers(scheduler_address, config, host, name, death_timeout, handle_signals))
 
 

@@ -8,17 +8,27 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
+#: A host name, an IPv4 address or a bracketed IPv6 address (no spaces, no scheme).
+_HOST = r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+)"
+_DASHBOARD = re.compile(rf"(?P<host>{_HOST})?:(?P<port>\d+)|(?P<bare>\d+)")
+_SCHEDULER = re.compile(rf"(?:(?:tcp|tls|ucx)://)?{_HOST}:(?P<port>\d+)")
+
 #: Fields that change what is computed for a frame; a resume with other values is refused.
+# Settings that can change a byte of the outputs: a resume with any of them changed is refused
+# (unless --overwrite). What the workers derive themselves (token budgets left unset, the card) is
+# recorded per bag as its ``numerics`` and reconciled on resume (pipeline.py).
 RESULT_FIELDS = ("expected_length", "esm2_model", "dnabert_model", "classifier", "precision",
-                 "bag_size", "skip_invalid", "engine", "exact_gelu", "features", "compression")
+                 "bag_size", "skip_invalid", "engine", "exact_gelu", "features", "compression",
+                 "device", "esm2_max_tokens", "dnabert_max_tokens", "threads_per_worker")
 
 
 class RunConfig(BaseModel):
@@ -39,30 +49,63 @@ class RunConfig(BaseModel):
         "none", description="deepspeed engine only: ZeRO-3 parameter offload of ESM-2 (models that do not fit)")
     nvme_path: str | None = Field(None, description="directory for zero_offload: nvme (fast local disk)")
     exact_gelu: bool = Field(
-        False, description="fp16/bf16 on GPU: keep ESM-2's erf GELU instead of the tanh form fused into "
-                           "fc1's GEMM (the fused form is 4% faster and within half-precision noise; "
-                           "README, 'Speed')")
-    workers: int | None = Field(None, ge=1, description="None: one per GPU, or 1 on CPU")
-    threads_per_worker: int | None = Field(None, ge=1, description="torch threads per worker (CPU)")
-    bag_size: int = Field(20000, ge=1, description="frames per bag, about (unit of scheduling and output)")
+        False, strict=True,
+        description="fp16/bf16 on GPU: keep ESM-2's erf GELU instead of the tanh form fused into "
+                    "fc1's GEMM (the fused form is 4% faster and within half-precision noise; "
+                    "README, 'Speed')")
+    workers: int | None = Field(None, ge=1, strict=True, description="None: one per GPU, or 1 on CPU")
+    threads_per_worker: int | None = Field(None, ge=1, strict=True,
+                                           description="torch threads per worker (CPU)")
+    bag_size: int = Field(20000, ge=1, strict=True,
+                          description="frames per bag, about (unit of scheduling and output)")
     features: Literal["float32", "float16", "none"] = Field(
         "float32", description="features kept in the bag files: float32, float16 (HDF5 half floats, "
                                "half the disk) or none (ids and probabilities only)")
     compression: Literal["none", "gzip"] = Field(
         "none", description="gzip-compress the bag files' variables (smaller, slower to write and read)")
-    esm2_max_tokens: int | None = Field(None, ge=64, description="token budget per ESM-2 batch")
-    dnabert_max_tokens: int | None = Field(None, ge=64, description="token budget per DNABERT batch")
-    bags_in_flight_per_worker: int = Field(2, ge=1)
-    scheduler_address: str | None = None
-    dashboard_address: str = "127.0.0.1:8787"
-    skip_invalid: bool = False
-    overwrite: bool = False
-    progress: bool = True
+    esm2_max_tokens: int | None = Field(None, ge=64, strict=True,
+                                        description="token budget per ESM-2 batch")
+    dnabert_max_tokens: int | None = Field(None, ge=64, strict=True,
+                                           description="token budget per DNABERT batch")
+    bags_in_flight_per_worker: int = Field(2, ge=1, strict=True)
+    scheduler_address: str | None = Field(None, description="tcp://HOST:PORT (or tls://, or HOST:PORT)")
+    scheduler_timeout: float = Field(10.0, gt=0, strict=True,
+                                     description="seconds to reach scheduler_address before giving up")
+    dashboard_address: str = Field("127.0.0.1:8787", description="[HOST]:PORT or PORT; no host: 127.0.0.1")
+    skip_invalid: bool = Field(False, strict=True)
+    overwrite: bool = Field(False, strict=True)
+    progress: bool = Field(True, strict=True)
 
     @field_validator("classifier", "esm2_model", "dnabert_model", mode="before")
     @classmethod
     def _paths_as_text(cls, value: Any) -> Any:
         return str(value) if isinstance(value, Path) else value
+
+    @field_validator("dashboard_address", mode="before")
+    @classmethod
+    def _dashboard_on_localhost(cls, value: Any) -> Any:
+        """PORT and :PORT mean 127.0.0.1:PORT (Dask would bind every interface for :PORT and refuse a
+        bare port): the dashboard is reachable from elsewhere only where a host says so."""
+        if not isinstance(value, (str, int)) or isinstance(value, bool):
+            return value  # the str type check reports it
+        match = _DASHBOARD.fullmatch(str(value).strip())
+        port = int(match["port"] or match["bare"]) if match else -1
+        if not 0 <= port <= 65535:
+            raise ValueError(f"{value!r} is not [HOST]:PORT; e.g. 8787 or 127.0.0.1:8787 (this machine "
+                             "only), 0.0.0.0:8787 (every interface), or port 0 for any free one")
+        return f"{match['host'] or '127.0.0.1'}:{port}"
+
+    @field_validator("scheduler_address")
+    @classmethod
+    def _scheduler_address_form(cls, value: str | None) -> str | None:
+        """Checked here, not by Dask: a malformed address made the client retry for a minute."""
+        if value is None:
+            return value
+        match = _SCHEDULER.fullmatch(value.strip())
+        if not match or not 0 < int(match["port"]) <= 65535:
+            raise ValueError(f"{value!r} is not a Dask scheduler address; give tcp://HOST:PORT "
+                             "(or tls://HOST:PORT, or HOST:PORT), e.g. tcp://head-node:8786")
+        return value.strip()
 
     @model_validator(mode="after")
     def _offload_needs_deepspeed(self) -> "RunConfig":
@@ -83,12 +126,18 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
+def presets() -> list[str]:
+    """Names of the presets shipped in configs/."""
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
 def preset_path(name: str) -> Path:
-    path = CONFIG_DIR / f"{name}.yaml"
-    if not path.is_file():
-        known = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
-        raise ValueError(f"unknown preset {name!r}; known presets: {', '.join(known)}")
-    return path
+    """A preset is one of the names in configs/, never a path (--config reads any file of yours)."""
+    known = presets()
+    if name not in known:
+        raise ValueError(f"unknown preset {name!r}; known presets: {', '.join(known)} "
+                         "(a YAML file of your own goes to --config FILE)")
+    return CONFIG_DIR / f"{name}.yaml"
 
 
 def load_config(*, preset: str | None = None, config_file: str | Path | None = None,
@@ -101,6 +150,24 @@ def load_config(*, preset: str | None = None, config_file: str | Path | None = N
         merged.update(_read_yaml(Path(config_file)))
     merged.update({k: v for k, v in (overrides or {}).items() if v is not None})
     return RunConfig(**merged)
+
+
+_EXPECTED = {"int_type": "expected a whole number", "bool_type": "expected true or false",
+             "float_type": "expected a number", "string_type": "expected text",
+             "extra_forbidden": "unknown option (configs/default.yaml lists them all)"}
+
+
+def describe_errors(err: ValidationError) -> str:
+    """One line per problem, ``option: what is wrong, got VALUE`` in YAML's spelling (pydantic's own
+    text names Python types: ``True`` from a YAML ``true`` would be puzzling)."""
+    lines = []
+    for problem in err.errors(include_url=False):
+        where = ".".join(str(part) for part in problem["loc"])
+        what = _EXPECTED.get(problem["type"], problem["msg"].removeprefix("Value error, "))
+        if problem["type"] in _EXPECTED and problem["type"] != "extra_forbidden":
+            what += f", got {json.dumps(problem['input'], default=repr)}"
+        lines.append(f"{where}: {what}" if where else what)
+    return "\n".join(lines)
 
 
 def dump_config(config: RunConfig) -> str:

@@ -77,8 +77,15 @@ class Problem:
 
     def __str__(self) -> str:
         where = self.path if self.line is None else f"{self.path}:{self.line}"
-        what = "" if self.record is None else f"record {self.record!r}: "
+        what = "" if self.record is None else f"record {shorten(self.record)}: "
         return f"{where}: {what}{self.message}"
+
+
+def shorten(text: str, limit: int = 80) -> str:
+    """repr of text, cut to ``limit`` characters: a 1 MB id must not make a 1 MB message."""
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... ({len(text):,} characters)"
 
 
 class FastaError(ValueError):

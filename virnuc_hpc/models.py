@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from .config import RunConfig
 from .errors import ModelNotFoundError
 
 DEMO = "demo"
+HASH_BLOCK = 1 << 24  # 16 MB reads: few syscalls, little memory per thread
 
 
 @dataclass(frozen=True)
@@ -39,15 +41,16 @@ def offline() -> bool:
                for v in ("VIRNUC_HPC_OFFLINE", "HF_HUB_OFFLINE"))
 
 
-def file_sha256(path: Path, known: dict[str, Any] | None = None) -> str:
-    """sha256 of a file, reusing ``known`` (a previous record) when size and mtime are unchanged."""
-    st = path.stat()
-    if known and known.get("size") == st.st_size and known.get("mtime_ns") == st.st_mtime_ns:
-        return str(known["sha256"])
+def file_sha256(path: Path) -> str:
+    """sha256 of a file's bytes, always read: size and mtime prove nothing (weights rewritten in place
+    with the mtime restored keep both). Streams 16 MB blocks; hashlib releases the GIL on each, so
+    several files hash in parallel threads."""
     h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 24), b""):
-            h.update(block)
+    buf = bytearray(HASH_BLOCK)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as fh:
+        while n := fh.readinto(buf):
+            h.update(view[:n])
     return h.hexdigest()
 
 
@@ -64,14 +67,16 @@ def _esm2_is_random(path: Path) -> bool:
     return is_random_checkpoint(path)
 
 
-def hash_models(located: dict[str, ModelFile], known: dict[str, Any] | None = None) -> dict[str, ModelFile]:
-    """Fill in each model's sha256, reusing ``known`` records (a previous manifest) where the
-    weights file is the same path, size and mtime. Slow for big files: run it beside other work."""
-    known = known or {}
-    out = {}
-    for role, m in located.items():
-        prev = known.get(role) if known.get(role, {}).get("weights") == m.weights else None
-        out[role] = m if m.sha256 else replace(m, sha256=file_sha256(Path(m.weights), prev))
+def hash_models(located: dict[str, ModelFile]) -> dict[str, ModelFile]:
+    """Fill in each model's sha256 from the bytes of its weights file, every run, the files in
+    parallel threads. Slow for big files (ESM-2 3B is 5.6-11 GB): run it beside other work."""
+    todo = [role for role, m in located.items() if not m.sha256]
+    out = dict(located)
+    if todo:
+        with ThreadPoolExecutor(len(todo), thread_name_prefix="virnuc-model-sha256") as pool:
+            digests = pool.map(lambda role: file_sha256(Path(located[role].weights)), todo)
+            for role, digest in zip(todo, digests):
+                out[role] = replace(located[role], sha256=digest)
     return out
 
 

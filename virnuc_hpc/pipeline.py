@@ -9,11 +9,14 @@ from __future__ import annotations
 import datetime as _dt
 import itertools
 import logging
+import os
 import platform
 import socket
+import sys
 import threading
 import time
 import warnings
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
@@ -25,9 +28,10 @@ from distributed import Client, as_completed
 
 from . import __version__, store
 from .bags import Bag, BagRef, head_stats, plan_bags, records_per_bag
-from .cluster import connect, dashboard_link
+from .cluster import connect, dashboard_link, preflight
 from .config import RESULT_FIELDS, RunConfig, dump_config, fingerprint, load_config
 from .gpu_monitor import mean_utilization
+from .lock import locked
 from .models import ModelFile, file_sha256, hash_models, locate_models
 from .reading import sniff
 from .samples import InputFile, Sample, SampleError, read_samplesheet, samples_from_paths
@@ -36,7 +40,7 @@ from .timing import StageTimer, peak_rss_mb
 from .worker import BagReport, BagRules, EncoderPlugin, ModelSpec, run_bag, warm_up
 
 log = logging.getLogger("virnuc_hpc")
-FORMAT_VERSION = 2  # 2: bags cut from the input stream, table parts inside the bag files
+FORMAT_VERSION = 3  # 2: bags cut from the input stream, table parts inside the bag files; 3: checksums
 
 
 @dataclass
@@ -82,6 +86,16 @@ def resolve_samples(inputs: Sequence[str | Path] | str | Path, samplesheet: str 
 def run(inputs: Sequence[str | Path] | str | Path, outdir: str | Path, *, client: Client | None = None,
         config: RunConfig | None = None, classify: bool = True, samplesheet: str | Path | None = None,
         **overrides: Any) -> RunResult:
+    """The whole run. OUTDIR's lock (lock.py) is held from before its manifest is read until
+    run.json is written: a second run into the same OUTDIR is refused instead of mixing files."""
+    with ExitStack() as held:  # the lock, released when _run returns or raises
+        return _run(held, inputs, outdir, client=client, config=config, classify=classify,
+                    samplesheet=samplesheet, **overrides)
+
+
+def _run(held: ExitStack, inputs: Sequence[str | Path] | str | Path, outdir: str | Path, *,
+         client: Client | None = None, config: RunConfig | None = None, classify: bool = True,
+         samplesheet: str | Path | None = None, **overrides: Any) -> RunResult:
     timer = StageTimer()
     started, t_start = _dt.datetime.now(_dt.timezone.utc), time.perf_counter()
     marks: dict[str, float] = {}  # seconds from the start to milestones (first bag submitted, done)
@@ -89,6 +103,7 @@ def run(inputs: Sequence[str | Path] | str | Path, outdir: str | Path, *, client
         config = (config or load_config()).model_copy(update={k: v for k, v in overrides.items()
                                                               if v is not None})
         config = RunConfig(**config.model_dump())  # re-validate the overrides
+        preflight(config, client)  # a missing package or GPU: refused before any process starts
         if not classify and config.features == "none":
             raise ValueError("features: none keeps no features; `embed` needs float32 or float16")
         samples = resolve_samples(inputs, samplesheet)
@@ -96,7 +111,8 @@ def run(inputs: Sequence[str | Path] | str | Path, outdir: str | Path, *, client
         for f in files:  # empty, binary or not FASTA/FASTQ: refused before anything starts
             sniff(f.path)
         outdir = Path(outdir)
-        previous = store.read_manifest(outdir)
+        held.enter_context(locked(outdir, command=" ".join(sys.argv)))
+        previous = _previous_run(outdir)
         located = locate_models(config, classify=classify)  # fast: a missing model fails right away
         spec = _model_spec(config, located)
 
@@ -110,7 +126,7 @@ def run(inputs: Sequence[str | Path] | str | Path, outdir: str | Path, *, client
             # Checksums (gigabytes for ESM-2 3B and for big inputs) are read beside the planning;
             # hashlib and file reads release the GIL. Inputs are hashed for provenance only: each
             # bag's digest covers its own text.
-            hashed_models = hasher.submit(hash_models, located, (previous or {}).get("models"))
+            hashed_models = hasher.submit(hash_models, located)
             hashed_inputs = hasher.submit(_inputs_meta, files, True)
             workers: _Workers | None = None
             if previous is None:  # a fresh run: workers start and load models while the client plans
@@ -135,35 +151,57 @@ def run(inputs: Sequence[str | Path] | str | Path, outdir: str | Path, *, client
                                  classify=classify, features=config.features, compression=config.compression)
             bags = plan_bags(files, lambda f: records_per_bag(heads[f], config.bag_size), run_key)
 
+            reused: dict[int, str] = {}  # bag index -> numerics, of bags kept from an earlier run
+
             def todo() -> Iterator[Bag]:
                 for bag in bags:
                     refs.append(bag.ref)
-                    if not store.bag_is_complete(outdir, bag.ref, with_probability=classify):
+                    kept = store.reusable_bag(outdir, bag.ref, with_probability=classify)
+                    if kept is None:
                         yield bag
+                    else:
+                        reused[bag.index] = kept
 
-            pending = todo()
-            first = next(pending, None)
-            if first is not None:
-                workers = workers or _start_workers(stack, timer, config, client, spec)
-                dashboard = workers.dashboard
-                # Bags are submitted once every worker has its models: a bag that kills its worker
-                # must not take a warm-up (pinned to that worker) down with it.
-                with timer("model_load"):  # what is left of it once the client is ready
-                    loaded = workers.client.gather(workers.warm_up)
-                marks["models_ready"] = time.perf_counter() - t_start
-                reports = _schedule(workers.client, itertools.chain([first], pending), outdir, attrs,
-                                    rules, config, marks=marks, t_start=t_start, timer=timer)
-                slowest = max(loaded, key=lambda p: sum(p.values()), default={})
-                worker_load_s, worker_load_phases = sum(slowest.values()), slowest
+            def compute(pending: Iterator[Bag]) -> list[BagReport]:
+                """Schedule bags; the first one starts the workers (if not yet) and waits for their models."""
+                nonlocal workers, dashboard, worker_load_s, worker_load_phases
+                first = next(pending, None)
+                if first is None:
+                    return []
+                if worker_load_s is None:
+                    workers = workers or _start_workers(stack, timer, config, client, spec)
+                    dashboard = workers.dashboard
+                    # Bags are submitted once every worker has its models: a bag that kills its worker
+                    # must not take a warm-up (pinned to that worker) down with it.
+                    with timer("model_load"):  # what is left of it once the client is ready
+                        loaded = workers.client.gather(workers.warm_up)
+                    marks["models_ready"] = time.perf_counter() - t_start
+                    slowest = max(loaded, key=lambda p: sum(p.values()), default={})
+                    worker_load_s, worker_load_phases = sum(slowest.values()), slowest
+                assert workers is not None
+                return _schedule(workers.client, itertools.chain([first], pending), outdir, attrs,
+                                 rules, config, marks=marks, t_start=t_start, timer=timer)
+
+            reports = compute(todo())
+            stale = _stale_bags(reused, reports)
+            if stale:  # kept bags of other numerics (another card or budget): recompute them
+                log.warning("%d bag(s) kept from an earlier run were computed with other numerics than "
+                            "this run's (another card, precision or batch budget); they are recomputed "
+                            "so that every bag matches", len(stale))
+                again = plan_bags(files, lambda f: records_per_bag(heads[f], config.bag_size), run_key)
+                reports += compute(b for b in again if b.index in stale)
+            store.remove_bags_beyond(outdir, len(refs))
             log.info("%d bags: %d computed now, %d reused from an earlier run",
                      len(refs), len(reports), len(refs) - len(reports))
             # the cluster shuts down (seconds) while the tables are finished
             stopping = threading.Thread(target=stack.close, name="virnuc-cluster-stop", daemon=True)
             stopping.start()
+            stage = new_tmpdir(outdir)  # the tables wait here until run.json can follow them
+            held.callback(remove_tmpdir, stage)
             with timer("finalize"):
                 counts, files_written = write_tables(outdir, samples, refs, classify=classify,
                                                      skip_invalid=config.skip_invalid,
-                                                     random_weights=random_weights)
+                                                     random_weights=random_weights, stage=stage)
             inputs_meta = hashed_inputs.result()
     finally:
         if stopping is None:
@@ -193,7 +231,7 @@ def run(inputs: Sequence[str | Path] | str | Path, outdir: str | Path, *, client
         "warnings": warnings, "guards": _guard_totals(reports),
         "workers": _worker_summary(reports), "environment": _environment(),
     }
-    store.write_json(outdir / store.RUN_JSON, payload)  # last: marks the run finished
+    _publish(stage, outdir, files_written, payload)
     return RunResult(outdir=outdir, counts=counts, seconds=timer.seconds,
                      random_weights=random_weights, dashboard=dashboard, files=files_written + [store.RUN_JSON],
                      model_load_on_workers_s=worker_load_s,
@@ -218,19 +256,40 @@ def _bytes_per_frame(outdir: Path, frames: int) -> float | None:
     return sum(p.stat().st_size for p in store.bag_files(outdir)) / frames
 
 
+def _publish(stage: Path, outdir: Path, names: list[str], payload: dict[str, Any]) -> None:
+    """Move the staged tables into OUTDIR, then write run.json: the tables never stand without it.
+    Any failure removes what was moved (a kill in between leaves tables that the next run clears)."""
+    moved: list[Path] = []
+    try:
+        for name in names:
+            target = outdir / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(stage / name, target)
+            moved.append(target)
+        store.write_json(outdir / store.RUN_JSON, payload)  # last: marks the run finished
+    except BaseException as err:
+        for path in moved:
+            path.unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            raise store.OutputError(f"cannot write the final tables in {outdir}: {err.strerror or err}") from err
+        raise
+
+
 def write_tables(outdir: Path, samples: list[Sample], refs: list[BagRef], *, classify: bool,
-                 skip_invalid: bool, random_weights: bool) -> tuple[dict[str, int], list[str]]:
-    """Each sample's tables from its bags: in OUTDIR itself for one sample, else in
-    OUTDIR/samples/<name>/ with OUTDIR/samples.tsv summing them up."""
+                 skip_invalid: bool, random_weights: bool, stage: Path) -> tuple[dict[str, int], list[str]]:
+    """Each sample's tables from its bags, written into ``stage`` (a folder in OUTDIR) with the
+    layout they will have in OUTDIR: in its top for one sample, else in samples/<name>/ with
+    samples.tsv summing them up. Returns the counts and the file names, relative to OUTDIR."""
     comment = store.RANDOM_WEIGHTS_WARNING if random_weights else None
-    tmpdir = new_tmpdir(outdir)
+    tmpdir = new_tmpdir(stage)
     single = len(samples) == 1
     totals: dict[str, int] = {}
     written: list[str] = []
     rows = []
     try:
         for sample in samples:
-            folder = outdir if single else outdir / store.SAMPLES_DIR / sample.name
+            folder = stage if single else stage / store.SAMPLES_DIR / sample.name
+            folder.mkdir(parents=True, exist_ok=True)
             mine = [r for r in refs if r.sample == sample.name]
             tables = SampleTables(outdir, folder, mine, classify=classify, skip_invalid=skip_invalid,
                                   comment=comment, tmpdir=tmpdir)
@@ -249,12 +308,8 @@ def write_tables(outdir: Path, samples: list[Sample], refs: list[BagRef], *, cla
         if not single:
             keys = list(rows[0].keys())
             text = store.format_columns(keys, [[row.get(k, "-") for row in rows] for k in keys], comment)
-            store.write_text_atomic(outdir / store.SAMPLES_TSV, text)
+            store.write_text_atomic(stage / store.SAMPLES_TSV, text)
             written.append(store.SAMPLES_TSV)
-    except BaseException:  # e.g. a repeated id in a later sample: no sample's tables may stay
-        for name in written:
-            (outdir / name).unlink(missing_ok=True)
-        raise
     finally:
         remove_tmpdir(tmpdir)
     return totals, written
@@ -296,6 +351,29 @@ def _bag_attributes(run_key: str, config: RunConfig, models: dict[str, ModelFile
     return attrs
 
 
+def _previous_run(outdir: Path) -> dict[str, Any] | None:
+    """The manifest of the run OUTDIR holds (``{}`` if unreadable), None for a fresh directory.
+
+    A directory without our manifest must be empty (or hold only what a run of ours leaves before
+    its manifest): we never write over files we did not write. A manifest without any bag is a
+    start that failed (a wrong model file, say): there are no results to protect, so it is
+    treated as fresh and the corrected rerun goes ahead."""
+    previous = store.read_manifest(outdir)
+    if previous is None:
+        found = sorted(set(store.foreign_entries(outdir)) | set(store.owned_files(outdir)))
+        if found:
+            shown = ", ".join(str(p.relative_to(outdir)) for p in found[:5]) + (", ..." if len(found) > 5 else "")
+            raise store.OutputError(
+                f"{outdir} is not empty and was not written by virnuc-hpc (it holds {shown}); give a new "
+                "or empty output directory (--overwrite only replaces a directory virnuc-hpc wrote)")
+        return None
+    if not store.bag_files(outdir):
+        log.info("%s holds a run that never finished a bag: starting afresh", outdir)
+        store.clear_outputs(outdir, bags=True)
+        return None
+    return previous
+
+
 def _claim_outdir(outdir: Path, previous: dict[str, Any] | None, run_key: str, config: RunConfig,
                   models: dict[str, ModelFile], inputs_meta: list[dict[str, Any]], classify: bool) -> None:
     """Refuse an OUTDIR holding another run (unless overwrite); clear finished-looking outputs."""
@@ -308,10 +386,7 @@ def _claim_outdir(outdir: Path, previous: dict[str, Any] | None, run_key: str, c
         store.clear_outputs(outdir, bags=True)
     store.clear_outputs(outdir, bags=False)
     store.remove_stale_temporaries(outdir)
-    models_meta = {}
-    for role, m in models.items():
-        st = Path(m.weights).stat()
-        models_meta[role] = {**m.as_dict(), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    models_meta = {role: m.as_dict() for role, m in models.items()}
     store.write_json(outdir / store.MANIFEST, {"run_key": run_key, "classify": classify,
                                                "inputs": inputs_meta, "models": models_meta})
     store.write_text_atomic(outdir / store.CONFIG, dump_config(config))
@@ -430,6 +505,21 @@ def _schedule(client: Client, todo: Iterator[Bag], outdir: Path, attrs: dict[str
                               f"their worker, also when run alone; their records are listed in "
                               f"{outdir / store.FAILED_BAGS}. The other bags are kept: rerun to retry.")
     return reports
+
+
+def _stale_bags(reused: dict[int, str], reports: list[BagReport]) -> set[int]:
+    """Kept bags whose numerics differ from those of the bags computed now: mixing them would
+    give outputs equal to no uninterrupted run. With nothing computed now, the kept bags must
+    agree among themselves (the most common numerics win)."""
+    if not reused:
+        return set()
+    current = {r.numerics for r in reports}
+    if not current:
+        counts = Counter(reused.values())
+        if len(counts) <= 1:
+            return set()
+        current = {counts.most_common(1)[0][0]}
+    return {index for index, value in reused.items() if value not in current}
 
 
 def _guard_totals(reports: list[BagReport]) -> dict[str, int]:

@@ -91,6 +91,9 @@ def samples_from_paths(paths: Sequence[str]) -> list[Sample]:
     by_name: dict[str, str] = {}
     samples: list[Sample] = []
     for path in paths:
+        if any(c in path for c in "\t\n\r"):
+            raise SampleError(f"input file {path!r}: its path holds a tab or a line break, which the "
+                              "tab-separated outputs cannot hold; rename it (or link it under another name)")
         name = sample_name(path)
         if not is_safe_name(name):
             raise SampleError(

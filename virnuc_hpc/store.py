@@ -16,9 +16,13 @@ is done, so nothing that looks finished is left behind by a failed or killed run
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
+import logging
 import os
+import re
+import shutil
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -33,6 +37,7 @@ import pandas as pd
 import xarray as xr
 
 from .calls import LABELS as CLASSES, labels_from_proba
+from .errors import OutputError
 
 ENGINE = "h5netcdf"
 BAGS_DIR = "bags"
@@ -48,12 +53,9 @@ SAMPLES_DIR = "samples"          # several samples: one folder of tables each
 SAMPLES_TSV = "samples.tsv"      # several samples: one row of counts each
 SAMPLE_OUTPUTS = (PREDICTIONS, HIGHEST, READS, PAIRS)
 FINAL_OUTPUTS = (PREDICTIONS, HIGHEST, READS, PAIRS, SAMPLES_TSV, RUN_JSON, FAILED_BAGS)
+log = logging.getLogger(__name__)
 RANDOM_WEIGHTS_WARNING = ("RANDOM WEIGHTS: produced by randomly initialised models (virnuc-hpc demo/"
                           "test); these numbers are NOT a biological result")
-
-
-class OutputError(RuntimeError):
-    """The output directory cannot be used (unwritable, full, or holds another run)."""
 
 
 # --- atomic files ---------------------------------------------------------------------------
@@ -80,9 +82,13 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
 
 
 def remove_stale_temporaries(outdir: Path) -> None:
+    """Temporaries of an earlier run that was killed (the lock says no run is writing now)."""
     for folder in (outdir, outdir / BAGS_DIR):
         for tmp in folder.glob(".*.tmp-*"):
             tmp.unlink(missing_ok=True)
+    for stage in outdir.glob(".merge-*"):
+        if stage.is_dir() and not stage.is_symlink():
+            shutil.rmtree(stage, ignore_errors=True)
 
 
 def check_writable(outdir: Path) -> None:
@@ -111,25 +117,113 @@ def write_json(path: Path, payload: dict[str, Any]) -> None:
     write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=False, default=str) + "\n")
 
 
+BAG_NAME = re.compile(r"bag-\d{6}\.nc")
+CHECKSUM_SUFFIX = ".sha256"  # bags/bag-000001.nc.sha256: the sha256 of the bag file's bytes
+LOCK = ".virnuc-hpc.lock"
+
+
 def bag_files(outdir: str | Path) -> list[Path]:
-    """The bag files in OUTDIR, in bag order (written atomically: each one present is whole)."""
-    return sorted((Path(outdir) / BAGS_DIR).glob("bag-*.nc"))
+    """The bag files in OUTDIR, in bag order (written atomically: each one present is whole).
+
+    Only regular files named exactly like ours (bag-NNNNNN.nc): a user's bags/bag-notes.nc or a
+    folder named bag-x.nc is neither read nor removed."""
+    folder = Path(outdir) / BAGS_DIR
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir()
+                  if BAG_NAME.fullmatch(p.name) and p.is_file() and not p.is_symlink())
+
+
+def owned_files(outdir: Path) -> list[Path]:
+    """Every file virnuc-hpc writes in OUTDIR (told by name) that exists now: what --overwrite removes."""
+    found = [outdir / name for name in (*FINAL_OUTPUTS, CONFIG, MANIFEST)]
+    samples = outdir / SAMPLES_DIR
+    if samples.is_dir() and not samples.is_symlink():
+        found += [folder / name for folder in samples.iterdir() if folder.is_dir() and not folder.is_symlink()
+                  for name in SAMPLE_OUTPUTS]
+    bags = bag_files(outdir)
+    found += bags + [checksum_path(p) for p in bags]
+    folder = outdir / BAGS_DIR
+    if folder.is_dir():  # checksums whose bag is gone (a kill between the two writes)
+        found += [p for p in folder.iterdir()
+                  if p.name.endswith(CHECKSUM_SUFFIX) and BAG_NAME.fullmatch(p.name[:-len(CHECKSUM_SUFFIX)])]
+    return sorted({p for p in found if p.is_file() and not p.is_symlink()})
+
+
+def foreign_entries(outdir: Path) -> list[Path]:
+    """What OUTDIR holds that virnuc-hpc would not have written there: the user's own files.
+
+    Ours: the names in ``owned_files``, the lock, our temporaries and merge folders, and the
+    (possibly empty) bags/ and samples/ folders."""
+    if not outdir.is_dir():
+        return []
+    ours = set(owned_files(outdir))
+    found: list[Path] = []
+    for entry in sorted(outdir.iterdir()):
+        if entry.name == LOCK or _is_temporary(entry.name):
+            continue
+        if entry.name in (BAGS_DIR, SAMPLES_DIR) and entry.is_dir() and not entry.is_symlink():
+            found += [p for p in _walk(entry) if p not in ours and not _is_temporary(p.name)]
+        elif entry not in ours:
+            found.append(entry)
+    return found
+
+
+def _walk(folder: Path) -> list[Path]:
+    """Files and links under folder (and empty folders other than sample folders we made)."""
+    out: list[Path] = []
+    for entry in sorted(folder.iterdir()):
+        if entry.is_dir() and not entry.is_symlink():
+            out += _walk(entry) if any(entry.iterdir()) else ([] if folder.name == SAMPLES_DIR else [entry])
+        else:
+            out.append(entry)
+    return out
+
+
+def _is_temporary(name: str) -> bool:
+    return (name.startswith(".") and ".tmp-" in name) or name.startswith((".merge-", LOCK + "."))
 
 
 def clear_outputs(outdir: Path, *, bags: bool) -> None:
+    """Remove our final tables; with ``bags``, every file we write (bags, checksums, manifest,
+    config). The user's own files stay, also inside our folders."""
     for name in FINAL_OUTPUTS:
-        (outdir / name).unlink(missing_ok=True)
+        path = outdir / name
+        if path.is_file() or path.is_symlink():
+            path.unlink()
     samples = outdir / SAMPLES_DIR
-    if samples.is_dir():
+    if samples.is_dir() and not samples.is_symlink():
         for folder in samples.iterdir():
+            if not folder.is_dir() or folder.is_symlink():
+                continue
             for name in SAMPLE_OUTPUTS:
-                (folder / name).unlink(missing_ok=True)
-            if folder.is_dir() and not any(folder.iterdir()):
+                if (folder / name).is_file():
+                    (folder / name).unlink()
+            if not any(folder.iterdir()):
                 folder.rmdir()
     if bags:
-        for path in bag_files(outdir):
-            path.unlink()
-        (outdir / MANIFEST).unlink(missing_ok=True)
+        for path in owned_files(outdir):
+            path.unlink(missing_ok=True)
+
+
+def remove_bags_beyond(outdir: Path, total: int) -> None:
+    """Remove our bag files numbered ``total`` or more: left by an earlier run with more bags."""
+    for path in bag_files(outdir):
+        if int(path.name[4:10]) >= total:
+            path.unlink(missing_ok=True)
+            checksum_path(path).unlink(missing_ok=True)
+
+
+def checksum_path(bag_file: Path) -> Path:
+    return bag_file.with_name(bag_file.name + CHECKSUM_SUFFIX)
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 24), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 # --- bag files ------------------------------------------------------------------------------
@@ -204,6 +298,8 @@ def write_bag(outdir: Path, bag: Any, frames: Any, dnabert: np.ndarray | None, e
     if tables is not None:
         data = _with_tables(data, tables, counts or {})
     path = bag_path(outdir, bag)
+    # The checksum first: a kill between the two writes leaves a checksum that matches no bag file
+    write_text_atomic(checksum_path(path), hashlib.sha256(data).hexdigest() + "\n")
     write_bytes_atomic(path, data)
     return path
 
@@ -227,16 +323,34 @@ def _with_tables(data: bytes, tables: dict[str, str], counts: dict[str, int]) ->
 
 
 def bag_is_complete(outdir: Path, bag: Any, *, with_probability: bool) -> bool:
-    """True when the bag's file exists, opens, and belongs to exactly this bag of this run."""
+    """True when the bag's file exists, matches the checksum recorded when it was written, opens,
+    and belongs to exactly this bag of this run."""
+    return reusable_bag(outdir, bag, with_probability=with_probability) is not None
+
+
+def reusable_bag(outdir: Path, bag: Any, *, with_probability: bool) -> str | None:
+    """The ``numerics`` attribute of a finished bag that may be reused ("" if it has none), else None.
+
+    A bag whose bytes differ from its recorded checksum (edited or damaged after it was written)
+    is recomputed, with a warning."""
     path = bag_path(outdir, bag)
     if not path.is_file():
-        return False
+        return None
+    try:
+        recorded = checksum_path(path).read_text().strip()
+    except OSError:
+        return None  # never finished writing (or written before checksums were kept)
+    if file_sha256(path) != recorded:
+        log.warning("%s does not match the checksum recorded when it was written (edited or damaged "
+                    "since?): it is recomputed", path)
+        return None
     try:  # h5netcdf directly: no cached file handles, so a file replaced on disk is seen as it is
         with h5netcdf.File(path, "r") as f:
-            return (f.attrs.get("bag_digest") == bag.digest and TABLES_GROUP in f.groups
-                    and (not with_probability or "probability" in f.variables))
+            ok = (f.attrs.get("bag_digest") == bag.digest and TABLES_GROUP in f.groups
+                  and (not with_probability or "probability" in f.variables))
+            return str(f.attrs.get("numerics", "")) if ok else None
     except Exception:  # unreadable or truncated: recompute it
-        return False
+        return None
 
 
 @dataclass(frozen=True)
@@ -279,13 +393,24 @@ def open_features(outdir: str | Path) -> xr.Dataset:
     """One lazy Dataset over all bags of OUTDIR, frames in input order (coordinate ``sample`` says
     which sample a frame belongs to; frame ids are unique within a sample)."""
     outdir = Path(outdir)
-    paths = bag_files(outdir)
+    try:  # a finished run names its bags: files that merely look like ours are not read
+        total = int(json.loads((outdir / RUN_JSON).read_text())["bags"]["total"])
+    except (OSError, ValueError, KeyError, TypeError):
+        total = None
+    if total is not None:
+        paths = [outdir / BAGS_DIR / f"bag-{i:06d}.nc" for i in range(total)]
+        missing = [p.name for p in paths if not p.is_file()]
+        if missing:
+            raise FileNotFoundError(f"{outdir}: {len(missing)} of the run's {total} bag files are missing "
+                                    f"(e.g. {missing[0]}); rerun the same command to recompute them")
+    else:
+        paths = bag_files(outdir)
+        if paths:
+            import warnings
+            warnings.warn(f"{outdir} holds an unfinished run: only {len(paths)} bag file(s) are present",
+                          stacklevel=2)
     if not paths:
         raise FileNotFoundError(f"no bag files under {outdir / BAGS_DIR}")
-    if not (outdir / RUN_JSON).is_file():
-        import warnings
-        warnings.warn(f"{outdir} holds an unfinished run: only {len(paths)} bag file(s) are present",
-                      stacklevel=2)
     return xr.open_mfdataset(paths, engine=ENGINE, combine="nested", concat_dim="frame",
                              data_vars="minimal", coords="minimal", compat="override",
                              join="override", chunks={}, combine_attrs="drop_conflicts")

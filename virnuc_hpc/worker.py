@@ -9,6 +9,8 @@ No tensors ever leave the worker.
 from __future__ import annotations
 
 import gc
+import json
+import platform
 import threading
 import time
 from dataclasses import dataclass
@@ -175,6 +177,33 @@ class BagReport:
     seconds: dict[str, float]
     counters: dict[str, int]
     gpu_utilization: list[tuple[float, int]]
+    numerics: str = ""  # see ``bag_numerics``
+
+
+def bag_numerics(enc: Encoders) -> str:
+    """What decides a bag's bytes besides the run's settings, as the worker resolved it: the
+    processor (its kernels), precision, torch threads on a CPU, and the batch budgets, which are
+    derived from the card's memory when left unset. Recorded in every bag; a resume recomputes
+    reused bags whose value differs from the bags it computes (pipeline.py)."""
+    import torch
+
+    device = torch.device(enc.device)
+    if device.type == "cuda":
+        processor = torch.cuda.get_device_name(device)
+    else:
+        processor = _cpu_model()
+    return json.dumps({"device": device.type, "processor": processor, "precision": enc.precision,
+                       "torch_threads": torch.get_num_threads() if device.type == "cpu" else None,
+                       "esm2_max_tokens": getattr(enc.esm2, "max_tokens", None),
+                       "dnabert_max_tokens": getattr(enc.dnabert, "max_tokens", None)}, sort_keys=True)
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as info:
+            return next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), "cpu")
+    except OSError:
+        return platform.processor() or "cpu"
 
 
 @dataclass(frozen=True)
@@ -249,7 +278,8 @@ def run_bag(bag: Bag, text: np.ndarray, outdir: str, attrs: dict[str, Any], rule
                  else np.zeros((0, 2), np.float32))
     t4 = time.perf_counter()
     parts, counts = bag_tables(bag.index, records, valid, problems, table, proba, rules.classify)
-    attrs = {**attrs, "precision": enc.precision, "device": enc.device}
+    settled = bag_numerics(enc)
+    attrs = {**attrs, "precision": enc.precision, "device": enc.device, "numerics": settled}
     store.write_bag(Path(outdir), bag.ref, frames, dna, prot, proba, attrs, features=rules.features,
                     compression=rules.compression, tables=parts, counts=counts)
     t5 = time.perf_counter()
@@ -265,6 +295,7 @@ def run_bag(bag: Bag, text: np.ndarray, outdir: str, attrs: dict[str, Any], rule
         counters=counters,
         # NVML samples since the previous drain on this worker (any bag's): GPU-side busy
         gpu_utilization=plugin.utilization.drain() if plugin.utilization is not None else [],
+        numerics=settled,
     )
 
 

@@ -417,7 +417,29 @@ def load_esm2_model(path: str | Path, *, device: str | torch.device = "cpu",
     model.inv_freq = default_inv_freq(cfg.embed_dim // cfg.attention_heads)
     if stored_inv_freq is not None and not torch.equal(stored_inv_freq.float(), model.inv_freq):
         model.inv_freq = stored_inv_freq.float().clone()
-    return model.cast(torch.device(device), dtype).eval().requires_grad_(False)
+    model = model.cast(torch.device(device), dtype).eval().requires_grad_(False)
+    _refuse_non_finite(Path(path), model, state, stored_inv_freq)
+    return model
+
+
+def _refuse_non_finite(path: Path, model: ESM2, state: dict[str, torch.Tensor],
+                       inv_freq: torch.Tensor | None) -> None:
+    """NaN/Inf weights turn every feature into nan: refuse the file, naming the tensor.
+
+    Checked on the cast model, not on the file's tensors: the cast has just made that copy (on a
+    GPU the check is one pass over device memory), and where nothing was copied (fp32 on CPU) the
+    model's tensors are the mmapped file pages the first batch would read anyway, so the file is
+    never read twice. Only the few tensors found non-finite are re-checked in the file's own
+    dtype: a large weight the fp16 cast made infinite is no fault of the file (batches with
+    non-finite results are recomputed in fp32)."""
+    tensors = {k: v for k, v in model.state_dict().items() if k in state}
+    flags = torch.stack([torch.isfinite(v).all() for v in tensors.values()]).cpu().tolist()
+    bad = [k for k, ok in zip(tensors, flags) if not ok and not torch.isfinite(state[k]).all()]
+    if inv_freq is not None and not torch.isfinite(inv_freq).all():
+        bad.append("rot_emb.inv_freq")
+    if bad:
+        raise ModelFileError(f"{path}: weights hold NaN or infinite values in {len(bad)} tensor(s), "
+                             f"e.g. {bad[:3]}; the checkpoint is corrupt")
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -1,0 +1,203 @@
+"""The output directory: nothing corrupts it (issue cases named in each test).
+
+Real CLI runs of the demo models; each test disturbs one thing a careless user, a neighbour or a
+crash could, and checks the outputs equal an undisturbed run or nothing finished-looking remains.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import pytest
+
+from conftest import DEMO, DEMO_FASTA, assert_nothing_finished, cli, finished_outputs
+from virnuc_hpc import store
+from virnuc_hpc.pipeline import _publish
+
+
+def _killed_run(outdir: Path, *extra: str) -> int:
+    """A demo run killed with SIGKILL (whole process group) once it has finished two bags."""
+    args = [sys.executable, "-m", "virnuc_hpc.cli", "predict", str(DEMO_FASTA), "-o", str(outdir), *DEMO, *extra]
+    proc = subprocess.Popen(args, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline and len(store.bag_files(outdir)) < 2:
+        time.sleep(0.05)
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+    assert not (outdir / "run.json").exists(), "the run finished before it was killed"
+    done = len(store.bag_files(outdir))
+    assert done >= 2
+    return done
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+# --- case 2: files the tool did not write -------------------------------------------------------
+
+def test_case2_a_directory_of_user_files_is_refused_also_with_overwrite(tmp_path: Path, demo_cache: Path):
+    outdir = tmp_path / "mine"
+    (outdir / "bags").mkdir(parents=True)
+    for name in ("reads.tsv", "config.yaml", "run.json", "bags/bag-000000.nc", "notes.txt"):
+        (outdir / name).write_text(f"the user's own {name}\n")
+    before = _snapshot(outdir)
+    for extra in ([], ["--overwrite"]):
+        proc = cli("predict", str(DEMO_FASTA), "-o", str(outdir), *DEMO, *extra)
+        assert proc.returncode == 2, proc.stderr
+        assert "not written by virnuc-hpc" in proc.stderr and "Traceback" not in proc.stderr
+        assert _snapshot(outdir) == before
+
+
+def test_case2_the_inputs_own_folder_is_refused(tmp_path: Path, demo_cache: Path):
+    data = tmp_path / "data"
+    data.mkdir()
+    shutil.copy(DEMO_FASTA, data / "reads.fasta")
+    proc = cli("predict", str(data / "reads.fasta"), "-o", str(data), *DEMO)
+    assert proc.returncode == 2 and "reads.fasta" in proc.stderr
+    assert sorted(p.name for p in data.iterdir()) == ["reads.fasta"]
+
+
+# --- case 7: --overwrite removes exactly our files -----------------------------------------------
+
+def test_case7_overwrite_keeps_user_files_and_foreign_bags_are_never_read(reference: Path, tmp_path: Path,
+                                                                         demo_cache: Path):
+    outdir = tmp_path / "ours"
+    shutil.copytree(reference, outdir)
+    (outdir / "bags" / "bag-user-notes.nc").write_text("mine")
+    (outdir / "bags" / "bag-x.nc").mkdir()
+    (outdir / "bags" / "bag-x.nc" / "inside.txt").write_text("mine too")
+    (outdir / "notes.txt").write_text("my notes")
+    with store.open_features(outdir) as ds:  # foreign bag-*.nc files are not read
+        assert ds.sizes["frame"] == json.loads((reference / "run.json").read_text())["counts"]["frames"]
+    proc = cli("predict", str(DEMO_FASTA), "-o", str(outdir), *DEMO, "--expected-length", "300", "--overwrite")
+    assert proc.returncode == 0, proc.stderr
+    assert (outdir / "bags" / "bag-user-notes.nc").read_text() == "mine"
+    assert (outdir / "bags" / "bag-x.nc" / "inside.txt").read_text() == "mine too"
+    assert (outdir / "notes.txt").read_text() == "my notes"
+    fresh = tmp_path / "fresh"
+    assert cli("predict", str(DEMO_FASTA), "-o", str(fresh), *DEMO, "--expected-length", "300").returncode == 0
+    assert finished_outputs(outdir) == finished_outputs(fresh)
+    assert sorted(p.name for p in store.bag_files(outdir)) == sorted(p.name for p in store.bag_files(fresh))
+
+
+# --- case 6: a failed start does not block its correction ----------------------------------------
+
+def test_case6_a_failed_start_does_not_block_the_corrected_rerun(reference: Path, tmp_path: Path,
+                                                                demo_cache: Path):
+    from virnuc_hpc.demo import ensure_demo_models
+    demo = ensure_demo_models()
+    bad = tmp_path / "bad_dnabert"
+    shutil.copytree(demo.dnabert, bad)
+    weights = bad / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # truncated weights
+    outdir = tmp_path / "out"
+    proc = cli("predict", str(DEMO_FASTA), "-o", str(outdir), *DEMO, "--dnabert-model", str(bad))
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert_nothing_finished(outdir)
+    proc = cli("predict", str(DEMO_FASTA), "-o", str(outdir), *DEMO)
+    assert proc.returncode == 0, proc.stderr
+    assert finished_outputs(outdir) == finished_outputs(reference)
+
+
+# --- case 4: every result-affecting setting is in the run identity ------------------------------
+
+@pytest.mark.parametrize("changed", [["--threads-per-worker", "2"], ["--config", "BUDGET"]])
+def test_case4_changed_setting_between_kill_and_resume_is_refused(changed: list[str], reference: Path,
+                                                                 tmp_path: Path, demo_cache: Path):
+    outdir = tmp_path / "killed"
+    _killed_run(outdir)
+    if changed[-1] == "BUDGET":
+        budget = tmp_path / "budget.yaml"
+        budget.write_text("esm2_max_tokens: 256\ndnabert_max_tokens: 256\n")
+        changed = ["--config", str(budget)]
+    before = _snapshot(outdir / "bags")
+    proc = cli("predict", str(DEMO_FASTA), "-o", str(outdir), *DEMO, *changed)
+    assert proc.returncode == 2 and "--overwrite" in proc.stderr, proc.stderr
+    assert _snapshot(outdir / "bags") == before  # nothing was mixed in
+    proc = cli("predict", str(DEMO_FASTA), "-o", str(outdir), *DEMO)
+    assert proc.returncode == 0, proc.stderr
+    assert finished_outputs(outdir) == finished_outputs(reference)
+
+
+def test_case4_bags_of_other_numerics_are_recomputed_on_resume(reference: Path, tmp_path: Path,
+                                                               demo_cache: Path):
+    """Budgets left unset are derived by the workers from their card, so a resume on another GPU
+    model runs with other numerics. No second kind of card exists in CI: the bags a killed run
+    left are relabelled as another card's (their recorded checksums updated, as that run would
+    have written them), then the run resumes here."""
+    outdir = tmp_path / "killed"
+    done = _killed_run(outdir)
+    for path in store.bag_files(outdir)[: done // 2 + 1]:
+        with h5py.File(path, "a") as f:
+            numerics = json.loads(f.attrs["numerics"])
+            f.attrs["numerics"] = json.dumps({**numerics, "processor": "NVIDIA H100 80GB HBM3",
+                                              "esm2_max_tokens": 106496}, sort_keys=True)
+        store.checksum_path(path).write_text(hashlib.sha256(path.read_bytes()).hexdigest() + "\n")
+    proc = cli("predict", str(DEMO_FASTA), "-o", str(outdir), *DEMO)
+    assert proc.returncode == 0, proc.stderr
+    assert "other numerics" in proc.stderr
+    assert finished_outputs(outdir) == finished_outputs(reference)
+    for path in store.bag_files(outdir):
+        with h5py.File(path, "r") as f:
+            assert "H100" not in f.attrs["numerics"]
+
+
+# --- bag checksums ---------------------------------------------------------------------------
+
+def test_a_tampered_bag_is_recomputed_with_a_warning(reference: Path, tmp_path: Path, demo_cache: Path):
+    outdir = tmp_path / "tampered"
+    shutil.copytree(reference, outdir)
+    path = store.bag_files(outdir)[1]
+    with h5py.File(path, "a") as f:  # a plausible edit: the calls flipped
+        f["probability"][...] = f["probability"][...][:, ::-1]
+    proc = cli("predict", str(DEMO_FASTA), "-o", str(outdir), *DEMO)
+    assert proc.returncode == 0, proc.stderr
+    assert "does not match the checksum" in proc.stderr and path.name in proc.stderr
+    assert json.loads((outdir / "run.json").read_text())["bags"]["computed_now"] == 1
+    assert finished_outputs(outdir) == finished_outputs(reference)
+
+
+# --- case 8: smaller ------------------------------------------------------------------------------
+
+def test_case8_tables_never_stand_without_run_json(tmp_path: Path):
+    stage, outdir = tmp_path / "stage", tmp_path / "out"
+    (stage / "samples" / "s1").mkdir(parents=True)
+    (outdir / "run.json").mkdir(parents=True)  # run.json cannot be written: a directory holds its name
+    for name in ("reads.tsv", "samples/s1/prediction_results.txt"):
+        (stage / name).write_text("table\n")
+    with pytest.raises(store.OutputError):
+        _publish(stage, outdir, ["reads.tsv", "samples/s1/prediction_results.txt"], {"x": 1})
+    assert not (outdir / "reads.tsv").exists()
+    assert not (outdir / "samples" / "s1" / "prediction_results.txt").exists()
+
+
+def test_case8_an_input_path_with_a_tab_is_refused(tmp_path: Path, demo_cache: Path):
+    odd = tmp_path / "my\treads.fasta"
+    shutil.copy(DEMO_FASTA, odd)
+    proc = cli("predict", str(odd), "-o", str(tmp_path / "out"), *DEMO)
+    assert proc.returncode == 2 and "tab" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "out" / "reads.tsv").exists()
+
+
+def test_case8_a_duplicate_megabyte_id_gives_a_short_message(tmp_path: Path, demo_cache: Path):
+    long_id = "r" + "x" * 1_000_000
+    fasta = tmp_path / "dup.fasta"
+    fasta.write_text(f">{long_id}\nACGTACGTAC\n>{long_id}\nACGTACGTAC\n")
+    proc = cli("predict", str(fasta), "-o", str(tmp_path / "out"), *DEMO)
+    assert proc.returncode == 2 and "duplicate id" in proc.stderr
+    assert len(proc.stderr) < 5_000
+    assert "1,000,001 characters" in proc.stderr
