@@ -1,8 +1,9 @@
 """Native vs DeepSpeed engines on one card, one process: tokens/s, MFU, peak memory, fidelity.
 
-Why: the issue asks the numbers to pick the default engine (the faster one that keeps cosine >= 0.999
-vs fp32), and asks whether ZeRO-3 offload runs a model that does not fit (ESM-2 15B) and when offload
-pays for one that does (3B). Random weights: compute cost does not depend on weight values (models.md).
+Why: these numbers pick the default engine (the faster one that keeps cosine >= 0.999 vs fp32), show
+whether ZeRO-3 offload runs a model that does not fit on the card (ESM-2 15B), and when offload pays
+for one that does (3B). Random weights: the work of a forward pass (its matrix shapes, hence its time
+and memory) does not depend on the weights' values.
 
     python benchmarks/engines.py [--out-dir benchmarks/results] [--smoke]
 

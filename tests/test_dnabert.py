@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from virnuc_hpc.encoders.dnabert import alibi_slopes, load_dnabert, resolve_dnabert_dir
+from virnuc_hpc.encoders import load_dnabert
+from virnuc_hpc.encoders.dnabert import alibi_slopes, resolve_dnabert_dir
 from virnuc_hpc.errors import ModelFileError, ModelNotFoundError
 from virnuc_hpc.random_models.dnabert import write_random_dnabert_dir
 

@@ -14,7 +14,8 @@ import pytest
 import torch
 from torch.nn.attention.flex_attention import create_block_mask
 
-from virnuc_hpc.encoders.dnabert import DNABERTEncoder, load_dnabert, load_dnabert_parts
+from virnuc_hpc.encoders import load_dnabert
+from virnuc_hpc.encoders.dnabert import DNABERTEncoder, load_dnabert_parts
 from virnuc_hpc.encoders.dnabert_packed import (BLOCK, PackedDNABERTEncoder, PackedForward,
                                                 alibi_segment_score_mod, batch_size, block_mask_parts,
                                                 dense_bias, make_batch, segment_ids,

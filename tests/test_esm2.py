@@ -15,8 +15,9 @@ import torch
 
 esm = pytest.importorskip("esm")
 
+from virnuc_hpc.encoders import load_esm2  # noqa: E402
 from virnuc_hpc.encoders.esm2 import (  # noqa: E402
-    ALPHABET, UNK, ESM2Encoder, is_random_checkpoint, load_esm2, load_esm2_model, resolve_esm2_checkpoint,
+    ALPHABET, UNK, ESM2Encoder, is_random_checkpoint, load_esm2_model, resolve_esm2_checkpoint,
     tokenize, tokenize_many,
 )
 from virnuc_hpc.errors import ModelFileError, ModelNotFoundError  # noqa: E402

@@ -11,8 +11,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from virnuc_hpc.encoders import load_esm2
 from virnuc_hpc.encoders.esm2 import (
-    CLS, EOS, PAD, ESM2Encoder, load_esm2, pad_batch, tokenize, tokenize_many,
+    CLS, EOS, PAD, ESM2Encoder, pad_batch, tokenize, tokenize_many,
 )
 from virnuc_hpc.encoders.esm2_packed import (
     MIN_BUCKET, TAIL_CHUNK, PackedESM2Encoder, attend_masked, bucket_sizes, bucket_tokens, max_buckets, pack, packed_size,

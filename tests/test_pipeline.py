@@ -45,8 +45,7 @@ def test_demo_writes_every_output(reference: Path):
 def test_features_belong_to_their_frames(reference: Path, demo_cache: Path):
     """Each stored vector is the encoders' output for that very frame (no mix-up across bags)."""
     from virnuc_hpc.demo import ensure_demo_models
-    from virnuc_hpc.encoders.dnabert import load_dnabert
-    from virnuc_hpc.encoders.esm2 import load_esm2
+    from virnuc_hpc.encoders import load_dnabert, load_esm2
 
     table = frames_for_records(load_records([DEMO_FASTA], skip_invalid=False).records, 300)
     with store.open_features(reference) as ds:

@@ -18,6 +18,7 @@ import click
 from pydantic import ValidationError
 
 from .config import describe_errors, load_config
+from .errors import UserError
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a Ctrl-C
@@ -95,7 +96,6 @@ def _fail(message: str) -> None:
 def _execute(command: str, inputs: tuple[str, ...], outdir: str, preset: str | None,
              config_file: str | None, samplesheet: str | None = None, dry_run: bool = False,
              **overrides: Any) -> None:
-    from .errors import UserError
     from .fasta import FastaError
     from .pipeline import BagsFailedError
 
@@ -124,7 +124,7 @@ def _execute(command: str, inputs: tuple[str, ...], outdir: str, preset: str | N
     except BagsFailedError as err:
         click.echo(f"virnuc-hpc: error: {err}", err=True)
         sys.exit(1)
-    except (UserError, ValueError) as err:
+    except UserError as err:  # anything else is a bug: its traceback is kept
         _fail(str(err))
     except OSError as err:
         _fail(f"{err.strerror or err}: {err.filename or ''}".rstrip(": "))
@@ -289,7 +289,7 @@ def submit(run_args: tuple[str, ...], folder: str | None, time_limit: str, per_i
         slurm.time_minutes(time_limit)
     except ValidationError as err:
         _fail(f"invalid configuration: {describe_errors(err)}")
-    except ValueError as err:
+    except UserError as err:
         _fail(str(err))
     options = slurm.SlurmOptions(folder=Path(folder or Path(outdir) / "slurm").resolve(),
                                  time=time_limit, **sbatch)
@@ -360,14 +360,13 @@ def worker(scheduler_address: str, host: str | None, name: str | None, death_tim
     the scheduler and every worker, also one joining later, loads them from there.
     """
     from .cluster import serve_workers
-    from .errors import UserError
     from .slurm import node_address
 
     try:
         config = load_config(preset=preset, config_file=config_file, overrides=overrides)
     except ValidationError as err:
         _fail(f"invalid configuration: {describe_errors(err)}")
-    except ValueError as err:
+    except UserError as err:
         _fail(str(err))
     if host is None:
         local = any(h in scheduler_address for h in ("127.0.0.1", "localhost", "[::1]"))

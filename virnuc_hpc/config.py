@@ -15,6 +15,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .errors import ConfigError
+
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 #: A host name, an IPv4 address or a bracketed IPv6 address (no spaces, no scheme).
@@ -120,9 +122,9 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except (OSError, yaml.YAMLError) as err:
-        raise ValueError(f"cannot read configuration {path}: {err}") from err
+        raise ConfigError(f"cannot read configuration {path}: {err}") from err
     if not isinstance(data, dict):
-        raise ValueError(f"configuration {path} must be a mapping of option: value")
+        raise ConfigError(f"configuration {path} must be a mapping of option: value")
     return data
 
 
@@ -135,7 +137,7 @@ def preset_path(name: str) -> Path:
     """A preset is one of the names in configs/, never a path (--config reads any file of yours)."""
     known = presets()
     if name not in known:
-        raise ValueError(f"unknown preset {name!r}; known presets: {', '.join(known)} "
+        raise ConfigError(f"unknown preset {name!r}; known presets: {', '.join(known)} "
                          "(a YAML file of your own goes to --config FILE)")
     return CONFIG_DIR / f"{name}.yaml"
 

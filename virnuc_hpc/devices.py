@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from .errors import ConfigError
+
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -28,9 +30,9 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     if precision == "auto":
         return "fp32" if device.type == "cpu" else "fp16"
     if precision not in _DTYPES:
-        raise ValueError(f"unknown precision {precision!r}; choose fp32, fp16, bf16 or auto")
+        raise ConfigError(f"unknown precision {precision!r}; choose fp32, fp16, bf16 or auto")
     if precision == "fp16" and device.type == "cpu":
-        raise ValueError("fp16 is not supported on CPU; use fp32 or bf16")
+        raise ConfigError("fp16 is not supported on CPU; use fp32 or bf16")
     return precision
 
 

@@ -28,5 +28,10 @@ class OutputLockedError(OutputError):
     """Another run holds the output directory's lock; the message names it and says what to do."""
 
 
+class ConfigError(UserError, ValueError):
+    """A configuration that cannot be used (an unreadable file, an unknown preset, a setting the
+    device cannot honour); values refused by RunConfig's own checks come as pydantic errors."""
+
+
 class SetupError(UserError, RuntimeError):
     """The environment cannot run what was asked (a missing package, an unusable address)."""

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from itertools import islice
 from typing import NamedTuple
 
+from .errors import UserError
 from .samples import mate_read_id
 
 MAX_LISTED = 50  # problems spelled out in a FastaError message
@@ -88,7 +89,7 @@ def shorten(text: str, limit: int = 80) -> str:
     return f"{text[:limit]!r}... ({len(text):,} characters)"
 
 
-class FastaError(ValueError):
+class FastaError(UserError, ValueError):
     """Input refused; `problems` lists every reason found (the message shows the first 50)."""
 
     def __init__(self, problems: Iterable[Problem]) -> None:

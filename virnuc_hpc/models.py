@@ -2,23 +2,27 @@
 
 Workers receive plain paths; the run's identity records each file's sha256 so that a resumed run
 with other weights is refused. ``demo`` resolves to random-weight models made on the fly.
+
+This module only orchestrates: file handling (offline switch, sha256, DNABERT directories) lives in
+encoders/files.py, ESM-2 checkpoint lookup in encoders/esm2.py. It may import the encoders; they
+never import it.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from .config import RunConfig
+from .encoders.files import HASH_BLOCK, dnabert_is_random, file_sha256, offline, resolve_dnabert_dir
+from .encoders.files import dnabert_weights_file
 from .errors import ModelNotFoundError
 
+__all__ = ["DEMO", "HASH_BLOCK", "ModelFile", "file_sha256", "hash_models", "locate_models", "offline"]
+
 DEMO = "demo"
-HASH_BLOCK = 1 << 24  # 16 MB reads: few syscalls, little memory per thread
 
 
 @dataclass(frozen=True)
@@ -32,34 +36,6 @@ class ModelFile:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def offline() -> bool:
-    """VIRNUC_HPC_OFFLINE or HF_HUB_OFFLINE set to 1/true/yes/on (Hugging Face's reading): no
-    model download is tried, for ESM-2 and DNABERT alike."""
-    return any(os.environ.get(v, "").strip().lower() in {"1", "true", "yes", "on"}
-               for v in ("VIRNUC_HPC_OFFLINE", "HF_HUB_OFFLINE"))
-
-
-def file_sha256(path: Path) -> str:
-    """sha256 of a file's bytes, always read: size and mtime prove nothing (weights rewritten in place
-    with the mtime restored keep both). Streams 16 MB blocks; hashlib releases the GIL on each, so
-    several files hash in parallel threads."""
-    h = hashlib.sha256()
-    buf = bytearray(HASH_BLOCK)
-    view = memoryview(buf)
-    with open(path, "rb", buffering=0) as fh:
-        while n := fh.readinto(buf):
-            h.update(view[:n])
-    return h.hexdigest()
-
-
-def _dnabert_is_random(directory: Path) -> bool:
-    try:
-        from .encoders.dnabert import RANDOM_WEIGHTS_FLAG
-        return bool(json.loads((directory / "config.json").read_text()).get(RANDOM_WEIGHTS_FLAG))
-    except (OSError, ValueError):
-        return False
 
 
 def _esm2_is_random(path: Path) -> bool:
@@ -84,8 +60,6 @@ def locate_models(config: RunConfig, *, classify: bool) -> dict[str, ModelFile]:
     """Local files for each model the run needs, checksums not yet computed (``sha256`` empty, but
     for the classifier, which is read here anyway);
     raises ModelNotFoundError with where it looked. Fast, so workers can start loading at once."""
-    from .encoders.dnabert import resolve_dnabert_dir
-    from .encoders.dnabert import weights_file as dnabert_weights_file
     from .encoders.esm2 import resolve_esm2_checkpoint
 
     demo = None
@@ -101,7 +75,7 @@ def locate_models(config: RunConfig, *, classify: bool) -> dict[str, ModelFile]:
     out["esm2"] = record("esm2", config.esm2_model, esm2, esm2, _esm2_is_random(esm2))
     dna = demo.dnabert if demo and config.dnabert_model == DEMO else resolve_dnabert_dir(config.dnabert_model)
     out["dnabert"] = record("dnabert", config.dnabert_model, dna, dnabert_weights_file(dna),
-                            _dnabert_is_random(dna))
+                            dnabert_is_random(dna))
     if classify:
         if not config.classifier:
             raise ModelNotFoundError("predict needs a classifier: pass --classifier 500_model.pth "

@@ -30,6 +30,7 @@ from . import __version__, store
 from .bags import Bag, BagRef, head_stats, plan_bags, records_per_bag
 from .cluster import connect, dashboard_link, preflight
 from .config import RESULT_FIELDS, RunConfig, dump_config, fingerprint, load_config
+from .errors import ConfigError
 from .gpu_monitor import mean_utilization
 from .lock import locked
 from .models import ModelFile, file_sha256, hash_models, locate_models
@@ -105,7 +106,7 @@ def _run(held: ExitStack, inputs: Sequence[str | Path] | str | Path, outdir: str
         config = RunConfig(**config.model_dump())  # re-validate the overrides
         preflight(config, client)  # a missing package or GPU: refused before any process starts
         if not classify and config.features == "none":
-            raise ValueError("features: none keeps no features; `embed` needs float32 or float16")
+            raise ConfigError("features: none keeps no features; `embed` needs float32 or float16")
         samples = resolve_samples(inputs, samplesheet)
         files = [f for sample in samples for f in sample.files]
         for f in files:  # empty, binary or not FASTA/FASTQ: refused before anything starts

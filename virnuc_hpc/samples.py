@@ -18,6 +18,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from .errors import UserError
+
 COMPRESSION_EXTENSIONS = (".gz", ".bgz", ".bz2", ".xz", ".zst", ".zstd")
 SEQUENCE_EXTENSIONS = (".fastq", ".fq", ".fasta", ".fa", ".fna", ".ffn", ".fas", ".fsa", ".seq")
 _SAFE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
@@ -53,7 +55,7 @@ class Sample:
         return any(file.mate is not None for file in self.files)
 
 
-class SampleError(ValueError):
+class SampleError(UserError, ValueError):
     """A mistake in how inputs were named or listed; the message says how to fix it."""
 
 

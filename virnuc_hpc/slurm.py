@@ -33,6 +33,7 @@ import submitit
 from submitit.core.utils import JobPaths
 
 from .config import RunConfig
+from .errors import ConfigError
 
 log = logging.getLogger("virnuc_hpc")
 
@@ -72,7 +73,7 @@ def time_minutes(value: str | int) -> int:
     text = str(value).strip()
     m = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", text)
     if not m:
-        raise ValueError(f"cannot read time limit {value!r} (use minutes, HH:MM:SS or D-HH:MM:SS)")
+        raise ConfigError(f"cannot read time limit {value!r} (use minutes, HH:MM:SS or D-HH:MM:SS)")
     days, a, b, c = (int(x) if x else None for x in m.groups())
     if days is not None:  # D-HH[:MM[:SS]]
         secs = days * 86400 + a * 3600 + (b or 0) * 60 + (c or 0)

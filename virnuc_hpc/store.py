@@ -38,6 +38,7 @@ import xarray as xr
 
 from .calls import LABELS as CLASSES, labels_from_proba
 from .errors import OutputError
+from .lock import LOCK_NAME
 
 ENGINE = "h5netcdf"
 BAGS_DIR = "bags"
@@ -119,7 +120,7 @@ def write_json(path: Path, payload: dict[str, Any]) -> None:
 
 BAG_NAME = re.compile(r"bag-\d{6}\.nc")
 CHECKSUM_SUFFIX = ".sha256"  # bags/bag-000001.nc.sha256: the sha256 of the bag file's bytes
-LOCK = ".virnuc-hpc.lock"
+LOCK = LOCK_NAME  # held by a running run (lock.py)
 
 
 def bag_files(outdir: str | Path) -> list[Path]:

@@ -22,6 +22,7 @@ from distributed import WorkerPlugin, get_worker
 from distributed.core import Status
 
 from .bags import Bag
+from .spec import Encoders, ModelSpec  # defined in spec.py (engines use them too); re-exported here
 from .timing import StageTimer
 
 # Nothing heavy (torch, xarray) is imported at module level: unpickling the plugin, which the client
@@ -29,33 +30,6 @@ from .timing import StageTimer
 # beside the client's reading of the input.
 
 PLUGIN_NAME = "virnuc-hpc-encoders"
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """Resolved, local model files plus how to run them; identical on every worker."""
-
-    esm2_path: str
-    dnabert_path: str
-    classifier_path: str | None
-    device: str = "auto"
-    precision: str = "auto"
-    engine: str = "native"
-    zero_offload: str = "none"
-    nvme_path: str | None = None
-    exact_gelu: bool = False
-    esm2_max_tokens: int | None = None
-    dnabert_max_tokens: int | None = None
-    threads: int | None = None
-
-
-@dataclass
-class Encoders:
-    esm2: Any
-    dnabert: Any
-    classifier: Any | None
-    precision: str
-    device: str
 
 
 def load_encoders(spec: ModelSpec, timer: StageTimer | None = None) -> Encoders:

@@ -1,8 +1,12 @@
 """DNABERT-S (DNABERT-2 / MosaicBERT architecture) as our own module: nucleotide string -> 768-d vector.
 
 The hub copy ships remote modelling code (and a Triton kernel that breaks on current Triton); we never
-execute it. The maths below is the plain DNABERT-2 layer maths of models.md, read from the real file
-formats, so fp32 results equal the reference and a user's real directory loads through this code.
+execute it. The maths below is the plain DNABERT-2 layer maths (MosaicBERT: post-LN blocks, fused
+QKV, ALiBi attention, GeGLU MLP), read from the real file formats, so fp32 results equal the
+reference and a user's real directory loads through this code.
+
+The factory that picks this padded encoder or the packed one, ``load_dnabert``, lives in the
+encoders package (encoders/factory.py), so that this module never imports dnabert_packed.py.
 """
 
 from __future__ import annotations
@@ -10,13 +14,12 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
 import re
 import warnings
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -24,15 +27,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..devices import dtype_of, resolve_device, resolve_precision
-from ..errors import ModelFileError, ModelNotFoundError
-from ..models import offline
-
-if TYPE_CHECKING:
-    from .dnabert_packed import PackedDNABERTEncoder
+from ..errors import ModelFileError
+from .files import DNABERT_HUB_FILES as HUB_FILES  # noqa: F401  (re-exported: old name)
+from .files import RANDOM_WEIGHTS_FLAG  # noqa: F401  (re-exported: random_models.dnabert)
+from .files import dnabert_weights_file as weights_file
+from .files import file_sha256
+from .files import hf_cache_dir as _hf_cache_dir  # noqa: F401  (re-exported: old name)
+from .files import resolve_dnabert_dir
 
 Attend = Callable[[Tensor, Tensor, Tensor], Tensor]  # q, k, v (..., H, d) -> context (..., H, d)
-HUB_FILES = ["config.json", "*.safetensors", "pytorch_model.bin", "tokenizer.json",
-             "tokenizer_config.json", "special_tokens_map.json"]
 
 
 @dataclass(frozen=True)
@@ -170,17 +173,6 @@ def read_config(directory: Path) -> DNABERTConfig:
     return cfg
 
 
-RANDOM_WEIGHTS_FLAG = "virnuc_hpc_random_weights"  # set in config.json by random_models.dnabert
-
-
-def weights_file(directory: Path) -> Path:
-    """model.safetensors (preferred) or pytorch_model.bin in a model directory."""
-    for name in ("model.safetensors", "pytorch_model.bin"):
-        if (directory / name).is_file():
-            return directory / name
-    raise ModelFileError(f"no model.safetensors or pytorch_model.bin in {directory}")
-
-
 def read_weights(directory: Path) -> tuple[dict[str, Tensor], Path]:
     """model.safetensors (preferred) or pytorch_model.bin (weights_only), as fp32 CPU tensors."""
     path = weights_file(directory)
@@ -251,56 +243,14 @@ def build_model(cfg: DNABERTConfig, checkpoint: dict[str, Tensor], source: Path)
     return model.eval()
 
 
-# --------------------------------------------------------------------------- name -> directory
-
-def _hf_cache_dir() -> Path:
-    """The hub cache huggingface_hub would use, read from the environment now (not at import)."""
-    env = os.environ
-    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
-        if env.get(var):
-            return Path(env[var]).expanduser()
-    home = env.get("HF_HOME") or os.path.join(env.get("XDG_CACHE_HOME") or "~/.cache", "huggingface")
-    return Path(home).expanduser() / "hub"
-
-
-def resolve_dnabert_dir(spec: str) -> Path:
-    """A directory as is; a hub id (``zhihan1996/DNABERT-S``) from the HF cache, downloading if online."""
-    path = Path(spec).expanduser()
-    if path.is_dir():
-        return path
-    if path.exists() or not re.fullmatch(r"[\w.-]+/[\w.-]+", spec):
-        raise ModelNotFoundError(f"DNABERT model {spec!r}: not a directory (expected one holding "
-                                 "config.json, model.safetensors or pytorch_model.bin, and tokenizer.json)")
-    from huggingface_hub import snapshot_download
-    cache = _hf_cache_dir()
-    try:
-        return Path(snapshot_download(spec, allow_patterns=HUB_FILES, cache_dir=cache, local_files_only=True))
-    except Exception as exc:
-        reason = f"{type(exc).__name__}: {exc}"
-    if not offline():
-        try:
-            return Path(snapshot_download(spec, allow_patterns=HUB_FILES, cache_dir=cache))
-        except Exception as exc:
-            reason = f"download failed ({type(exc).__name__}: {exc})"
-    else:
-        reason += "; offline (HF_HUB_OFFLINE / VIRNUC_HPC_OFFLINE set), no download tried"
-    raise ModelNotFoundError(
-        f"DNABERT model {spec!r} not found: no such directory, and no copy in the Hugging Face cache "
-        f"{cache} (looked for {cache / ('models--' + spec.replace('/', '--'))}); {reason}. "
-        f"Get the files with `huggingface-cli download {spec}` on a machine with network access "
-        "(and copy the cache here, or set HF_HOME / HF_HUB_CACHE to it), or pass a directory holding "
-        "config.json, model.safetensors or pytorch_model.bin, and tokenizer.json.")
-
-
 # --------------------------------------------------------------------------- the encoder
 
-def weights_sha256(encoder: "DNABERTEncoder | PackedDNABERTEncoder") -> str:
-    """sha256 of an encoder's weights file. Both encoders cache it as a cached_property read on
-    first use: the client already checksums every model file (models.hash_models), so workers
-    never need it at start-up."""
+def weights_sha256(encoder: Any) -> str:
+    """sha256 of an encoder's (DNABERTEncoder or PackedDNABERTEncoder) weights file. Both encoders
+    cache it as a cached_property read on first use: the client already checksums every model file
+    (models.hash_models), so workers never need it at start-up."""
     if encoder.weights is None:
         raise ValueError("sha256 unknown: the encoder was not built from a file")
-    from ..models import file_sha256
     return file_sha256(Path(encoder.weights))
 
 
@@ -371,6 +321,13 @@ class DNABERTEncoder:
         self.stats["batches"] += 1
         return vec.cpu().numpy()
 
+    def prepare(self, nucleotides: Sequence[str]) -> list[str]:
+        """The padded path tokenises inside ``embed``: nothing to do ahead, the strings are the input."""
+        return list(nucleotides)
+
+    def warm_up(self) -> None:
+        """Nothing to compile on the padded path."""
+
     @torch.inference_mode()
     def embed(self, nucleotides: Sequence[str]) -> np.ndarray:
         seqs = list(nucleotides)
@@ -392,32 +349,3 @@ def load_dnabert_parts(spec: str) -> tuple[DNABERT2, object, Path]:
     tokenizer = read_tokenizer(directory, cfg)
     checkpoint, weights = read_weights(directory)
     return build_model(cfg, checkpoint, weights), tokenizer, weights
-
-
-def _use_packed(device: torch.device, precision: str) -> bool:
-    """Packed FlexAttention on CUDA in fp16/bf16; fp32 (the compat mode) and CPU stay padded.
-
-    VIRNUC_HPC_DNABERT_PATH=padded forces the padded SDPA path (an escape hatch, read per call)."""
-    forced = os.environ.get("VIRNUC_HPC_DNABERT_PATH", "").strip().lower()
-    if forced not in {"", "auto", "packed", "padded"}:
-        raise ValueError(f"VIRNUC_HPC_DNABERT_PATH must be auto, packed or padded, not {forced!r}")
-    if forced == "padded":
-        return False
-    return device.type == "cuda" and precision != "fp32"
-
-
-def load_dnabert(spec: str, device: str = "auto", precision: str = "auto",
-                 max_tokens: int | None = None) -> "DNABERTEncoder | PackedDNABERTEncoder":
-    """Directory or hub id -> ready encoder. Reads only data files; never runs the hub's code.
-
-    On a GPU in fp16/bf16 this is the packed, compiled FlexAttention encoder (dnabert_packed.py);
-    otherwise the padded SDPA encoder above (CPU, CI, fp32 compat mode)."""
-    model, tokenizer, weights = load_dnabert_parts(spec)
-    dev = resolve_device(device)
-    prec = resolve_precision(precision, dev)
-    if _use_packed(dev, prec):
-        from .dnabert_packed import PackedDNABERTEncoder
-        return PackedDNABERTEncoder(model, tokenizer, name=spec, weights=weights, device=str(dev),
-                                    precision=prec, max_tokens=max_tokens)
-    return DNABERTEncoder(model, tokenizer, name=spec, weights=weights, device=str(dev), precision=prec,
-                          max_tokens=max_tokens)

@@ -34,7 +34,7 @@ from .dnabert import DNABERT2, DNABERTEncoder, DNABERTLayer, weights_sha256
 from .packing import pack_sizes
 
 BLOCK = 128                 # FlexAttention's default block; batches are a multiple of it
-GPU_BUDGET = 65536          # tokens per packed batch on a GPU (fills an H100; ~1 GB of activations)
+GPU_BUDGET = 65536          # tokens per packed batch on a GPU (measured: benchmarks/dnabert_throughput.py)
 CPU_BUDGET = 1024           # dense reference path: the bias is (H, T, T)
 Attention = Literal["flex", "dense"]
 ScoreMod = Callable[[Tensor, Tensor, Tensor, Tensor, Tensor], Tensor]
@@ -187,7 +187,7 @@ def dense_layer(layer: DNABERTLayer, x: Tensor, bias: Tensor) -> Tensor:
 
 class PackedForward:
     """Packed ids -> (T, D) last hidden states. With ``compile`` one compiled region serves all
-    layers (regional compilation: 12 identical layers compile once, a few seconds instead of a
+    layers (regional compilation: 12 identical layers compile once, much faster than a
     whole-model compile)."""
 
     def __init__(self, model: DNABERT2, attention: Attention = "flex", compile: bool = True) -> None:

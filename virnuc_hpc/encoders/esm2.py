@@ -1,14 +1,18 @@
 """ESM-2 protein embeddings for VirNucPro features, without fair-esm at run time.
 
-Our own forward pass over fair-esm's released checkpoint files (models.md, "ESM-2"), so that we can
-load them safely (weights_only), pick precision and batching ourselves, and later swap the attention
-kernel. In fp32 it reproduces fair-esm 2.0.0 to ~1e-6 (tests/test_esm2.py).
+Our own forward pass over fair-esm's released checkpoint files (pre-LayerNorm transformer with
+rotary attention, parameters named as in fair-esm's esm/model/esm2.py), so that we can load them
+safely (weights_only), pick precision and batching ourselves, and later swap the attention kernel.
+In fp32 it reproduces fair-esm 2.0.0 to ~1e-6 (tests/test_esm2.py).
 
-Pooling follows the original VirNucPro `extract_esm` (virnucpro-compat.md section 4): the whole protein
-goes through the model untruncated, and the vector is the mean of the final-LayerNorm representation
-over residue positions 1..min(L, 1024) (BOS, EOS and padding excluded). Proteins longer than 1024
-residues therefore do not crash; like the original, their tail still attends but is left out of the
-mean. Reads never come close (a 500-bp chunk gives 166 aa).
+Pooling follows the original VirNucPro `extract_esm`: the whole protein goes through the model
+untruncated, and the vector is the mean of the final-LayerNorm representation over residue
+positions 1..min(L, 1024) (BOS, EOS and padding excluded). Proteins longer than 1024 residues
+therefore do not crash; like the original, their tail still attends but is left out of the mean.
+Reads never come close (a 500-bp chunk gives 166 aa).
+
+The factory that picks this padded encoder or the packed one, ``load_esm2``, lives in the encoders
+package (encoders/factory.py), so that this module never imports esm2_packed.py.
 """
 
 from __future__ import annotations
@@ -28,9 +32,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from virnuc_hpc.devices import dtype_of, resolve_device, resolve_precision
+from virnuc_hpc.encoders.files import RANDOM_WEIGHTS_FLAG, file_sha256, offline
 from virnuc_hpc.errors import ModelFileError, ModelNotFoundError
-from virnuc_hpc.models import offline
 
 # ---------------------------------------------------------------------------------------------------
 # Alphabet (ESM-1b, as esm.Alphabet.from_architecture("ESM-1b")) and tokenisation
@@ -122,7 +125,7 @@ def pad_batch(ids: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def default_inv_freq(head_dim: int) -> torch.Tensor:
-    """Rotary inverse frequencies, base 10000, fp32 (half precision here drifts; models.md)."""
+    """Rotary inverse frequencies, base 10000, fp32 (in half precision the rotation angles drift)."""
     return 1.0 / (10000 ** (torch.arange(0, head_dim, 2, device="cpu").float() / head_dim))
 
 
@@ -267,7 +270,7 @@ KNOWN_MODELS: dict[str, tuple[int, int, int]] = {  # name -> (layers, embed_dim,
 MODEL_URL = "https://dl.fbaipublicfiles.com/fair-esm/models/{name}.pt"
 _PREFIX_RE = re.compile(r"^(encoder\.sentence_encoder\.|encoder\.)")  # fair-esm core_v2 mapping
 _IGNORED_RE = re.compile(r"^(lm_head|contact_head)\.|\.rot_emb\.inv_freq$")
-RANDOM_WEIGHTS_FLAG = "virnuc_hpc_random_weights"  # set in cfg['model'] by random_models.esm2
+# RANDOM_WEIGHTS_FLAG (imported above from files.py) is set in cfg['model'] by random_models.esm2
 
 
 def model_name(spec: str | Path, path: Path) -> str:
@@ -450,7 +453,7 @@ DEFAULT_MAX_TOKENS = {"cpu": 16384, "cuda": 32768}
 
 
 class ESM2Encoder:
-    """Mean-pooled ESM-2 embeddings for lists of proteins (virnucpro-compat.md section 4).
+    """Mean-pooled ESM-2 embeddings for lists of proteins (VirNucPro's pooling: module docstring).
 
     Length-sorted, token-budgeted padded batches; results come back in input order. In fp16/bf16 a
     batch with any non-finite vector is recomputed with an fp32 copy of the weights (made on first need)."""
@@ -477,8 +480,14 @@ class ESM2Encoder:
         """Hex digest of the checkpoint file, computed on first use (seconds for the 3B file)."""
         if self.path is None:
             raise ValueError("sha256 unknown: the encoder was not built from a file")
-        from ..models import file_sha256
         return file_sha256(Path(self.path))
+
+    def prepare(self, proteins: Sequence[str]) -> list[str]:
+        """The padded path tokenises inside ``embed``: nothing to do ahead, the strings are the input."""
+        return list(proteins)
+
+    def warm_up(self) -> None:
+        """Nothing to compile on the padded path."""
 
     def embed(self, proteins: Sequence[str]) -> np.ndarray:
         """(N, dim) float32, row i for proteins[i]."""
@@ -513,24 +522,3 @@ class ESM2Encoder:
             else:
                 self._fp32 = copy.deepcopy(self.model).cast(self.device, torch.float32)
         return self._fp32
-
-
-def load_esm2(spec: str, device: str = "auto", precision: str = "auto",
-              max_tokens: int | None = None, exact_gelu: bool = False) -> ESM2Encoder:
-    """ESM2Encoder from a checkpoint path or a released model name (see resolve_esm2_checkpoint).
-
-    On a GPU in fp16/bf16 (with varlen attention available) the packed, compiled encoder of
-    encoders/esm2_packed.py; otherwise (CPU, fp32) the padded reference path. Both have the same
-    API; `max_tokens` is then the packed token budget (default: derived from free GPU memory), and
-    fc1's GELU runs in its GEMM's epilogue (tanh form) unless `exact_gelu`."""
-    from virnuc_hpc.encoders.esm2_packed import PackedESM2Encoder, varlen_available
-
-    path = resolve_esm2_checkpoint(spec)
-    dev = resolve_device(device)
-    prec = resolve_precision(precision, dev)
-    model = load_esm2_model(path, device=dev, dtype=dtype_of(prec))
-    name = model_name(spec, path)
-    if prec in ("fp16", "bf16") and varlen_available(dev):
-        return PackedESM2Encoder(model, name=name, device=dev, precision=prec, max_tokens=max_tokens,
-                                 path=path, gelu_epilogue=not exact_gelu)
-    return ESM2Encoder(model, name=name, device=dev, precision=prec, max_tokens=max_tokens, path=path)

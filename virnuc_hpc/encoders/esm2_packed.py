@@ -1,6 +1,7 @@
 """Packed ESM-2 forward for GPUs: no padding, variable-length attention, compiled dense layers.
 
-Why: padded fp32 batches leave the GPU at ~4% of its matmul ceiling (platform.md). Here a bag's
+Why: padded fp32 batches leave the GPU far below its matmul ceiling (measured:
+benchmarks/esm2_throughput.py). Here a bag's
 proteins are length-sorted and packed end to end into token-budget batches (one (T, D) matrix, no
 pad rows except a short tail), attention runs per sequence through a varlen kernel (memory-efficient
 attention by default: its 64-row tiles suit 50-residue proteins better than flash's 128), and the
@@ -40,7 +41,8 @@ Attend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, "DeviceBatch"], tor
 
 MIN_BUCKET = 256          # smallest packed length compiled
 BUDGET_QUANTUM = 512      # budgets are multiples of this, so the top bucket equals the budget
-MAX_BUDGET = 65536        # tokens per batch past which the matmuls are no faster (H100/H200)
+MAX_BUDGET = 65536        # tokens per batch past which the matmuls are no faster (measured:
+                          # benchmarks/esm2_throughput.py)
 MIN_BUDGET = 2048
 FP32_RECOMPUTE_TOKENS = 16384  # padded fp32 sub-batches when a batch is recomputed
 TAIL_CHUNK = 128          # the tail padding attends in chunks this long (cheap, never pooled)
@@ -223,8 +225,8 @@ def attend_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: Devi
 
 def attend_efficient(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: DeviceBatch) -> torch.Tensor:
     """Memory-efficient (cutlass) varlen attention, the GPU default: its 64-row tiles fit short
-    proteins, where flash's 128-row tile per protein and head is mostly empty (50-residue proteins:
-    twice as fast on an H100, benchmarks/attention_varlen.py); default scale head_dim^-0.5."""
+    proteins, where flash's 128-row tile per protein and head is mostly empty (faster on
+    50-residue proteins, measured: benchmarks/attention_varlen.py); default scale head_dim^-0.5."""
     cu, n = batch.cu_seqlens, batch.max_seqlen
     out = torch.ops.aten._efficient_attention_forward(q[None], k[None], v[None], None, cu, cu, n, n,
                                                       0.0, 0)[0]
@@ -467,7 +469,7 @@ class PackedESM2Encoder(ESM2Encoder):
         self.compile_layers = device.type == "cuda" if compile_layers is None else compile_layers
         self.token_budget = max_tokens or derive_token_budget(device, model.embed_dim, dtype=self.dtype)
         # fp16/bf16 on a GPU: fc1's GELU in the GEMM epilogue (tanh form, within half-precision noise
-        # of erf: esm2_variants.py); fp32 keeps the exact erf GELU of the reference
+        # of erf, measured: benchmarks/esm2_variants.py); fp32 keeps the exact erf GELU of the reference
         if gelu_epilogue is None:
             gelu_epilogue = device.type == "cuda" and precision != "fp32"
         self.gelu_epilogue, self.dynamic_shapes = gelu_epilogue, dynamic_shapes

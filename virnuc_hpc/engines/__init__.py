@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ..worker import ModelSpec
+    from ..spec import ModelSpec
 
 
 def load_engine_encoders(spec: "ModelSpec") -> tuple[Any, Any]:

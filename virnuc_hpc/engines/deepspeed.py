@@ -33,7 +33,7 @@ from torch import nn
 from ..devices import dtype_of, resolve_device, resolve_precision
 
 if TYPE_CHECKING:
-    from ..worker import ModelSpec
+    from ..spec import ModelSpec
 
 
 def import_deepspeed(device: torch.device) -> Any:
@@ -224,8 +224,7 @@ def load_esm2_zero(deepspeed: Any, spec: "ModelSpec", device: torch.device, prec
 
 def load_deepspeed(spec: "ModelSpec") -> tuple[Any, Any]:
     """(esm2, dnabert) encoders run by DeepSpeed; same API and maths as native."""
-    from ..encoders.dnabert import load_dnabert
-    from ..encoders.esm2 import load_esm2
+    from ..encoders.factory import load_dnabert, load_esm2
 
     device = resolve_device(spec.device)
     precision = resolve_precision(spec.precision, device)

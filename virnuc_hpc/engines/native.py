@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ..encoders.dnabert import load_dnabert
-from ..encoders.esm2 import load_esm2
+from ..encoders.factory import load_dnabert, load_esm2
 
 if TYPE_CHECKING:
-    from ..worker import ModelSpec
+    from ..spec import ModelSpec
 
 
 def load_native(spec: "ModelSpec") -> tuple[Any, Any]:

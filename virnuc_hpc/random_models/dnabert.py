@@ -15,7 +15,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from virnuc_hpc.encoders.dnabert import RANDOM_WEIGHTS_FLAG
+from virnuc_hpc.encoders.files import RANDOM_WEIGHTS_FLAG
 
 SPECIAL_TOKENS = ["[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]"]  # ids 0..4, as in DNABERT-2
 

@@ -1,4 +1,4 @@
-"""Randomly initialised ESM-2 checkpoints in the released file format (models.md, "ESM-2").
+"""Randomly initialised ESM-2 checkpoints in fair-esm's released file format.
 
 Real weights cannot be fetched here, and compute cost does not depend on weight values, so tests,
 demos and benchmarks use these files; a user's real file then goes through exactly the same loader.
@@ -24,7 +24,8 @@ from pathlib import Path
 
 import torch
 
-from virnuc_hpc.encoders.esm2 import ALPHABET, PAD, RANDOM_WEIGHTS_FLAG, default_inv_freq
+from virnuc_hpc.encoders.esm2 import ALPHABET, PAD, default_inv_freq
+from virnuc_hpc.encoders.files import RANDOM_WEIGHTS_FLAG
 
 
 def released_shapes(layers: int, embed_dim: int, heads: int) -> dict[str, tuple[int, ...]]:
