@@ -5,7 +5,7 @@
 Why: a refactor of the encoder layer (one contract, no import circles) must not cost speed. Both
 trees load ESM-2 3B and DNABERT-S (real sizes, random weights: compute cost does not depend on the
 weight values) through their own public factory, on the same card, in alternating child processes
-(A B A B ...: drift of the card's clocks hits both), in fp16 on a GPU. Each child warms the encoder
+(A B, then B A, ...: drift of the card's clocks and the order hit both alike), in fp16 on a GPU. Each child warms the encoder
 up (compiles), then embeds a fixed workload twice and reports the faster pass:
   esm2     proteins of 45-50 aa, as translated from 150-bp reads
   dnabert  151-nt sequences (the DNA of 150-bp reads' frames)
@@ -30,7 +30,7 @@ ESM2_FLOP_PER_TOKEN = 5.66e9   # ESM-2 3B: 2 x 2.83e9 multiply-adds per token (m
 DNABERT_FLOP_PER_TOKEN = 2 * 86e6  # DNABERT-S: ~86M parameters in its matrix products
 
 
-def child(tree: Path, which: str, model: str, n: int) -> dict:
+def child(tree: Path, which: str, model: str, n: int, device: str = "cuda") -> dict:
     """In a fresh process: load one encoder from ``tree`` and time it (run with --child)."""
     sys.path.insert(0, str(tree))
     sys.path.insert(1, str(HERE))
@@ -45,7 +45,7 @@ def child(tree: Path, which: str, model: str, n: int) -> dict:
 
     load = load_esm2 if which == "esm2" else load_dnabert
     t0 = time.perf_counter()
-    encoder = load(model, device="cuda", precision="fp16")
+    encoder = load(model, device=device, precision="fp16" if device == "cuda" else "fp32")
     warm = getattr(encoder, "warm_up", None)
     if warm is not None:
         warm()
@@ -54,11 +54,12 @@ def child(tree: Path, which: str, model: str, n: int) -> dict:
     tokens = sum(len(s) + 2 for s in data) if which == "esm2" else None
     encoder.embed(data[: n // 10])  # every shape of the workload seen once
     best = float("inf")
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     for _ in range(2):
-        torch.cuda.synchronize()
+        sync()
         t = time.perf_counter()
         out = encoder.embed(data)
-        torch.cuda.synchronize()
+        sync()
         best = min(best, time.perf_counter() - t)
     if tokens is None:  # DNABERT: tokens from the model directory's own tokenizer ([CLS] and [SEP] included)
         from tokenizers import Tokenizer
@@ -71,16 +72,18 @@ def child(tree: Path, which: str, model: str, n: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--baseline-tree", type=Path, required=True, help="a checkout of the baseline")
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=2, help="each round runs both trees; the order alternates")
+    parser.add_argument("--only", default="esm2,dnabert", help="comma list: esm2,dnabert")
     parser.add_argument("--proteins", type=int, default=20_000)
     parser.add_argument("--dna", type=int, default=60_000)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/virnuc-encoders-ab"))
     parser.add_argument("--out-dir", type=Path, default=HERE / "results")
-    parser.add_argument("--child", nargs=4, metavar=("TREE", "WHICH", "MODEL", "N"), help=argparse.SUPPRESS)
+    parser.add_argument("--child", nargs=5, metavar=("TREE", "WHICH", "MODEL", "N", "DEVICE"),
+                        help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        tree, which, model, n = args.child
-        print(json.dumps(child(Path(tree), which, model, int(n))))
+        tree, which, model, n, device = args.child
+        print(json.dumps(child(Path(tree), which, model, int(n), device)))
         return
 
     sys.path.insert(0, str(HERE))
@@ -89,18 +92,27 @@ def main() -> None:
     from common import card_slug, matmul_ceiling
     from pipeline_scaling import make_models
 
-    models = make_models(args.workdir / "models")
+    if "esm2" in args.only:
+        models = make_models(args.workdir / "models")
+    else:  # DNABERT-S alone: skip writing the 5.6 GB ESM-2 file
+        from virnuc_hpc.random_models import write_random_dnabert_dir
+        models = {"esm2": "", "dnabert": str(args.workdir / "models" / "dnabert_s_random")}
+        if not Path(models["dnabert"]).exists():
+            write_random_dnabert_dir(Path(models["dnabert"]), seed=0)
     ceiling = matmul_ceiling() * 1e12
     torch.cuda.empty_cache()
     trees = {"baseline": args.baseline_tree.resolve(), "ours": OURS}
     sizes = {"esm2": (models["esm2"], args.proteins), "dnabert": (models["dnabert"], args.dna)}
     env = {**os.environ, "VIRNUC_HPC_COMPILE_CACHE": str(args.workdir / "compile-cache")}
     runs: list[dict] = []
-    for _ in range(args.rounds):
+    sizes = {k: v for k, v in sizes.items() if k in args.only.split(",")}
+    for round_ in range(args.rounds):
         for which, (model, n) in sizes.items():
-            for label, tree in trees.items():
-                cmd = [sys.executable, __file__, "--baseline-tree", str(tree), "--child", str(tree), which, model, str(n)]
-                proc = subprocess.run(cmd, capture_output=True, text=True, env={**env, "PYTHONPATH": str(tree)})
+            order = list(trees.items()) if round_ % 2 == 0 else list(trees.items())[::-1]  # A B, then B A
+            for label, tree in order:
+                cmd = [sys.executable, __file__, "--baseline-tree", str(tree), "--child", str(tree), which, model, str(n), "cuda"]
+                path = os.pathsep.join([str(tree), env.get("PYTHONPATH", "")])  # this tree's package first
+                proc = subprocess.run(cmd, capture_output=True, text=True, env={**env, "PYTHONPATH": path})
                 if proc.returncode != 0:
                     raise SystemExit(f"{label} {which} failed:\n{proc.stderr[-3000:]}")
                 row = {**json.loads(proc.stdout.strip().splitlines()[-1]), "label": label}
