@@ -9,7 +9,7 @@ import sys
 import dask
 from distributed import Client
 
-from virnuc_hpc.cluster import local_cluster, worker_dask_config
+from virnuc_hpc.cluster import WORKER_MALLOC, local_cluster
 from virnuc_hpc.config import load_config
 
 CHILD = "from virnuc_hpc.timing import peak_rss_mb; print(peak_rss_mb())"
@@ -27,14 +27,15 @@ def test_peak_rss_is_the_process_own_not_its_parents():
     assert 0 < child_mb < 300
 
 
-def test_workers_start_without_dask_malloc_trim_threshold():
-    # Dask's default pins glibc's mmap threshold in workers (bags parse 1.5x slower): ours drop it.
-    assert "MALLOC_TRIM_THRESHOLD_" in dask.config.get("distributed.nanny.pre-spawn-environ")
-    assert "MALLOC_TRIM_THRESHOLD_" not in worker_dask_config()["distributed.nanny.pre-spawn-environ"]
+def test_workers_start_with_our_malloc_settings_not_dasks(monkeypatch):
+    # Dask's default pins glibc's mmap threshold in workers (bags parse 1.5x slower): ours set both
+    # thresholds, also when the parent's environment already holds Dask's value.
+    assert dask.config.get("distributed.nanny.pre-spawn-environ")["MALLOC_TRIM_THRESHOLD_"] == 65536
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "65536")
     config = load_config(overrides={"device": "cpu", "workers": 1, "dashboard_address": "127.0.0.1:0"})
     with local_cluster(config) as cluster, Client(cluster, set_as_default=False) as client:
         env = client.run(lambda: json.dumps({k: v for k, v in __import__("os").environ.items()
                                              if k.startswith(("MALLOC_", "OMP_"))}))
     [seen] = [json.loads(v) for v in env.values()]
-    assert "MALLOC_TRIM_THRESHOLD_" not in seen
+    assert {k: seen.get(k) for k in WORKER_MALLOC} == WORKER_MALLOC
     assert seen.get("OMP_NUM_THREADS") == "1"  # Dask's other worker settings are kept

@@ -29,17 +29,40 @@ GPU_WORKER_THREADS = 2
 CPU_WORKER_THREADS = 1
 
 
+# glibc malloc settings for our workers: trim at 128 MiB, mmap from 32 MiB (glibc's own ceiling for
+# its dynamic mmap threshold). See worker_dask_config.
+WORKER_MALLOC = {"MALLOC_TRIM_THRESHOLD_": str(128 << 20), "MALLOC_MMAP_THRESHOLD_": str(32 << 20)}
+
+
 def worker_dask_config() -> dict[str, object]:
     """Dask settings for the worker processes we start.
 
-    Non-daemonic workers (so that a worker may start processes of its own). And no
-    MALLOC_TRIM_THRESHOLD_: Dask's Nanny sets it by default, which also pins glibc's mmap threshold
-    at 128 KiB, so every megabyte-sized buffer of a bag becomes a fresh mmap with its page faults;
-    parsing and translating a bag measured 1.5x slower that way.
+    Non-daemonic workers (so that a worker may start processes of its own). And malloc settings
+    of our own: Dask's Nanny sets MALLOC_TRIM_THRESHOLD_=65536, which also pins glibc's mmap
+    threshold at 128 KiB, so every megabyte-sized buffer of a bag becomes a fresh mmap with its page
+    faults: parsing and translating a bag measured 1.5x slower that way. Both thresholds are set
+    explicitly, here and in the environment while our workers spawn (``worker_environ``): Dask
+    lets a value already in the parent's environment win over its config, and every Nanny it
+    starts writes its own value there.
     """
-    environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}))
-    environ.pop("MALLOC_TRIM_THRESHOLD_", None)
+    environ = {**dask.config.get("distributed.nanny.pre-spawn-environ", {}), **WORKER_MALLOC}
     return {"distributed.worker.daemon": False, "distributed.nanny.pre-spawn-environ": environ}
+
+
+@contextmanager
+def worker_environ() -> Iterator[None]:
+    """WORKER_MALLOC in this process's environment while worker processes are spawned (glibc reads
+    it when a process starts), restored afterwards."""
+    saved = {k: os.environ.get(k) for k in WORKER_MALLOC}
+    os.environ.update(WORKER_MALLOC)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def gpu_count() -> int:
@@ -127,7 +150,7 @@ def local_cluster(config: RunConfig, host: str = "127.0.0.1") -> Iterator[LocalC
     try:
         # A bag that kills its worker twice is reported, not retried forever.
         with dask.config.set({"distributed.scheduler.allowed-failures": 1, **worker_dask_config()}), \
-                _sigint_blocked():
+                worker_environ(), _sigint_blocked():
             if wants_gpu(config):
                 from dask_cuda import LocalCUDACluster  # imported only where GPUs exist
                 cluster = LocalCUDACluster(n_workers=config.workers, threads_per_worker=GPU_WORKER_THREADS,
@@ -223,6 +246,7 @@ async def _serve_workers(scheduler_address: str, config: RunConfig, host: str | 
                          death_timeout: float, handle_signals: bool) -> None:
     from distributed import Nanny
 
+    os.environ.update(WORKER_MALLOC)  # this process only serves workers: see worker_dask_config
     with dask.config.set(worker_dask_config()):
         if wants_gpu(config):
             from dask_cuda import CUDAWorker  # imported only where GPUs exist

@@ -278,7 +278,7 @@ def locked(outdir: str | Path, *, command: str, heartbeat_s: float = 10.0,
     try:
         outdir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise OutputError(f"cannot create output directory {outdir}: {err.strerror or err}") from err
+        raise OutputError(f"output directory {outdir} is not writable: cannot create it ({err.strerror or err})") from err
     path = lock_path(outdir)
     info = _holder_info(command, heartbeat_s)
     deadline = time.monotonic() + TAKEOVER_WAIT_S
