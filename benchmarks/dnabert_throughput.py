@@ -31,7 +31,7 @@ import torch
 from common import card_slug, cosine, dnabert_flops, matmul_ceiling, random_dna, timed  # benchmarks/ on sys.path
 from virnuc_hpc.encoders.dnabert import DNABERTEncoder, load_dnabert_parts
 from virnuc_hpc.encoders.dnabert_packed import PackedDNABERTEncoder, pool
-from virnuc_hpc.random_models.dnabert import write_random_dnabert_dir
+from virnuc_hpc.models.random_weights.dnabert import write_random_dnabert_dir
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -1,6 +1,11 @@
 """Same-card A/B of the two encoders between two trees of the package: no regression beyond 2%.
 
-    python benchmarks/encoders_ab.py --baseline-tree /path/to/old/checkout [--rounds 2]
+    python benchmarks/encoders_ab.py --baseline-tree /path/to/old/checkout [--rounds 2] [--tag refactor]
+    python benchmarks/encoders_ab.py --baseline-tree /path/to/copy/of/this/tree --tag aa   # an A/A
+
+An A/A run (the baseline a copy of this very tree) shows how far apart two identical trees land on
+this card: the noise floor a ratio of the A/B must be read against. Each tree compiles into its own
+cache, so neither runs kernels the other compiled.
 
 Why: a refactor of the encoder layer (one contract, no import circles) must not cost speed. Both
 trees load ESM-2 3B and DNABERT-S (real sizes, random weights: compute cost does not depend on the
@@ -43,6 +48,11 @@ def child(tree: Path, which: str, model: str, n: int, device: str = "cuda") -> d
         from virnuc_hpc.encoders.esm2 import load_esm2
     import torch
 
+    try:  # this tree's own compile cache (the parent names one per tree); older trees read the variable
+        from virnuc_hpc.encoders.compile import configure_compile_cache
+        configure_compile_cache(os.environ["VIRNUC_HPC_COMPILE_CACHE"])
+    except ImportError:
+        pass
     load = load_esm2 if which == "esm2" else load_dnabert
     t0 = time.perf_counter()
     encoder = load(model, device=device, precision="fp16" if device == "cuda" else "fp32")
@@ -72,6 +82,8 @@ def child(tree: Path, which: str, model: str, n: int, device: str = "cuda") -> d
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--baseline-tree", type=Path, required=True, help="a checkout of the baseline")
+    parser.add_argument("--ours-tree", type=Path, default=OURS, help="the tree under test (default: this one)")
+    parser.add_argument("--tag", default="", help="added to the result file names")
     parser.add_argument("--rounds", type=int, default=2, help="each round runs both trees; the order alternates")
     parser.add_argument("--only", default="esm2,dnabert", help="comma list: esm2,dnabert")
     parser.add_argument("--proteins", type=int, default=20_000)
@@ -95,15 +107,14 @@ def main() -> None:
     if "esm2" in args.only:
         models = make_models(args.workdir / "models")
     else:  # DNABERT-S alone: skip writing the 5.6 GB ESM-2 file
-        from virnuc_hpc.random_models import write_random_dnabert_dir
+        from virnuc_hpc.models.random_weights import write_random_dnabert_dir
         models = {"esm2": "", "dnabert": str(args.workdir / "models" / "dnabert_s_random")}
         if not Path(models["dnabert"]).exists():
             write_random_dnabert_dir(Path(models["dnabert"]), seed=0)
     ceiling = matmul_ceiling() * 1e12
     torch.cuda.empty_cache()
-    trees = {"baseline": args.baseline_tree.resolve(), "ours": OURS}
+    trees = {"baseline": args.baseline_tree.resolve(), "ours": args.ours_tree.resolve()}
     sizes = {"esm2": (models["esm2"], args.proteins), "dnabert": (models["dnabert"], args.dna)}
-    env = {**os.environ, "VIRNUC_HPC_COMPILE_CACHE": str(args.workdir / "compile-cache")}
     runs: list[dict] = []
     sizes = {k: v for k, v in sizes.items() if k in args.only.split(",")}
     for round_ in range(args.rounds):
@@ -111,8 +122,10 @@ def main() -> None:
             order = list(trees.items()) if round_ % 2 == 0 else list(trees.items())[::-1]  # A B, then B A
             for label, tree in order:
                 cmd = [sys.executable, __file__, "--baseline-tree", str(tree), "--child", str(tree), which, model, str(n), "cuda"]
-                path = os.pathsep.join([str(tree), env.get("PYTHONPATH", "")])  # this tree's package first
-                proc = subprocess.run(cmd, capture_output=True, text=True, env={**env, "PYTHONPATH": path})
+                path = os.pathsep.join([str(tree), os.environ.get("PYTHONPATH", "")])  # this tree's package first
+                env = {**os.environ, "PYTHONPATH": path,
+                       "VIRNUC_HPC_COMPILE_CACHE": str(args.workdir / f"compile-cache-{label}")}
+                proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
                 if proc.returncode != 0:
                     raise SystemExit(f"{label} {which} failed:\n{proc.stderr[-3000:]}")
                 row = {**json.loads(proc.stdout.strip().splitlines()[-1]), "label": label}
@@ -127,12 +140,15 @@ def main() -> None:
                           "mfu_ours": rate["ours"] * flop[which] / ceiling,
                           "mfu_baseline": rate["baseline"] * flop[which] / ceiling}
     card = torch.cuda.get_device_name(0)
-    payload = {"benchmark": "encoders_ab", "card": card, "ceiling_tflops": ceiling / 1e12, "rounds": args.rounds,
+    payload = {"benchmark": "encoders_ab", "card": card, "tag": args.tag,
+               "trees": {k: str(v) for k, v in trees.items()}, "ceiling_tflops": ceiling / 1e12, "rounds": args.rounds,
                "note": "random weights: speed is real; fp16; medians over rounds", "summary": summary, "runs": runs}
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    slug = card_slug(card)
+    slug = card_slug(card) + (f"-{args.tag}" if args.tag else "")
     (args.out_dir / f"encoders_ab-{slug}.json").write_text(json.dumps(payload, indent=2) + "\n")
-    lines = [f"# encoders_ab on {card}: baseline tree vs ours, fp16, {args.rounds} rounds (medians)", "",
+    lines = [f"# encoders_ab on {card}: baseline tree vs ours, fp16, {args.rounds} rounds (medians)"
+             + (f", {args.tag}" if args.tag else ""), "",
+             f"baseline: `{trees['baseline']}`; ours: `{trees['ours']}`", "",
              f"bf16 matmul ceiling in this run: {ceiling / 1e12:,.0f} TFLOP/s", "",
              "| encoder | baseline tok/s | ours tok/s | ours / baseline | MFU ours |", "|---|---|---|---|---|"]
     for which, s in summary.items():

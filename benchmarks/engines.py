@@ -39,15 +39,16 @@ import torch.nn.functional as F
 
 from common import (card_slug, cosine, dnabert_flops, random_dna, random_proteins,  # benchmarks/ on sys.path
                     time_interleaved, timed)
+from virnuc_hpc.encoders.batching import Fp32Weights
 from virnuc_hpc.encoders.dnabert import DNABERTEncoder, load_dnabert_parts
 from virnuc_hpc.encoders.dnabert_packed import PackedDNABERTEncoder
 from virnuc_hpc.encoders.esm2 import ESM2, ESM2Encoder
 from virnuc_hpc.encoders.esm2_packed import PackedESM2Encoder
 from virnuc_hpc.engines.deepspeed import (
-    EngineView, esm2_params_per_layer, import_deepspeed, init_single_process_group, wrap_encoder,
+    esm2_params_per_layer, import_deepspeed, init_single_process_group, wrap_encoder,
     zero3_config, zero3_engine,
 )
-from virnuc_hpc.random_models.dnabert import write_random_dnabert_dir
+from virnuc_hpc.models.random_weights.dnabert import write_random_dnabert_dir
 
 RESULTS = Path(__file__).resolve().parent / "results"
 AMINO = np.array(list("ACDEFGHIKLMNPQRSTVWY"))
@@ -173,10 +174,15 @@ def dnabert_s(ds: Any, ctx: dict) -> list[dict]:
     return rows
 
 
-def _no_fp32_fallback(enc: ESM2Encoder) -> None:
-    def refuse() -> None:
+def _zero3_encoder(engine: Any, model: ESM2, **kwargs: Any) -> ESM2Encoder:
+    """A padded ESM2Encoder run by a ZeRO-3 engine, without an fp32 fallback (no fp32 copy of an
+    offloaded model)."""
+    def refuse() -> ESM2:
         raise RuntimeError("non-finite fp16 vectors: no fp32 copy of an offloaded model")
-    enc._fp32_model = refuse  # type: ignore[method-assign]
+    enc = ESM2Encoder(model, **kwargs)
+    enc.with_engine("deepspeed-zero3", lambda module, run: engine)
+    enc.fp32 = Fp32Weights(model, enc.precision, enc.device, refuse)
+    return enc
 
 
 def offload_3b(ds: Any, ctx: dict) -> list[dict]:
@@ -207,9 +213,7 @@ def offload_3b(ds: Any, ctx: dict) -> list[dict]:
                           pin_memory=device.type == "cuda")
     engine = zero3_engine(ds, cpu_model, config)
     for budget in budgets:
-        enc = ESM2Encoder(EngineView(engine, cpu_model), name="3b", device=device, precision=prec,
-                          max_tokens=budget)
-        _no_fp32_fallback(enc)
+        enc = _zero3_encoder(engine, cpu_model, name="3b", device=device, precision=prec, max_tokens=budget)
         enc.embed(data[:64])
         sec, _, peak = timed(enc.embed, data)
         rows.append(row("offload_3b", f"deepspeed ZeRO-3 cpu offload {prec} {budget}-tok", len(data), tokens,
@@ -270,9 +274,8 @@ def zero_offload_run(ds: Any, ctx: dict, section: str, shape: tuple[int, int, in
     tokens = sum(len(p) + 2 for p in data)
     rows = [info]
     for budget in budgets:
-        enc = ESM2Encoder(EngineView(engine, model), name=f"{section}-random", device=device, precision=prec,
-                          max_tokens=budget)
-        _no_fp32_fallback(enc)
+        enc = _zero3_encoder(engine, model, name=f"{section}-random", device=device, precision=prec,
+                             max_tokens=budget)
         enc.embed(data[:16])
         sec, out, peak = timed(enc.embed, data)
         rows.append(row(section, f"deepspeed ZeRO-3 {offload} offload {prec} {budget}-tok", len(data), tokens,
@@ -292,7 +295,7 @@ def pipeline(ds: Any, ctx: dict) -> list[dict]:
     import subprocess
     import sys
 
-    from virnuc_hpc import store
+    from virnuc_hpc.outputs import store
 
     root = Path(__file__).resolve().parent.parent
     on_gpu = ctx["device"].type == "cuda"

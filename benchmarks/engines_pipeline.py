@@ -24,7 +24,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def features(outdir: Path) -> tuple[list[str], np.ndarray]:
-    from virnuc_hpc import store
+    from virnuc_hpc.outputs import store
     with store.open_features(outdir) as ds:
         return [str(x) for x in ds.frame.values], ds.features.values
 

@@ -28,12 +28,12 @@ from input_scaling import synthetic_fastq_gz  # noqa: E402
 
 
 def write_run(path: Path, outdir: Path, mode: str, compression: str, bag_records: int) -> int:
-    from virnuc_hpc import store
-    from virnuc_hpc.bags import plan_bags
-    from virnuc_hpc.frames import frames_for_records
-    from virnuc_hpc.samples import samples_from_paths
-    from virnuc_hpc.tables import bag_tables
-    from virnuc_hpc.worker import BagRules, parse_bag
+    from virnuc_hpc.outputs import store
+    from virnuc_hpc.reads.bags import plan_bags
+    from virnuc_hpc.reads.frames import frames_for_records
+    from virnuc_hpc.reads.samples import samples_from_paths
+    from virnuc_hpc.outputs.tables import bag_tables
+    from virnuc_hpc.runtime.worker import BagRules, parse_bag
 
     shutil.rmtree(outdir, ignore_errors=True)
     store.check_writable(outdir)
@@ -65,7 +65,8 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/virnuc-features-bytes"))
     parser.add_argument("--results", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
-    from virnuc_hpc import open_features, store
+    from virnuc_hpc import open_features
+    from virnuc_hpc.outputs import store
 
     args.workdir.mkdir(parents=True, exist_ok=True)
     reads = args.workdir / f"reads-{args.reads}.fastq.gz"

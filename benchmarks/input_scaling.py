@@ -64,7 +64,7 @@ def synthetic_fastq_gz(path: Path, n: int, length: int = 150, coding_fraction: f
 
 def translate_bag_text(light, text, rules) -> tuple[int, int]:
     """What a worker does to a bag before the GPU (worker.translate_bag), from the bag as shipped."""
-    from virnuc_hpc.worker import translate_bag
+    from virnuc_hpc.runtime.worker import translate_bag
 
     _, _, _, table = translate_bag(light.with_text(text), rules)
     return light.n_records, len(table)
@@ -77,17 +77,17 @@ def reading_throughput(path: Path, cores: int, records_per_bag: int = 25_000) ->
     import dask
     from distributed import Client, LocalCluster, as_completed
 
-    from virnuc_hpc.bags import plan_bags
-    from virnuc_hpc.cluster import worker_dask_config
-    from virnuc_hpc.samples import samples_from_paths
-    from virnuc_hpc.worker import BagRules
+    from virnuc_hpc.reads.bags import plan_bags
+    from virnuc_hpc.runtime.cluster import worker_dask_config
+    from virnuc_hpc.reads.samples import samples_from_paths
+    from virnuc_hpc.runtime.worker import BagRules
 
     file = samples_from_paths([str(path)])[0].files[0]
     rules = BagRules(chunk_size=300, skip_invalid=False, classify=False)
     with dask.config.set(worker_dask_config()), LocalCluster(n_workers=cores, threads_per_worker=1, host="127.0.0.1", dashboard_address=None,
                       processes=True) as cluster, Client(cluster, set_as_default=False) as client:
         warm = next(plan_bags([file], lambda _: 100, "warm"))
-        client.run(lambda: __import__("virnuc_hpc.worker") and __import__("virnuc_hpc.frames"))
+        client.run(lambda: __import__("virnuc_hpc.runtime.worker") and __import__("virnuc_hpc.reads.frames"))
         client.submit(translate_bag_text, *warm.for_transfer(), rules).result()
         t0, c0 = time.perf_counter(), time.process_time()
         bags = plan_bags([file], lambda _: records_per_bag, "bench")
@@ -107,8 +107,8 @@ def reading_throughput(path: Path, cores: int, records_per_bag: int = 25_000) ->
 
 def client_ceiling(path: Path, records_per_bag: int = 25_000) -> dict:
     """The client's part alone (decompress, cut, digest; nothing shipped): reads/s it could feed."""
-    from virnuc_hpc.bags import plan_bags
-    from virnuc_hpc.samples import samples_from_paths
+    from virnuc_hpc.reads.bags import plan_bags
+    from virnuc_hpc.reads.samples import samples_from_paths
 
     file = samples_from_paths([str(path)])[0].files[0]
     t0 = time.perf_counter()

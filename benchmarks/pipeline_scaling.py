@@ -48,7 +48,7 @@ def make_models(root: Path) -> dict[str, str]:
     """ESM-2 3B (fp16 file), full-size DNABERT-S, 3328-input classifier; random weights."""
     import torch
 
-    from virnuc_hpc.random_models import (write_random_classifier, write_random_dnabert_dir,
+    from virnuc_hpc.models.random_weights import (write_random_classifier, write_random_dnabert_dir,
                                           write_random_esm2_checkpoint)
     root.mkdir(parents=True, exist_ok=True)
     paths = {"esm2": root / "esm2_t36_3B_random.pt", "dnabert": root / "dnabert_s_random",

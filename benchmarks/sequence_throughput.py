@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from virnuc_hpc.loading import load_records
-from virnuc_hpc.frames import frames_for_records
+from virnuc_hpc.reads.loading import load_records
+from virnuc_hpc.reads.frames import frames_for_records
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,7 +22,7 @@ def demo_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Demo models made once per test session (workers inherit the variable)."""
     cache = tmp_path_factory.mktemp("virnuc-cache")
     os.environ["VIRNUC_HPC_CACHE"] = str(cache)
-    from virnuc_hpc.demo import ensure_demo_models
+    from virnuc_hpc.models.demo import ensure_demo_models
     ensure_demo_models()
     return cache
 
@@ -55,6 +57,31 @@ def reference(demo_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     return outdir
 
 
+def finished_bags(outdir: Path) -> int:
+    """Bag files present in OUTDIR (each one present is whole: they are written atomically)."""
+    from virnuc_hpc.outputs import store
+    return len(store.bag_files(outdir))
+
+
+def killed_run(outdir: Path, *extra: str, after_bags: int, delay: float = 0.0, timeout: float = 120) -> int:
+    """A demo CLI run killed with SIGKILL (its whole process group: client, scheduler, workers) once
+    OUTDIR holds ``after_bags`` finished bags, ``delay`` seconds later. Returns the bags finished then.
+
+    The callers check the kill fell mid-run (no run.json): a run may finish before it is killed."""
+    args = [sys.executable, "-m", "virnuc_hpc.cli", "predict", str(DEMO_FASTA), "-o", str(outdir), *DEMO, *extra]
+    proc = subprocess.Popen(args, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and time.monotonic() < deadline and finished_bags(outdir) < after_bags:
+        time.sleep(0.05)
+    time.sleep(delay)
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:  # the whole group had already exited
+        pass
+    proc.wait()
+    return finished_bags(outdir)
+
+
 @contextmanager
 def small_tmpfs(tmp_path: Path, size: str) -> Iterator[Path]:
     """A real, tiny filesystem to fill up (full-disk tests); needs root, as CI has."""
@@ -67,3 +94,21 @@ def small_tmpfs(tmp_path: Path, size: str) -> Iterator[Path]:
         yield mnt
     finally:
         subprocess.run(["umount", "-l", str(mnt)], check=True)
+
+
+@pytest.fixture(scope="session")
+def slurm_up() -> None:
+    """Slurm must answer: these tests fail (never skip) without it, so CI cannot silently drop them."""
+    def usable() -> bool:
+        proc = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True)
+        return proc.returncode == 0 and proc.stdout.split()[:1] in (["idle"], ["mix"], ["alloc"])
+    try:
+        if not usable() and os.geteuid() == 0:
+            subprocess.run(["bash", str(ROOT / "slurm" / "start-test-slurm.sh")], check=True,
+                           timeout=300)
+        ok = usable()
+    except (OSError, subprocess.SubprocessError):
+        ok = False
+    if not ok:
+        pytest.fail("no usable Slurm (`sinfo` fails or the node is down); "
+                    "start it with slurm/start-test-slurm.sh (tests/run.sh does)")

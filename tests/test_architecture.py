@@ -138,16 +138,45 @@ def test_graph_sees_every_kind_of_import(tmp_path: Path) -> None:
 
 def test_no_import_circles() -> None:
     graph = import_graph()
-    assert len(graph) > 20 and f"{PACKAGE}.worker" in graph  # the package was found
+    assert len(graph) > 20 and f"{PACKAGE}.runtime.worker" in graph  # the package was found
     circles = strongly_connected(graph)
     report = [f"{', '.join(c)}\n    e.g. {' -> '.join(shortest_cycle(graph, c[0]))}" for c in circles]
     assert not circles, "modules importing each other (module level, lazy or TYPE_CHECKING):\n" + "\n".join(report)
 
 
+# The layers, lowest first (docs/architecture.md draws them). A module imports only from its own
+# layer or lower ones; the top-level modules other than cli are the base everyone may use.
+LAYERS = ("base", "reads", "outputs", "encoders", "engines", "models", "runtime", "cli")
+
+
+def layer_of(module: str) -> str:
+    parts = module.split(".")[1:]
+    if not parts:
+        return "base"  # the package's __init__: __version__, and lookups by name on first use
+    if parts[0] in LAYERS:
+        return parts[0]
+    assert len(parts) == 1, f"{module}: a subpackage outside the layers {LAYERS}"
+    return "base"
+
+
+def test_layers_are_known() -> None:
+    assert {layer_of(m) for m in import_graph()} == set(LAYERS)
+    assert layer_of(f"{PACKAGE}.reads.fasta") == "reads" and layer_of(f"{PACKAGE}.errors") == "base"
+
+
+def test_imports_point_down() -> None:
+    rank = {layer: i for i, layer in enumerate(LAYERS)}
+    upward = sorted(f"{m} ({layer_of(m)}) imports {d} ({layer_of(d)})"
+                    for m, deps in import_graph().items() for d in deps
+                    if rank[layer_of(d)] > rank[layer_of(m)])
+    assert not upward, "imports pointing up the layers " + " < ".join(LAYERS) + ":\n" + "\n".join(upward)
+
+
 # --- no torch where none is needed -------------------------------------------------------------
 
-READING_AND_OUTPUT = ("store", "tables", "reading", "fasta", "fastq", "bags", "samples", "merge",
-                      "calls", "validation", "frames", "chunking")
+READING_AND_OUTPUT = ("outputs.store", "outputs.tables", "outputs.calls", "outputs.lock", "outputs.report", "merge",
+                      *(f"reads.{m}" for m in ("reading", "fasta", "fastq", "bags", "samples", "validation",
+                                               "frames", "chunking")))
 
 
 def run_python(code: str) -> subprocess.CompletedProcess:
@@ -162,7 +191,7 @@ def test_reading_and_output_modules_import_no_torch() -> None:
 
 
 def test_open_features_needs_no_torch(reference: Path) -> None:
-    code = (f"import sys; from {PACKAGE}.store import open_features\n"
+    code = (f"import sys; from {PACKAGE}.outputs.store import open_features\n"
             f"ds = open_features({str(reference)!r})\n"
             "assert ds.sizes['frame'] > 0, ds\n"
             "ds.isel(frame=slice(0, 3)).load()\n"
@@ -201,7 +230,7 @@ def test_cli_exit_status_2_errors_are_user_errors() -> None:
         assert issubclass(cls, UserError), f"cli.py exits 2 on {name}, which does not derive from UserError"
 
 
-@pytest.mark.parametrize("module", ["errors", "fasta", "samples"])
+@pytest.mark.parametrize("module", ["errors", "reads.fasta", "reads.samples"])
 def test_user_errors_import_nothing_heavy(module: str) -> None:
     """The CLI catches these without importing torch or Dask (errors.py says so)."""
     proc = run_python(f"import sys, {PACKAGE}.{module}; "

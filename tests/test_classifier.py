@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from virnuc_hpc.calls import labels_from_proba
-from virnuc_hpc.classifier import MLPClassifier, check_chunk_size, load_classifier
+from virnuc_hpc.outputs.calls import labels_from_proba
+from virnuc_hpc.models.classifier import MLPClassifier, check_chunk_size, load_classifier
 from virnuc_hpc.errors import ModelFileError, ModelNotFoundError
-from virnuc_hpc.random_models.classifier import write_random_classifier
+from virnuc_hpc.models.random_weights.classifier import write_random_classifier
 
 # Stands in for VirNucPro's training/prediction scripts: the class lives in __main__ (and, for the
 # other files, in modules named `units` and `mymodels`), the model is saved with torch.save(model),

@@ -15,7 +15,7 @@ import psutil
 import pytest
 
 from conftest import DEMO, DEMO_FASTA, cli
-from virnuc_hpc import store
+from virnuc_hpc.outputs import store
 from virnuc_hpc.config import CONFIG_DIR
 
 #: The log lines a run writes before its cluster is busy (they are not error output).
@@ -78,13 +78,17 @@ def big_fasta(path: Path, copies: int) -> Path:
     return path
 
 
-# --- 1. device cuda ----------------------------------------------------------------------------
+# --- 1. device cuda, engine deepspeed: the package missing, or no GPU ---------------------------
 
-def test_device_cuda_without_dask_cuda_exits_2(demo_cache: Path, tmp_path: Path):
+@pytest.mark.parametrize("missing, option, phrases", [
+    ("dask_cuda", ("--device", "cuda"), ("dask-cuda", "pip install", "--device cpu")),
+    ("deepspeed", ("--engine", "deepspeed"), ("deepspeed package", "pip install", "--engine native")),
+], ids=["device-cuda-without-dask-cuda", "engine-deepspeed-without-deepspeed"])
+def test_option_without_its_package_exits_2(demo_cache: Path, tmp_path: Path, missing: str,
+                                            option: tuple[str, str], phrases: tuple[str, ...]):
     t0 = time.perf_counter()
-    proc = cli_without(["dask_cuda"], "predict", str(DEMO_FASTA), "-o", str(tmp_path / "out"), *DEMO,
-                       "--device", "cuda")
-    assert_user_error(proc, "dask-cuda", "pip install", "--device cpu")
+    proc = cli_without([missing], "predict", str(DEMO_FASTA), "-o", str(tmp_path / "out"), *DEMO, *option)
+    assert_user_error(proc, *phrases)
     assert time.perf_counter() - t0 < 60
 
 
@@ -100,17 +104,7 @@ def test_device_cuda_without_visible_gpu_exits_2(demo_cache: Path, tmp_path: Pat
     assert_user_error(proc, "no GPU is visible", "--device cpu")
 
 
-# --- 2. engine deepspeed -----------------------------------------------------------------------
-
-def test_engine_deepspeed_without_deepspeed_exits_2(demo_cache: Path, tmp_path: Path):
-    t0 = time.perf_counter()
-    proc = cli_without(["deepspeed"], "predict", str(DEMO_FASTA), "-o", str(tmp_path / "out"), *DEMO,
-                       "--engine", "deepspeed")
-    assert_user_error(proc, "deepspeed package", "pip install", "--engine native")
-    assert time.perf_counter() - t0 < 60
-
-
-# --- 3. dashboard address ----------------------------------------------------------------------
+# --- 2. dashboard address ----------------------------------------------------------------------
 
 def dashboard_bind(tmp_path: Path, address: str, port: int) -> str:
     """Start a real run with ``--dashboard-address address`` and return the IP its dashboard
@@ -153,7 +147,7 @@ def test_dashboard_garbage_address_exits_2(tmp_path: Path, address: str):
     assert_user_error(proc, "invalid configuration: dashboard_address", "[HOST]:PORT", repr(address))
 
 
-# --- 4. scheduler address ----------------------------------------------------------------------
+# --- 3. scheduler address ----------------------------------------------------------------------
 
 def test_scheduler_malformed_address_exits_2(tmp_path: Path):
     t0 = time.perf_counter()
@@ -173,7 +167,7 @@ def test_scheduler_unreachable_exits_2_within_timeout(demo_cache: Path, tmp_path
     assert time.perf_counter() - t0 < 45
 
 
-# --- 5. YAML types -----------------------------------------------------------------------------
+# --- 4. YAML types -----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("line, expected", [
     ("bag_size: true", "bag_size: expected a whole number, got true"),
@@ -190,7 +184,7 @@ def test_yaml_boolean_or_float_for_integer_exits_2(tmp_path: Path, line: str, ex
     assert_user_error(proc, f"invalid configuration: {expected}")
 
 
-# --- 6. presets --------------------------------------------------------------------------------
+# --- 5. presets --------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("absolute", [False, True])
 def test_preset_path_is_refused_exits_2(tmp_path: Path, absolute: bool):
@@ -202,7 +196,7 @@ def test_preset_path_is_refused_exits_2(tmp_path: Path, absolute: bool):
     assert_user_error(proc, f"unknown preset {preset!r}", "known presets: default, demo", "--config")
 
 
-# --- 7. Ctrl-C ---------------------------------------------------------------------------------
+# --- 6. Ctrl-C ---------------------------------------------------------------------------------
 
 def test_ctrl_c_exits_130_with_one_line_and_no_workers_left(demo_cache: Path, tmp_path: Path):
     fasta = big_fasta(tmp_path / "big.fasta", copies=20)

@@ -14,7 +14,7 @@ import torch
 from virnuc_hpc.encoders import load_dnabert
 from virnuc_hpc.encoders.dnabert import alibi_slopes, resolve_dnabert_dir
 from virnuc_hpc.errors import ModelFileError, ModelNotFoundError
-from virnuc_hpc.random_models.dnabert import write_random_dnabert_dir
+from virnuc_hpc.models.random_weights.dnabert import write_random_dnabert_dir
 
 SMALL = dict(layers=2, hidden=128, heads=4, intermediate=512, vocab_size=512)
 TWELVE = dict(layers=3, hidden=192, heads=12, intermediate=384, vocab_size=512)
@@ -248,7 +248,7 @@ def _isolated_hub(monkeypatch, tmp_path: Path) -> Path:
 def test_missing_hub_model_offline(monkeypatch, tmp_path: Path) -> None:
     cache = _isolated_hub(monkeypatch, tmp_path)
     with pytest.raises(ModelNotFoundError) as info:
-        load_dnabert("zhihan1996/DNABERT-S", device="cpu")
+        load_dnabert("zhihan1996/DNABERT-S", device="cpu", offline=True)
     text = str(info.value)
     assert str(cache) in text and "models--zhihan1996--DNABERT-S" in text
     assert "huggingface-cli download zhihan1996/DNABERT-S" in text and "offline" in text

@@ -16,12 +16,12 @@ from torch.nn.attention.flex_attention import create_block_mask
 
 from virnuc_hpc.encoders import load_dnabert
 from virnuc_hpc.encoders.dnabert import DNABERTEncoder, load_dnabert_parts
-from virnuc_hpc.encoders.dnabert_packed import (BLOCK, PackedDNABERTEncoder, PackedForward,
+from virnuc_hpc.encoders.batching import pack_sizes
+from virnuc_hpc.encoders.dnabert_packed import (BLOCK, PackedDNABERT2, PackedDNABERTEncoder,
                                                 alibi_segment_score_mod, batch_size, block_mask_parts,
                                                 dense_bias, make_batch, segment_ids,
                                                 stream_batches, to_block_mask)
-from virnuc_hpc.encoders.packing import pack_sizes
-from virnuc_hpc.random_models.dnabert import write_random_dnabert_dir
+from virnuc_hpc.models.random_weights.dnabert import write_random_dnabert_dir
 
 pytestmark = pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
 SMALL = dict(layers=2, hidden=128, heads=4, intermediate=512, vocab_size=512)
@@ -196,8 +196,8 @@ def test_dense_and_flex_forward_agree(small: Path) -> None:
     ids = [e.ids for e in tok.encode_batch(SEQS[:12])]
     batch = make_batch(range(12), ids, 1024, pad_id=3)
     with torch.inference_mode():
-        dense = PackedForward(model, "dense", compile=False)(batch)
-        flex = PackedForward(model, "flex", compile=False)(batch)
+        dense = PackedDNABERT2(model, "dense", compile=False)(batch)
+        flex = PackedDNABERT2(model, "flex", compile=False)(batch)
     real = batch.segments < batch.n
     torch.testing.assert_close(flex[real], dense[real], rtol=0, atol=2e-5)
 
@@ -241,11 +241,15 @@ def test_cuda_packed_compiled_matches_fp32(small: Path) -> None:
     assert counters["stats"]["unique_graphs"] - graphs <= 2  # one compiled layer per dtype
 
 
-def test_warm_up_does_not_count_as_work(small: Path) -> None:
-    """warm_up leaves the stats and later vectors alone (it compiles only on CUDA: see the gpu test)."""
+def test_warm_up_runs_the_packed_shape_and_does_not_count_as_work(small: Path) -> None:
+    """warm_up runs the one packed shape every batch has (so that a GPU compiles it then, not in the
+    first bag: a warm-up that runs nothing fails here), and leaves the stats and later vectors alone."""
     enc = packed(small, precision="fp32", max_tokens=256)
+    seen = []
+    enc.with_engine("recorder", lambda model, run: lambda batch: seen.append(batch.ids.shape[0]) or run(batch))
     before = dict(enc.stats)
     enc.warm_up()
+    assert seen and set(seen) == {enc.max_tokens}
     assert enc.stats == before
     np.testing.assert_allclose(enc.embed(SEQS[:3]), packed(small, precision="fp32").embed(SEQS[:3]),
                                rtol=0, atol=2e-5)
@@ -254,7 +258,7 @@ def test_warm_up_does_not_count_as_work(small: Path) -> None:
 def test_prepared_input_embeds_like_strings(small: Path) -> None:
     """A worker tokenises and packs its next bag before taking the device (``prepare``): the same
     vectors, batches and counts as embedding the strings, which tokenises on the prefetch thread."""
-    from virnuc_hpc.worker import embed_prepared, prepare_distinct
+    from virnuc_hpc.runtime.worker import embed_prepared, prepare_distinct
 
     seqs = SEQS + [SEQS[3], SEQS[0].lower(), SEQS[0]]          # repeats, one in lower case
     direct = packed(small, precision="fp32", max_tokens=256, chunk_sequences=7)

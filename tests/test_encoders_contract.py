@@ -25,7 +25,7 @@ NUCLEOTIDES = ["ACGTACGTTGCAACGTAGCTAGCTAGGCTA", "TTTTGGGGCCCCAAAA", "ACGT" * 30
 
 @pytest.fixture(scope="module")
 def demo(demo_cache: Path):
-    from virnuc_hpc.demo import ensure_demo_models
+    from virnuc_hpc.models.demo import ensure_demo_models
     return ensure_demo_models()
 
 
@@ -76,6 +76,33 @@ def test_packed_encoders_keep_the_contract(demo) -> None:
         np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
 
 
+def test_engines_wrap_every_encoder_through_the_one_hook(demo) -> None:
+    """``with_engine(name, wrap)``: wrap gets the module owning the weights and the encoder's own
+    runner; every later device batch goes through what it returns, and the rows do not change."""
+    dna_model, tokenizer, weights = load_dnabert_parts(str(demo.dnabert))
+    encoders = [
+        (load_esm2(str(demo.esm2), device="cpu", precision="fp32"), PROTEINS),
+        (PackedESM2Encoder(load_esm2_model(demo.esm2), name="demo", device=torch.device("cpu"),
+                           precision="fp32", max_tokens=512), PROTEINS),
+        (load_dnabert(str(demo.dnabert), device="cpu", precision="fp32"), NUCLEOTIDES),
+        (PackedDNABERTEncoder(dna_model, tokenizer, name="demo", weights=weights, device="cpu",
+                              precision="fp32"), NUCLEOTIDES),
+    ]
+    for enc, seqs in encoders:
+        assert enc.engine == "native"
+        want = enc.embed(seqs)
+        calls, owners = [], []
+
+        def wrap(module, run):
+            owners.append(module)
+            return lambda *batch: calls.append(1) or run(*batch)
+
+        enc.with_engine("counting", wrap)
+        assert enc.engine == "counting" and owners == [enc.model]
+        np.testing.assert_array_equal(enc.embed(seqs), want)
+        assert calls and len(calls) == enc.stats["batches"] // 2, type(enc).__name__
+
+
 def _import_graph() -> dict[str, set[str]]:
     root = Path(virnuc_hpc.__file__).parent
     mods = {}
@@ -102,8 +129,8 @@ def _import_graph() -> dict[str, set[str]]:
 
 def test_no_import_circle_through_encoders() -> None:
     graph = _import_graph()
-    mine = {"virnuc_hpc.demo", "virnuc_hpc.models", "virnuc_hpc.random_models"} | {
-        m for m in graph if m.startswith(("virnuc_hpc.encoders", "virnuc_hpc.random_models."))}
+    mine = {"virnuc_hpc.models.demo", "virnuc_hpc.models.resolve", "virnuc_hpc.models.random_weights"} | {
+        m for m in graph if m.startswith(("virnuc_hpc.encoders", "virnuc_hpc.models.random_weights."))}
 
     def reaches(start: str) -> set[str]:
         seen, todo = set(), [start]
@@ -117,4 +144,4 @@ def test_no_import_circle_through_encoders() -> None:
     assert not circles, f"import circles through {circles}"
     for m in graph:
         if m.startswith("virnuc_hpc.encoders"):
-            assert not {"virnuc_hpc.models", "virnuc_hpc.demo"} & graph[m], m
+            assert not {"virnuc_hpc.models.resolve", "virnuc_hpc.models.demo"} & graph[m], m

@@ -21,7 +21,7 @@ from virnuc_hpc.encoders.esm2 import (  # noqa: E402
     tokenize, tokenize_many,
 )
 from virnuc_hpc.errors import ModelFileError, ModelNotFoundError  # noqa: E402
-from virnuc_hpc.random_models.esm2 import write_random_esm2_checkpoint  # noqa: E402
+from virnuc_hpc.models.random_weights.esm2 import write_random_esm2_checkpoint  # noqa: E402
 
 AMINO = np.array(list("ACDEFGHIKLMNPQRSTVWY"))
 TINY = dict(layers=2, embed_dim=64, heads=4)
@@ -228,11 +228,10 @@ def test_random_checkpoint_is_deterministic_released_format(tmp_path):
 
 def test_name_resolution(tmp_path, monkeypatch, ckpt_tiny):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    monkeypatch.setenv("VIRNUC_HPC_OFFLINE", "1")
     hub = tmp_path / "torch" / "hub" / "checkpoints"
     assert resolve_esm2_checkpoint(str(ckpt_tiny)) == ckpt_tiny
-    with pytest.raises(ModelNotFoundError, match="esm2_t36_3B_UR50D") as err:
-        resolve_esm2_checkpoint("esm2_t36_3B_UR50D")
+    with pytest.raises(ModelNotFoundError, match="esm2_t36_3B_UR50D.*offline mode") as err:
+        resolve_esm2_checkpoint("esm2_t36_3B_UR50D", offline=True)
     assert str(hub) in str(err.value)
     assert "dl.fbaipublicfiles.com/fair-esm/models/esm2_t36_3B_UR50D.pt" in str(err.value)
     with pytest.raises(ModelNotFoundError, match="nosuch.pt"):
@@ -240,7 +239,6 @@ def test_name_resolution(tmp_path, monkeypatch, ckpt_tiny):
     with pytest.raises(ModelNotFoundError, match="not a released model name"):
         resolve_esm2_checkpoint("esm3_huge")
 
-    monkeypatch.delenv("VIRNUC_HPC_OFFLINE")
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
 
     def no_network(url, dst, *args, **kwargs):

@@ -17,10 +17,10 @@ from virnuc_hpc.encoders.esm2 import (
 )
 from virnuc_hpc.encoders.esm2_packed import (
     MIN_BUCKET, TAIL_CHUNK, PackedESM2Encoder, attend_masked, bucket_sizes, bucket_tokens, max_buckets, pack, packed_size,
-    plan_packs, segment_labels, split_to_budget, to_device,
+    plan_packs, segment_labels, split_to_budget,
 )
-from virnuc_hpc.engines.compile import configure_compile_cache
-from virnuc_hpc.random_models.esm2 import write_random_esm2_checkpoint
+from virnuc_hpc.encoders.compile import configure_compile_cache
+from virnuc_hpc.models.random_weights.esm2 import write_random_esm2_checkpoint
 
 AMINO = np.array(list("ACDEFGHIKLMNPQRSTVWY"))
 TINY = dict(layers=2, embed_dim=64, heads=4)
@@ -92,17 +92,18 @@ def test_bucket_sizes_list_every_shape():
 
 
 @pytest.mark.parametrize("dynamic", [False, True])
-def test_warm_up_runs_every_shape_and_leaves_stats_alone(ckpt, monkeypatch, dynamic):
+def test_warm_up_runs_every_shape_and_leaves_stats_alone(ckpt, dynamic):
+    """A warm-up that ran nothing, or not every shape the bags will use, fails here."""
     enc = packed_encoder(ckpt, budget=1024)
     enc.dynamic_shapes = dynamic
     seen = []
-    real = enc.forward
-    monkeypatch.setattr(enc, "forward", lambda batch: seen.append(batch.tokens.shape[0]) or real(batch))
+    enc.with_engine("recorder", lambda model, run: lambda batch: seen.append(batch.tokens.shape[0]) or run(batch))
     before = dict(enc.stats)
     enc.warm_up()
     # static: every bucket; dynamic: one graph, run at the smallest and the largest packed length
     assert sorted(set(seen)) == ([MIN_BUCKET, 1024] if dynamic else bucket_sizes(1024))
     assert enc.stats == before
+    assert enc.engine == "recorder"
 
 
 # --- packing ---------------------------------------------------------------------------------------------
@@ -141,7 +142,7 @@ def test_masked_attention_never_crosses_segments():
     torch.manual_seed(0)
     cu = torch.tensor([0, 5, 6, 19, 32], dtype=torch.int32)
     q, k, v = (torch.randn(32, 3, 8) for _ in range(3))
-    batch = to_device(pack(tokenize_many(["AAA"]), np.array([0]), 5), torch.device("cpu"))
+    batch = pack(tokenize_many(["AAA"]), np.array([0]), 5).to(torch.device("cpu"))
     batch = type(batch)(**{**batch.__dict__, "cu_seqlens": cu})
     out = attend_masked(q, k, v, batch)
     assert segment_labels(cu, 32).tolist() == [0] * 5 + [1] + [2] * 13 + [3] * 13
@@ -195,7 +196,7 @@ def test_compiled_dynamic_graphs_equal_padded(ckpt, padded, gelu_epilogue, tmp_p
 def test_prepared_input_embeds_like_strings(ckpt):
     """``prepare`` (tokenising, done by a worker before its bag takes the device) then ``embed``
     gives the same rows and stats as embedding the strings; empty proteins are refused up front."""
-    from virnuc_hpc.worker import embed_prepared, prepare_distinct
+    from virnuc_hpc.runtime.worker import embed_prepared, prepare_distinct
 
     seqs = proteins([5, 300, 47, 48, 120, 9, 700, 33], seed=9)
     seqs += [seqs[2], seqs[6]]
@@ -237,17 +238,21 @@ def test_nonfinite_batches_recomputed_in_fp32(ckpt, padded):
 def test_oom_splits_batch_lowers_budget_and_keeps_order(ckpt, padded):
     seqs = proteins(np.random.default_rng(7).integers(20, 120, size=60), seed=8)
     enc = packed_encoder(ckpt, budget=4096)
-    forward, limit = enc.forward, 1024
+    limit, fail_otherwise = 1024, False
 
-    def tight_memory(batch):
-        if len(batch.tokens) > limit:
-            try:
-                raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
-            except torch.cuda.OutOfMemoryError as exc:  # as torch.compile wraps it
-                raise RuntimeError("backend compiler failed") from exc
-        return forward(batch)
+    def tight_memory(model, forward):
+        def run(batch):
+            if fail_otherwise:                                              # other errors are not retried
+                raise ZeroDivisionError
+            if len(batch.tokens) > limit:
+                try:
+                    raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+                except torch.cuda.OutOfMemoryError as exc:  # as torch.compile wraps it
+                    raise RuntimeError("backend compiler failed") from exc
+            return forward(batch)
+        return run
 
-    enc.forward = tight_memory
+    enc.with_engine("tight", tight_memory)
     got = enc.embed(seqs)
     assert enc.stats["oom_split_batches"] >= 2 and enc.token_budget <= limit
     assert enc.stats["sequences"] == 60
@@ -256,7 +261,7 @@ def test_oom_splits_batch_lowers_budget_and_keeps_order(ckpt, padded):
     with pytest.raises(torch.cuda.OutOfMemoryError, match="one protein"):
         enc.embed(seqs[:3])
     splits = enc.stats["oom_split_batches"]
-    enc.forward = lambda batch: 1 / 0                                      # other errors are not retried
+    fail_otherwise = True
     with pytest.raises(ZeroDivisionError):
         enc.embed(seqs[:3])
     assert enc.stats["oom_split_batches"] == splits
@@ -267,11 +272,10 @@ def test_cpu_load_keeps_padded_path(ckpt):
     assert type(enc) is ESM2Encoder
 
 
-def test_compile_cache_env(tmp_path, monkeypatch):
+def test_compile_cache_root(tmp_path, monkeypatch):
     monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
     monkeypatch.delenv("TRITON_CACHE_DIR", raising=False)
-    monkeypatch.setenv("VIRNUC_HPC_COMPILE_CACHE", str(tmp_path / "cc"))
-    assert configure_compile_cache() == tmp_path / "cc" / "inductor"
+    assert configure_compile_cache(tmp_path / "cc") == tmp_path / "cc" / "inductor"
     assert os.environ["TRITON_CACHE_DIR"] == str(tmp_path / "cc" / "triton")
     monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / "mine"))        # an operator's choice wins
     configure_compile_cache(tmp_path / "other")

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+import json
 import os
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -14,7 +17,7 @@ from distributed import Client, LocalCluster, WorkerPlugin
 
 from conftest import DEMO_FASTA, assert_nothing_finished, finished_outputs
 from virnuc_hpc.config import load_config
-from virnuc_hpc.pipeline import BagsFailedError, predict
+from virnuc_hpc.runtime.pipeline import BagsFailedError, predict
 
 
 def _cluster(n_workers: int = 2) -> LocalCluster:
@@ -27,26 +30,71 @@ def _config():
     return load_config(preset="demo", overrides={"bag_size": 8, "progress": False})
 
 
+class HoldBag(WorkerPlugin):
+    """Test-only: the first attempt at one bag stops right after it starts on its worker (a marker
+    file says which process holds it) until that process is killed; every attempt at that bag
+    appends "start|done <pid>" to a log shared by all workers.
+
+    ``run_bag`` is looked up by name when a worker unpickles a task, so replacing it in the
+    worker's module (in ``setup``, before any bag arrives) wraps every bag that worker runs."""
+
+    name = "hold-bag"
+
+    def __init__(self, bag_name: str, folder: str):
+        self.bag_name, self.folder = bag_name, folder
+
+    def setup(self, worker):
+        from virnuc_hpc.runtime import worker as module
+        original = getattr(module, "_unwrapped_run_bag", module.run_bag)
+        module._unwrapped_run_bag = original
+        module.run_bag = functools.partial(_held_run_bag, original, self.bag_name, self.folder)
+
+
+def _held_run_bag(original, bag_name: str, folder: str, bag, *args):
+    log, marker = Path(folder) / "attempts.log", Path(folder) / "held"
+    if bag.name != bag_name:
+        return original(bag, *args)
+    with open(log, "a") as fh:
+        fh.write(f"start {os.getpid()}\n")
+    if not marker.exists():  # the first attempt: wait here, mid-bag, to be killed
+        tmp = marker.with_name("held.tmp")
+        tmp.write_text(str(os.getpid()))
+        os.replace(tmp, marker)  # whole when seen
+        time.sleep(120)
+    report = original(bag, *args)
+    with open(log, "a") as fh:
+        fh.write(f"done {os.getpid()}\n")
+    return report
+
+
 def test_worker_killed_mid_bag_recomputes_elsewhere(reference: Path, tmp_path: Path, demo_cache: Path):
-    outdir = tmp_path / "out"
+    """A worker is killed (SIGKILL) while it holds bag-000002 (held there by ``HoldBag``); the bag is
+    computed again by another worker process and the outputs equal an undisturbed run."""
+    import cloudpickle
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    outdir, folder = tmp_path / "out", tmp_path / "hold"
+    folder.mkdir()
     with _cluster() as cluster, Client(cluster) as client:
+        client.register_plugin(HoldBag("bag-000002", str(folder)))
         outcome: dict = {}
         thread = threading.Thread(target=lambda: outcome.setdefault(
             "result", predict([DEMO_FASTA], outdir, client=client, config=_config())))
         thread.start()
-        victim = None
         deadline = time.time() + 120
-        while victim is None and time.time() < deadline:  # a worker that is busy with a bag
-            busy = [w for w, keys in client.processing().items()
-                    if any(str(k).startswith("bag-") for k in keys)]
-            if busy and list((outdir / "bags").glob("bag-*.nc")):
-                victim = busy[0]
+        while not (folder / "held").exists() and time.time() < deadline:
             time.sleep(0.05)
-        assert victim is not None, "no bag was ever processing"
-        pid = client.run(os.getpid, workers=[victim])[victim]
-        os.kill(pid, signal.SIGKILL)
+        assert (folder / "held").exists(), "bag-000002 never started"
+        victim = int((folder / "held").read_text())
+        assert not (outdir / "bags" / "bag-000002.nc").exists()  # it is in flight, not finished
+        os.kill(victim, signal.SIGKILL)
         thread.join(timeout=300)
         assert "result" in outcome, "the run did not finish after a worker was killed"
+    attempts = [line.split() for line in (folder / "attempts.log").read_text().splitlines()]
+    starts = [int(pid) for what, pid in attempts if what == "start"]
+    done = [int(pid) for what, pid in attempts if what == "done"]
+    assert starts[0] == victim and victim not in done, attempts  # the killed worker never finished it
+    assert len(done) == 1 and done[0] != victim and done[0] in starts[1:], attempts  # another one did
+    assert json.loads((outdir / "run.json").read_text())["bags"]["computed_now"] == outcome["result"].counts["bags"]
     assert finished_outputs(outdir) == finished_outputs(reference)
 
 
@@ -65,7 +113,6 @@ class KillOnBag(WorkerPlugin):
 
 def test_bag_that_kills_workers_twice_is_reported(tmp_path: Path, demo_cache: Path):
     import cloudpickle
-    import sys
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
     outdir = tmp_path / "out"
     with _cluster() as cluster, Client(cluster) as client:

@@ -6,7 +6,7 @@ import itertools
 import time
 from types import SimpleNamespace
 
-from virnuc_hpc.gpu_monitor import UtilizationSampler, mean_utilization
+from virnuc_hpc.runtime.gpu_monitor import UtilizationSampler, mean_utilization
 
 
 class FakeNVML:

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 
 from conftest import DEMO, DEMO_FASTA, assert_nothing_finished, cli, finished_outputs
-from virnuc_hpc import store
-from virnuc_hpc.fasta import DUPLICATE_ID, INVALID_CHAR
-from virnuc_hpc.loading import load_records
-from virnuc_hpc.samples import samples_from_paths
-from virnuc_hpc.validation import validate_samples
+from virnuc_hpc.outputs import store
+from virnuc_hpc.reads.fasta import DUPLICATE_ID, INVALID_CHAR
+from virnuc_hpc.reads.loading import load_records
+from virnuc_hpc.reads.samples import samples_from_paths
+from virnuc_hpc.reads.validation import validate_samples
 
 COMPLEMENT = str.maketrans("ACGTacgt", "TGCAtgca")
 

@@ -18,7 +18,7 @@ import pytest
 
 from conftest import DEMO, DEMO_FASTA, ROOT, cli, finished_outputs
 from virnuc_hpc.errors import OutputLockedError
-from virnuc_hpc.lock import LOCK_NAME, locked, read_lock
+from virnuc_hpc.outputs.lock import LOCK_NAME, locked, read_lock
 
 OTHER_HOST = "other-node.example"
 
@@ -253,7 +253,7 @@ _CONTENDER = """
 import sys, time
 from pathlib import Path
 from virnuc_hpc.errors import OutputLockedError
-from virnuc_hpc.lock import locked
+from virnuc_hpc.outputs.lock import locked
 outdir, start = Path(sys.argv[1]), float(sys.argv[2])
 time.sleep(max(0.0, start - time.time()))
 try:

@@ -16,12 +16,12 @@ import torch
 from torch import nn
 
 from conftest import DEMO, DEMO_FASTA, cli
-from virnuc_hpc.classifier import MLPClassifier, load_classifier
-from virnuc_hpc.demo import ensure_demo_models
+from virnuc_hpc.models.classifier import MLPClassifier, load_classifier
+from virnuc_hpc.models.demo import ensure_demo_models
 from virnuc_hpc.encoders.esm2 import load_esm2_model
 from virnuc_hpc.errors import ModelFileError
-from virnuc_hpc.models import ModelFile, hash_models
-from virnuc_hpc.random_models import write_random_classifier, write_random_esm2_checkpoint
+from virnuc_hpc.models.resolve import ModelFile, hash_models
+from virnuc_hpc.models.random_weights import write_random_classifier, write_random_esm2_checkpoint
 
 
 def sha256(path: Path) -> str:
@@ -216,7 +216,7 @@ def write_crafted(path: Path, kind: str, rows: int) -> None:
 # Loads it the way a worker does and reports the peak resident memory of the process.
 LOAD = r"""
 import sys
-from virnuc_hpc.classifier import load_classifier
+from virnuc_hpc.models.classifier import load_classifier
 from virnuc_hpc.errors import ModelFileError
 
 def peak_mb():

@@ -8,36 +8,21 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import h5py
 import pytest
 
-from conftest import DEMO, DEMO_FASTA, assert_nothing_finished, cli, finished_outputs
-from virnuc_hpc import store
-from virnuc_hpc.pipeline import _publish
+from conftest import DEMO, DEMO_FASTA, assert_nothing_finished, cli, finished_outputs, killed_run
+from virnuc_hpc.outputs import store
+from virnuc_hpc.runtime.pipeline import _publish
 
 
-def _killed_run(outdir: Path, *extra: str) -> int:
-    """A demo run killed with SIGKILL (whole process group) once it has finished two bags."""
-    args = [sys.executable, "-m", "virnuc_hpc.cli", "predict", str(DEMO_FASTA), "-o", str(outdir), *DEMO, *extra]
-    proc = subprocess.Popen(args, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while proc.poll() is None and time.monotonic() < deadline and len(store.bag_files(outdir)) < 2:
-        time.sleep(0.05)
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait()
+def _killed_run(outdir: Path) -> int:
+    """A demo run killed (SIGKILL, whole process group) once it has finished two bags."""
+    done = killed_run(outdir, after_bags=2)
     assert not (outdir / "run.json").exists(), "the run finished before it was killed"
-    done = len(store.bag_files(outdir))
     assert done >= 2
     return done
 
@@ -97,7 +82,7 @@ def test_case7_overwrite_keeps_user_files_and_foreign_bags_are_never_read(refere
 
 def test_case6_a_failed_start_does_not_block_the_corrected_rerun(reference: Path, tmp_path: Path,
                                                                 demo_cache: Path):
-    from virnuc_hpc.demo import ensure_demo_models
+    from virnuc_hpc.models.demo import ensure_demo_models
     demo = ensure_demo_models()
     bad = tmp_path / "bad_dnabert"
     shutil.copytree(demo.dnabert, bad)
@@ -201,3 +186,17 @@ def test_case8_a_duplicate_megabyte_id_gives_a_short_message(tmp_path: Path, dem
     assert proc.returncode == 2 and "duplicate id" in proc.stderr
     assert len(proc.stderr) < 5_000
     assert "1,000,001 characters" in proc.stderr
+
+
+def test_owned_files_lists_each_file_once(reference: Path, tmp_path: Path):
+    """Every bag's checksum sidecar once (also one whose bag is gone), and nothing twice."""
+    outdir = tmp_path / "copy"
+    shutil.copytree(reference, outdir)
+    orphan = store.checksum_path(outdir / "bags" / "bag-999999.nc")
+    orphan.write_text("0" * 64 + "\n")
+    owned = store.owned_files(outdir)
+    assert len(owned) == len(set(owned)), [p for p in owned if owned.count(p) > 1]
+    bags = store.bag_files(outdir)
+    sidecars = [p for p in owned if p.name.endswith(store.CHECKSUM_SUFFIX)]
+    assert sorted(sidecars) == sorted([store.checksum_path(p) for p in bags] + [orphan])
+    assert set(bags) <= set(owned) and outdir / "run.json" in owned

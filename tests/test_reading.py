@@ -19,7 +19,7 @@ try:
 except ImportError:  # pragma: no cover - depends on the Python version
     from backports import zstd  # installed with xopen
 
-from virnuc_hpc.fasta import (
+from virnuc_hpc.reads.fasta import (
     BINARY,
     DUPLICATE_ID,
     EMPTY_FILE,
@@ -32,10 +32,10 @@ from virnuc_hpc.fasta import (
     UNREADABLE,
     FastaError,
 )
-from virnuc_hpc.loading import load_records, read_fasta, validate
-from virnuc_hpc.reading import FASTA, FASTQ, Block, iter_blocks, open_binary, parse_block, sniff
-from virnuc_hpc.validation import check_records, id_line, sorted_ids
-from virnuc_hpc.samples import (
+from virnuc_hpc.reads.loading import load_records, read_fasta, validate
+from virnuc_hpc.reads.reading import FASTA, FASTQ, Block, iter_blocks, open_binary, parse_block, sniff
+from virnuc_hpc.reads.validation import check_records, id_line, sorted_ids
+from virnuc_hpc.reads.samples import (
     InputFile,
     Sample,
     SampleError,

@@ -9,7 +9,7 @@ import sys
 import dask
 from distributed import Client
 
-from virnuc_hpc.cluster import WORKER_MALLOC, local_cluster
+from virnuc_hpc.runtime.cluster import WORKER_MALLOC, local_cluster
 from virnuc_hpc.config import load_config
 
 CHILD = "from virnuc_hpc.timing import peak_rss_mb; print(peak_rss_mb())"

@@ -15,8 +15,8 @@ from typing import NamedTuple
 
 import pytest
 
-from virnuc_hpc.chunking import chunk_bounds, chunk_sequence
-from virnuc_hpc.fasta import (
+from virnuc_hpc.reads.chunking import chunk_bounds, chunk_sequence
+from virnuc_hpc.reads.fasta import (
     BINARY,
     DUPLICATE_ID,
     EMPTY_FILE,
@@ -29,8 +29,8 @@ from virnuc_hpc.fasta import (
     Problem,
     Record,
 )
-from virnuc_hpc.loading import load_records, read_fasta, validate
-from virnuc_hpc.frames import FrameTable, frames_for_records, six_frames
+from virnuc_hpc.reads.loading import load_records, read_fasta, validate
+from virnuc_hpc.reads.frames import FrameTable, frames_for_records, six_frames
 
 # ----------------------------------------------------------------------------- reference
 

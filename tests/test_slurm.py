@@ -19,31 +19,13 @@ from pathlib import Path
 
 import pytest
 
-from conftest import DEMO, DEMO_FASTA, ROOT, cli, finished_outputs
-from virnuc_hpc import slurm
-from virnuc_hpc.loading import load_records
-from virnuc_hpc.frames import frames_for_records
+from conftest import DEMO, DEMO_FASTA, cli, finished_outputs
+from virnuc_hpc.runtime import slurm
+from virnuc_hpc.reads.loading import load_records
+from virnuc_hpc.reads.frames import frames_for_records
 
 pytestmark = pytest.mark.slurm
 JOB_TIMEOUT_S = 420
-
-
-@pytest.fixture(scope="session")
-def slurm_up() -> None:
-    """Slurm must answer: these tests fail (never skip) without it, so CI cannot silently drop them."""
-    def usable() -> bool:
-        proc = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True)
-        return proc.returncode == 0 and proc.stdout.split()[:1] in (["idle"], ["mix"], ["alloc"])
-    try:
-        if not usable() and os.geteuid() == 0:
-            subprocess.run(["bash", str(ROOT / "slurm" / "start-test-slurm.sh")], check=True,
-                           timeout=300)
-        ok = usable()
-    except (OSError, subprocess.SubprocessError):
-        ok = False
-    if not ok:
-        pytest.fail("no usable Slurm (`sinfo` fails or the node is down); "
-                    "start it with slurm/start-test-slurm.sh (tests/run.sh does)")
 
 
 @dataclass
@@ -111,6 +93,11 @@ def _local_predict(fasta: Path, outdir: Path) -> subprocess.Popen:
                             text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
 
+# Site options the test Slurm accepts (its node has the feature virnuc-test): recorded with the job.
+SITE_OPTIONS = ("--constraint", "virnuc-test", "--mail-type", "END", "--mail-user", "nobody@localhost",
+                "--slurm-opt", "comment=virnuc-site-options", "--slurm-opt", "wckey=virnuc")
+
+
 @dataclass
 class Jobs:
     tmp: Path
@@ -146,7 +133,8 @@ def jobs(slurm_up: None, demo_cache: Path, tmp_path_factory: pytest.TempPathFact
         requeued=Interruption(requeue.outdir, ["scontrol", "requeue", *requeue.job_ids]),
         # what Slurm sends ahead of the time limit (--signal=USR2@...): submitit's checkpoint
         signalled=Interruption(timeout.outdir, ["scancel", "--signal=USR2", *timeout.job_ids]),
-        plain=_submit(tmp, "plain", [DEMO_FASTA], "--gpus-per-node", "1", "--time", "00:10:00"),
+        plain=_submit(tmp, "plain", [DEMO_FASTA], "--gpus-per-node", "1", "--time", "00:10:00",
+                      *SITE_OPTIONS),
         array=_submit(tmp, "array", parts, "--array-parallelism", "3"),
         two_tasks=_submit(tmp, "two-tasks", [DEMO_FASTA], "--tasks-per-node", "2",
                           run_args=("--workers", "1")),
@@ -170,13 +158,48 @@ def test_submitted_job_matches_local_run(jobs: Jobs, reference: Path):
     assert re.search(r"Dask dashboard on \S+: http://127\.0\.0\.1:\d+/status", log), log
     assert re.search(r"ssh -N -L 8787:127\.0\.0\.1:\d+ -J \S+ \S+", log), log
     script = (sub.folder / f"{state.job_id}_submission.sh").read_text()
-    for flag in ("--gpus-per-node=1", "--time=10", "--requeue", "--signal=USR2@"):
-        assert flag in script, script
+    for flag in ("--gpus-per-node=1", "--time=10", "--requeue", "--signal=USR2@", "--constraint=virnuc-test",
+                 "--mail-type=END", "--mail-user=nobody@localhost", "--comment=virnuc-site-options",
+                 "--wckey=virnuc"):
+        assert f"#SBATCH {flag}" in script, script
+    assert script.count("--wckey") == 1, script  # the user's replaces submitit's default
+    recorded = subprocess.run(["scontrol", "show", "job", "-o", state.job_id], capture_output=True,
+                              text=True).stdout  # what Slurm holds of the job (kept MinJobAge seconds)
+    for field in ("Features=virnuc-test", "Comment=virnuc-site-options", "MailUser=nobody@localhost",
+                  "MailType=END"):
+        assert field in recorded, recorded
     # `virnuc-hpc status FOLDER` lists the job, its state and its log
     proc = cli("status", str(sub.folder))
     assert proc.returncode == 0, proc.stderr
     row = proc.stdout.splitlines()[1].split()
     assert row[:2] == [state.job_id, "COMPLETED"] and row[-1] == state.log and Path(row[-1]).is_file()
+    total = json.loads((sub.outdir / "run.json").read_text())["bags"]["total"]
+    assert row[2:4] == [f"{total}/{total}", "-"], row  # bags done/total, no ETA once finished
+
+
+def test_show_script_passes_site_options_through(tmp_path: Path):
+    outdir = tmp_path / "out"
+    proc = cli("submit", "--show-script", "--gres", "gpu:2", "--constraint", "h100", "--exclusive",
+               "--mail-type", "END,FAIL", "--mail-user", "me@example.org", "--slurm-opt", "reservation=x",
+               "--slurm-opt", "--hint=nomultithread", "--slurm-opt", "overcommit",
+               "--", str(DEMO_FASTA), "-o", str(outdir), *DEMO)
+    assert proc.returncode == 0, proc.stderr
+    lines = set(proc.stdout.splitlines())
+    for flag in ("--gres=gpu:2", "--constraint=h100", "--exclusive", "--mail-type=END,FAIL",
+                 "--mail-user=me@example.org", "--reservation=x", "--hint=nomultithread", "--overcommit"):
+        assert f"#SBATCH {flag}" in lines, proc.stdout
+    assert not outdir.exists()  # nothing submitted, no job folder made
+
+
+@pytest.mark.parametrize("option, message", [
+    ("time=5", "use submit's own option --time"),
+    ("output=/tmp/x", "virnuc-hpc sets it"),
+    ("bad key=1", "expected KEY=VALUE"),
+    ("reservation=", "no value after '='"),
+])
+def test_slurm_opt_refusals(tmp_path: Path, option: str, message: str):
+    proc = cli("submit", "--show-script", "--slurm-opt", option, "--", str(DEMO_FASTA), "-o", str(tmp_path / "o"))
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
 
 
 def test_job_array_over_three_inputs(jobs: Jobs):
@@ -224,6 +247,9 @@ def test_second_task_joins_first_tasks_scheduler(jobs: Jobs, reference: Path):
     rank0 = slurm_result(sub.folder, state.job_id, 0)
     rank1 = slurm_result(sub.folder, state.job_id, 1)
     assert rank1["joined"].startswith("tcp://")
+    # the rendezvous is a Dask scheduler file (any `dask worker --scheduler-file` could join)
+    identity = json.loads((sub.folder / f"{state.job_id}_scheduler.json").read_text())
+    assert identity["type"] == "Scheduler" and identity["address"] == rank1["joined"], identity
     names = rank0["worker_names"]  # worker address -> name; rank 1's are "rank1-<i>"
     run = json.loads((sub.outdir / "run.json").read_text())
     bags_by_name = {names.get(addr, "?"): w["bags"] for addr, w in run["workers"].items()}

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from conftest import small_tmpfs
-from virnuc_hpc import store
-from virnuc_hpc.calls import labels_from_proba
+from virnuc_hpc.outputs import store
+from virnuc_hpc.outputs.calls import labels_from_proba
 
 
 def test_prediction_results_bytes():
@@ -49,8 +49,8 @@ def test_highest_scores_sorted_lexicographically():
 
 
 def _bags(tmp_path: Path, n_reads: int, records_per_bag: int, run_key: str = "key") -> list:
-    from virnuc_hpc.bags import plan_bags
-    from virnuc_hpc.samples import samples_from_paths
+    from virnuc_hpc.reads.bags import plan_bags
+    from virnuc_hpc.reads.samples import samples_from_paths
     path = tmp_path / "in.fa"
     if not path.exists():
         path.write_text("".join(f">r{i}\nATGAAACCC\n" for i in range(n_reads)))
@@ -144,7 +144,7 @@ def test_full_disk_leaves_no_partial_bag(tmp_path: Path):
 
 @pytest.mark.parametrize("n,size", [(0, 5), (1, 5), (10, 4), (1000, 64), (100_003, 2000)])
 def test_bag_sizes_cover_everything_and_shrink_at_the_tail(n, size):
-    from virnuc_hpc.bags import bag_sizes
+    from virnuc_hpc.reads.bags import bag_sizes
     sizes = bag_sizes(n, size)
     assert sum(sizes) == n and all(0 < s <= size for s in sizes)
     tail = [s for s in sizes if s < size]  # pieces per bag at the run's end

@@ -1,27 +1,35 @@
 """The tables made per bag and merged at the end equal tables made in memory from every record.
 
-The in-memory reference here is written out per read and per frame (slow loops over the records
-of ``load_records``), not with the code under test; the probabilities are a fixed function of the
-frame id, so both sides see the same numbers.
+The expectation is built without the code under test: VirNucPro's two tables by a re-implementation
+of the original tool's few lines (its ``prediction.py``: the text rows, then pandas for the
+highest-score table), reads.tsv by its rules written out per read, and a small hand-written case
+whose expected text is spelled out literally. The probabilities are a fixed function of the frame
+id, so both sides see the same numbers. Only the frames (reads/, tested on their own) are shared.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import random
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+import pandas as pd
 import pytest
 
-from virnuc_hpc import merge, store, tables
-from virnuc_hpc.bags import plan_bags
-from virnuc_hpc.fasta import FastaError
-from virnuc_hpc.loading import load_records
-from virnuc_hpc.frames import frames_for_records
-from virnuc_hpc.samples import samples_from_paths
-from virnuc_hpc.worker import BagRules, parse_bag
+from virnuc_hpc import merge
+
+from virnuc_hpc.outputs import store, tables
+from virnuc_hpc.reads.bags import plan_bags
+from virnuc_hpc.reads.fasta import FastaError
+from virnuc_hpc.reads.loading import load_records
+from virnuc_hpc.reads.frames import frames_for_records
+from virnuc_hpc.reads.samples import samples_from_paths
+from virnuc_hpc.runtime.worker import BagRules, parse_bag
+
+READS_COLUMNS = "read_id\tfile\tlength\tstatus\tchunks\tchunks_with_frames\tframes\tvirus_chunks\tcall\tchunks_without_frames\n"
 
 
 def proba_of(frame_id: str) -> np.ndarray:
@@ -31,24 +39,41 @@ def proba_of(frame_id: str) -> np.ndarray:
     return np.array([p, np.float32(1) - p], dtype=np.float32)
 
 
+def virnucpro_predictions(frame_ids: list[str], probabilities: list[np.ndarray]) -> str:
+    """prediction_results.txt as the original writes it: torch.max's label (the first index wins a
+    tie, as numpy's argmax), then each float32 probability through ``str``."""
+    label_map = {1: "virus", 0: "others"}
+    lines = ["Sequence_ID\tPrediction\tscore1\tscore2\n"]
+    for seqid, probability in zip(frame_ids, probabilities):
+        prob_str = "\t".join(map(str, probability))
+        lines.append(f"{seqid}\t{label_map[int(np.argmax(probability))]}\t{prob_str}\n")
+    return "".join(lines)
+
+
+def virnucpro_highest(predictions: str) -> str:
+    """prediction_results_highestscore.csv as the original makes it from prediction_results.txt:
+    read back with pandas, chunk = frame id minus 2 characters, virus iff max score2 >= max score1."""
+    df = pd.read_csv(io.StringIO(predictions), sep="\t")
+    df["Modified_ID"] = df["Sequence_ID"].str[:-2]
+    best = df.groupby("Modified_ID")[["score1", "score2"]].max()
+    out = pd.DataFrame({"Is_Virus": best["score2"] >= best["score1"]}).reset_index()
+    return out.to_csv(sep="\t", index=False, lineterminator="\n")
+
+
 def slow_tables(path: Path, chunk_size: int, comment: str) -> dict[str, str]:
     """VirNucPro's tables and reads.tsv from all records at once, rule by rule."""
     loaded = load_records([path], skip_invalid=True)
     table = frames_for_records(loaded.records, chunk_size)
-    rows, best, per_read_frames = [], {}, {}
-    for fid, rid in zip(table.frame_id, table.read_id):
-        p = proba_of(fid)
-        label = "virus" if p[1] > p[0] else "others"
-        rows.append(f"{fid}\t{label}\t{str(p[0])}\t{str(p[1])}\n")
-        cur = best.setdefault(fid[:-2], [-1.0, -1.0])
-        cur[0], cur[1] = max(cur[0], float(p[0])), max(cur[1], float(p[1]))
+    frame_ids = list(table.frame_id)
+    predictions = virnucpro_predictions(frame_ids, [proba_of(fid) for fid in frame_ids])
+    highest = virnucpro_highest(predictions)
+    calls = {row.split("\t")[0]: row.split("\t")[1] == "True" for row in highest.splitlines()[1:]}
+    per_read_frames: dict[str, int] = {}
+    for rid in table.read_id:
         per_read_frames[rid] = per_read_frames.get(rid, 0) + 1
-    calls = {chunk: v[1] >= v[0] for chunk, v in best.items()}
     head = f"# {comment}\n"
-    predictions = head + "Sequence_ID\tPrediction\tscore1\tscore2\n" + "".join(rows)
-    highest = head + "Modified_ID\tIs_Virus\n" + "".join(f"{c}\t{calls[c]}\n" for c in sorted(calls))
     no_frame = set(table.chunks_without_frames)
-    reads = [head, "\t".join(tables.READS_HEADER) + "\n"]
+    reads = [head, READS_COLUMNS]
     for record, n_chunks in zip(loaded.records, table.read_n_chunks):
         chunk_ids = [f"{record.id}_chunk_{i + 1}" for i in range(n_chunks)]
         missing = [c for c in chunk_ids if c in no_frame]
@@ -66,7 +91,8 @@ def slow_tables(path: Path, chunk_size: int, comment: str) -> dict[str, str]:
             kinds.append(p.kind)
     for (path_, rid), kinds in skipped.items():
         reads.append(f"{rid}\t{path_}\t-\tskipped:{'+'.join(kinds)}\t0\t0\t0\t-\t-\t-\n")
-    return {store.PREDICTIONS: predictions, store.HIGHEST: highest, store.READS: "".join(reads)}
+    return {"prediction_results.txt": head + predictions,
+            "prediction_results_highestscore.csv": head + highest, "reads.tsv": "".join(reads)}
 
 
 def run_bags(path: Path, outdir: Path, records_per_bag: int, chunk_size: int, skip_invalid: bool) -> list:
@@ -116,10 +142,10 @@ def test_streaming_tables_equal_in_memory_tables(tmp_path: Path, records_per_bag
     for name, text in want.items():
         assert (outdir / name).read_text() == text, name
     assert sorted(files) == sorted(want)
-    rows = [r.split("\t") for r in want[store.READS].splitlines()[2:]]
+    rows = [r.split("\t") for r in want["reads.tsv"].splitlines()[2:]]
     ok = [r for r in rows if not r[3].startswith("skipped")]
     assert counts["reads"] == len(ok) and counts["skipped_records"] == len(rows) - len(ok) >= 6
-    assert counts["frames"] == len(want[store.PREDICTIONS].splitlines()) - 2
+    assert counts["frames"] == len(want["prediction_results.txt"].splitlines()) - 2
     assert counts["virus_reads"] == sum(r[8] == "virus" for r in ok)
     assert not list(outdir.rglob(".*.tmp-*")) and not list(outdir.glob(".merge-*"))
 
@@ -154,3 +180,30 @@ def test_reads_columns_of_a_bag_match_per_read_rules(tmp_path: Path):
     assert [r[0] for r in rows] == [r.id for r in records]
     assert all(r[7] == "-" and r[8] == "-" for r in rows)
     assert counts["reads"] == len(records) and counts["chunks"] == int(table.read_n_chunks.sum())
+
+
+def test_virnucpro_tables_of_a_hand_written_case():
+    """The two VirNucPro tables of four frames, spelled out: a frame's label is ``virus`` only when
+    score2 > score1 (a tie is ``others``); a chunk is ``True`` when its best score2 >= its best
+    score1 over its frames (a tie is ``True``); chunks are sorted by id, as pandas' groupby does."""
+    ids = ["b_chunk_1F1", "a_chunk_1F1", "a_chunk_1R1", "c_chunk_2R3"]
+    proba = np.array([[0.875, 0.125], [0.25, 0.75], [0.5, 0.5], [0.5, 0.5]], dtype=np.float32)
+    assert store.format_prediction_results(ids, proba) == (
+        "Sequence_ID\tPrediction\tscore1\tscore2\n"
+        "b_chunk_1F1\tothers\t0.875\t0.125\n"
+        "a_chunk_1F1\tvirus\t0.25\t0.75\n"
+        "a_chunk_1R1\tothers\t0.5\t0.5\n"
+        "c_chunk_2R3\tothers\t0.5\t0.5\n")
+    assert store.format_highest_scores(store.chunk_calls(ids, proba)) == (
+        "Modified_ID\tIs_Virus\n"
+        "a_chunk_1\tTrue\n"
+        "b_chunk_1\tFalse\n"
+        "c_chunk_2\tTrue\n")
+    # the same four frames through the re-implementation of the original agree
+    predictions = virnucpro_predictions(ids, list(proba))
+    assert predictions == store.format_prediction_results(ids, proba)
+    assert virnucpro_highest(predictions) == store.format_highest_scores(store.chunk_calls(ids, proba))
+
+
+def test_reads_header_is_the_documented_one():
+    assert "\t".join(tables.READS_HEADER) + "\n" == READS_COLUMNS

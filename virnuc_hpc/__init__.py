@@ -10,7 +10,7 @@ from typing import Any
 __version__ = "0.1.0"
 __all__ = ["predict", "embed", "open_features", "load_config", "RunConfig", "__version__"]
 
-_LAZY = {"predict": "pipeline", "embed": "pipeline", "open_features": "store",
+_LAZY = {"predict": "runtime.pipeline", "embed": "runtime.pipeline", "open_features": "outputs.store",
          "load_config": "config", "RunConfig": "config"}
 
 

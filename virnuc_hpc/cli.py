@@ -1,8 +1,9 @@
 """Command line: ``virnuc-hpc predict | embed | validate``.
 
-Options map one to one onto RunConfig fields; anything not given on the command line comes from
---config / --preset / configs/default.yaml. Errors a user can fix exit with status 2 and one clear
-message, never a traceback.
+Every RunConfig field is an option of predict and embed, generated from the field (its name, type
+and description: one definition, see ``config_option``); anything not given on the command line
+comes from --config / --preset / the environment / the defaults (config.py). Errors a user can fix
+exit with status 2 and one clear message, never a traceback.
 """
 
 from __future__ import annotations
@@ -11,20 +12,67 @@ import logging
 import signal
 import sys
 import threading
+import types
+import typing
 from collections.abc import Callable
 from typing import Any
 
 import click
 from pydantic import ValidationError
+from pydantic.fields import FieldInfo
 
-from .config import describe_errors, load_config
-from .errors import UserError
+from virnuc_hpc.config import RunConfig, describe_errors, load_config
+from virnuc_hpc.errors import UserError
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a Ctrl-C
 
 
+def _choice_value(values: tuple[Any, ...]) -> Callable[[click.Context, click.Parameter, Any], Any]:
+    """Click choices are text: give the field its own value back (``--expected-length 300`` -> 300)."""
+    by_text = {str(v): v for v in values}
+    return lambda ctx, param, value: None if value is None else by_text[value]
+
+
+def _option_type(annotation: Any) -> tuple[Any, dict[str, Any]]:
+    """A RunConfig field's type as click's: the type and any extra settings (a choice's callback)."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType) and len(args) == 1:
+        annotation = args[0]  # X | None: None is "not given", which every option already means
+    if typing.get_origin(annotation) is typing.Literal:
+        values = typing.get_args(annotation)
+        return click.Choice([str(v) for v in values]), {"callback": _choice_value(values)}
+    if annotation in (int, float, str):
+        return annotation, {}
+    raise TypeError(f"RunConfig has a field of type {annotation!r}: teach cli._option_type its option")
+
+
+def _help(field: FieldInfo) -> str:
+    """The field's description, with its default where it has a value (not a switch)."""
+    text = (field.description or "").rstrip(".")
+    if field.default is not None and field.annotation is not bool:
+        text += f"  [default: {field.default}]"
+    return text
+
+
+def config_option(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """The command-line option of RunConfig field ``name``: ``--name-with-dashes``, its help the
+    field's description, its choices the field's values. Defaults stay None ("not given") so that
+    presets and --config files keep their place in the precedence (config.py)."""
+    field = RunConfig.model_fields[name]
+    flag = "--" + name.replace("_", "-")
+    if field.annotation is bool:  # a switch: --x, or --x/--no-x where it is on by default
+        if field.default:
+            return click.option(f"{flag}/--no-{flag[2:]}", name, default=None, help=_help(field))
+        return click.option(flag, name, is_flag=True, default=None, help=_help(field))
+    kind, extra = _option_type(field.annotation)
+    return click.option(flag, name, type=kind, default=None, help=_help(field), **extra)
+
+
 def _run_options(classifier: bool) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """predict's and embed's options: the inputs, OUTDIR, every RunConfig field, and the
+    configuration sources; embed has no classifier."""
+    fields = [name for name in RunConfig.model_fields if classifier or name != "classifier"]
     options = [
         click.argument("inputs", nargs=-1, type=click.Path(dir_okay=False)),
         click.option("--samplesheet", type=click.Path(dir_okay=False),
@@ -32,47 +80,15 @@ def _run_options(classifier: bool) -> Callable[[Callable[..., Any]], Callable[..
                           "sample, fastq_1[, fastq_2] (README, 'Samples')."),
         click.option("-o", "--outdir", required=True, type=click.Path(file_okay=False),
                      help="Output directory (created; a rerun resumes it)."),
-        click.option("--expected-length", type=click.Choice(["300", "500"]),
-                     help="Chunk size; must match the classifier (300_model / 500_model)."),
-        click.option("--esm2-model", help="ESM-2 checkpoint file or fair-esm name."),
-        click.option("--dnabert-model", help="DNABERT-S model directory or hub id."),
-        click.option("--precision", type=click.Choice(["auto", "fp32", "fp16", "bf16"])),
-        click.option("--device", type=click.Choice(["auto", "cpu", "cuda"])),
-        click.option("--engine", type=click.Choice(["native", "deepspeed"]),
-                     help="Inference engine (default native; deepspeed needs the deepspeed package)."),
-        click.option("--zero-offload", type=click.Choice(["none", "cpu", "nvme"]),
-                     help="deepspeed engine: ZeRO-3 offload of the ESM-2 weights (models too big for the card)."),
-        click.option("--nvme-path", help="Directory on a fast local disk for --zero-offload nvme (needs libaio)."),
-        click.option("--exact-gelu", is_flag=True, default=None,
-                     help="fp16/bf16 on GPU: ESM-2's erf GELU, not the tanh form fused into fc1 (4% slower)."),
-        click.option("--workers", type=int, help="Dask workers (default: one per GPU, or 1)."),
-        click.option("--threads-per-worker", type=int, help="torch threads per CPU worker."),
-        click.option("--bag-size", type=int, help="Frames per bag, about (scheduling/output unit)."),
-        click.option("--features", type=click.Choice(["float32", "float16", "none"]),
-                     help="Features kept in the bag files (none: ids and probabilities only)."),
-        click.option("--compression", type=click.Choice(["none", "gzip"]),
-                     help="gzip-compress the bag files' variables."),
+        *(config_option(name) for name in fields),
         click.option("--dry-run", is_flag=True, default=False,
                      help="Estimate reads, frames, bags, disk and GPU time from a sample of the input; "
                           "loads no model, writes nothing."),
-        click.option("--scheduler-address", help="Use a running Dask scheduler (tcp://host:port)."),
-        click.option("--scheduler-timeout", type=float,
-                     help="Seconds to reach --scheduler-address before giving up (default 10)."),
-        click.option("--dashboard-address",
-                     help="Dashboard [HOST:]PORT (default 127.0.0.1:8787; a port alone binds 127.0.0.1, "
-                          "0.0.0.0:PORT every interface)."),
         click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
                      help="YAML file with any configuration keys."),
-        click.option("--preset", help="Named configuration shipped in configs/ (e.g. demo); "
+        click.option("--preset", help="Named configuration shipped with virnuc-hpc (configs/; e.g. demo); "
                                       "a YAML file of your own goes to --config."),
-        click.option("--skip-invalid", is_flag=True, default=None,
-                     help="Skip empty records, bad characters and duplicate ids (listed in reads.tsv)."),
-        click.option("--overwrite", is_flag=True, default=None,
-                     help="Replace an OUTDIR made with other inputs or settings."),
-        click.option("--progress/--no-progress", default=None, help="Live progress bar."),
     ]
-    if classifier:
-        options.insert(3, click.option("--classifier", help="VirNucPro classifier (.pth)."))
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
         for option in reversed(options):
@@ -96,20 +112,18 @@ def _fail(message: str) -> None:
 def _execute(command: str, inputs: tuple[str, ...], outdir: str, preset: str | None,
              config_file: str | None, samplesheet: str | None = None, dry_run: bool = False,
              **overrides: Any) -> None:
-    from .fasta import FastaError
-    from .pipeline import BagsFailedError
+    from virnuc_hpc.reads.fasta import FastaError
+    from virnuc_hpc.runtime.pipeline import BagsFailedError
 
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, _interrupt_once)
-    if overrides.get("expected_length"):
-        overrides["expected_length"] = int(overrides["expected_length"])
     try:
         config = load_config(preset=preset, config_file=config_file, overrides=overrides)
         if dry_run:
-            from .dryrun import dry_run as estimate
+            from virnuc_hpc.runtime.dryrun import dry_run as estimate
             click.echo(estimate(list(inputs), config, samplesheet=samplesheet, classify=command == "predict"))
             return
-        from . import pipeline
+        from virnuc_hpc.runtime import pipeline
         result = pipeline.run(list(inputs), outdir, config=config, classify=command == "predict",
                               samplesheet=samplesheet)
     except FastaError as err:
@@ -136,7 +150,7 @@ def render_summary(result: Any) -> str:
     c = result.counts
     lines = []
     if result.random_weights:
-        from .store import RANDOM_WEIGHTS_WARNING
+        from virnuc_hpc.outputs.store import RANDOM_WEIGHTS_WARNING
         lines += ["", "!" * 78, f"!! {RANDOM_WEIGHTS_WARNING}", "!" * 78]
     lines += ["", f"reads {c.get('reads', 0):,}   chunks {c.get('chunks', 0):,}   "
                   f"frames {c.get('frames', 0):,}   skipped records {c.get('skipped_records', 0):,}",
@@ -203,10 +217,10 @@ def embed(inputs: tuple[str, ...], outdir: str, preset: str | None, config_file:
 @click.option("--workers", type=click.IntRange(min=1), help="Processes (default: one per core).")
 def validate(inputs: tuple[str, ...], samplesheet: str | None, workers: int | None) -> None:
     """Report every problem in FASTA/FASTQ inputs, in parallel, without running any model."""
-    from .fasta import FastaError
-    from .pipeline import resolve_samples
-    from .samples import SampleError
-    from .validation import validate_samples
+    from virnuc_hpc.reads.fasta import FastaError
+    from virnuc_hpc.runtime.pipeline import resolve_samples
+    from virnuc_hpc.reads.samples import SampleError
+    from virnuc_hpc.reads.validation import validate_samples
 
     try:
         samples = resolve_samples(list(inputs), samplesheet)
@@ -248,19 +262,29 @@ def validate(inputs: tuple[str, ...], samplesheet: str | None, workers: int | No
 @click.option("--per-input/--together", default=None,
               help="A job array with one task and OUTDIR/<name> per input (default with several "
                    "inputs), or one job for all inputs.")
+@click.option("--gres", help="Generic resources, as sbatch --gres (e.g. gpu:a100:2).")
+@click.option("--constraint", help="Node features, as sbatch --constraint (e.g. h100).")
+@click.option("--exclusive", is_flag=True, default=False, help="Whole nodes only (sbatch --exclusive).")
+@click.option("--mail-type", help="When Slurm mails you, as sbatch --mail-type (e.g. END,FAIL).")
+@click.option("--mail-user", help="Where Slurm mails to (sbatch --mail-user).")
+@click.option("--slurm-opt", "slurm_opts", multiple=True, metavar="KEY=VALUE",
+              help="Any other sbatch option, passed through (repeatable): reservation=maint, "
+                   "comment=x, or KEY alone for a flag.")
+@click.option("--show-script", is_flag=True, help="Print the job script that would be submitted; submit nothing.")
 @click.option("--interface", help="Network interface for multi-node Dask (e.g. ib0).")
 @click.option("--embed", "embed_only", is_flag=True, help="Features only (virnuc-hpc embed).")
 @click.option("--wait", is_flag=True, help="Wait for the jobs; exit 1 unless all completed.")
 @click.argument("run_args", nargs=-1, type=click.UNPROCESSED)
 def submit(run_args: tuple[str, ...], folder: str | None, time_limit: str, per_input: bool | None,
-           interface: str | None, embed_only: bool, wait: bool, **sbatch: Any) -> None:
+           interface: str | None, embed_only: bool, wait: bool, slurm_opts: tuple[str, ...],
+           show_script: bool, **sbatch: Any) -> None:
     """Run predict (or embed) as Slurm jobs through submitit.
 
     virnuc-hpc submit [SLURM OPTIONS] -- INPUT... -o OUTDIR [PREDICT OPTIONS]
     """
     from pathlib import Path
 
-    from . import slurm
+    from virnuc_hpc.runtime import slurm
 
     command = embed if embed_only else predict
     params = command.make_context("virnuc-hpc submit [SLURM OPTIONS] --", list(run_args)).params
@@ -274,7 +298,7 @@ def submit(run_args: tuple[str, ...], folder: str | None, time_limit: str, per_i
     if not samplesheet and not inputs:
         _fail("no input given (FASTA/FASTQ files, or --samplesheet)")
     if samplesheet:
-        from .samples import SampleError, read_samplesheet
+        from virnuc_hpc.reads.samples import SampleError, read_samplesheet
         try:
             read_samplesheet(samplesheet)  # a mistake in the sheet is reported now, not in the job
         except SampleError as err:
@@ -282,17 +306,19 @@ def submit(run_args: tuple[str, ...], folder: str | None, time_limit: str, per_i
     missing = [p for p in inputs if not Path(p).is_file()]
     if missing:
         _fail(f"input file(s) not found: {', '.join(missing)}")
-    if params.get("expected_length"):
-        params["expected_length"] = int(params["expected_length"])
     try:
         config = load_config(preset=preset, config_file=config_file, overrides=params)
         slurm.time_minutes(time_limit)
+        extra = slurm.parse_slurm_opts(slurm_opts)
     except ValidationError as err:
         _fail(f"invalid configuration: {describe_errors(err)}")
     except UserError as err:
         _fail(str(err))
     options = slurm.SlurmOptions(folder=Path(folder or Path(outdir) / "slurm").resolve(),
-                                 time=time_limit, **sbatch)
+                                 time=time_limit, extra=extra, **sbatch)
+    if show_script:
+        click.echo(slurm.job_script(slurm.build_executor(options, create=False)), nl=False)
+        return
     try:
         jobs = slurm.submit(inputs, outdir, config, options, classify=not embed_only,
                             per_input=per_input, interface=interface, samplesheet=samplesheet)
@@ -321,8 +347,12 @@ def status(folder: str, as_json: bool) -> None:
     import dataclasses
     import json
 
-    from . import slurm
-    from .lock import describe_holder, read_lock
+    from virnuc_hpc.runtime import slurm
+    from pathlib import Path
+
+    from virnuc_hpc.outputs.lock import describe_holder, read_lock
+    from virnuc_hpc.outputs.store import PROGRESS
+    from virnuc_hpc.runtime.progress import describe, read_progress
 
     lock = read_lock(folder)
     states = slurm.job_status(folder)
@@ -336,41 +366,52 @@ def status(folder: str, as_json: bool) -> None:
         holder = describe_holder(None if lock.get("unreadable") else lock, lock["age_s"])
         state = f"STALE ({lock['stale_reason']}; the next run takes it over)" if lock["stale"] else "live"
         click.echo(f"lock {lock['path']}: {state}\n  held by {holder}")
+        snap = None if lock["stale"] else read_progress(Path(folder) / PROGRESS)
+        if snap is not None:
+            click.echo(f"  progress: {describe(snap)}")
     if states or lock is None:
         click.echo(slurm.format_status(states))
 
 
 @main.command()
-@click.option("--scheduler-address", required=True, help="Scheduler to join (tcp://host:port).")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]),
-              help="auto: one dask-cuda worker per visible GPU, else CPU workers.")
-@click.option("--workers", type=int, help="CPU worker processes (default from the configuration, or 1).")
+@click.option("--scheduler-address", help="Scheduler to join (tcp://host:port).")
+@click.option("--scheduler-file", type=click.Path(dir_okay=False),
+              help="Join the scheduler named in this Dask scheduler file (waits up to --death-timeout "
+                   "seconds for it to appear).")
+@config_option("device")
+@config_option("workers")
 @click.option("--host", help="Address to listen on (default: 127.0.0.1 for a local scheduler, "
                              "else this node's address).")
 @click.option("--name", help="Worker name prefix shown on the dashboard.")
 @click.option("--death-timeout", type=float, default=60, show_default=True,
               help="Seconds to keep trying to reach a vanished scheduler before exiting.")
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False))
-@click.option("--preset", help="Named configuration from configs/ (for device and workers).")
-def worker(scheduler_address: str, host: str | None, name: str | None, death_timeout: float,
-           config_file: str | None, preset: str | None, **overrides: Any) -> None:
+@click.option("--preset", help="Named configuration shipped with virnuc-hpc (configs/; for device and "
+                              "workers).")
+def worker(scheduler_address: str | None, scheduler_file: str | None, host: str | None, name: str | None,
+           death_timeout: float, config_file: str | None, preset: str | None, **overrides: Any) -> None:
     """Add this machine's GPUs (or CPU) to a running scheduler until it goes away.
 
     Models, precision and batch sizes come from the run being served: predict registers them with
     the scheduler and every worker, also one joining later, loads them from there.
     """
-    from .cluster import serve_workers
-    from .slurm import node_address
+    from virnuc_hpc.runtime.cluster import read_scheduler_file, serve_workers
+    from virnuc_hpc.runtime.slurm import node_address
 
+    if bool(scheduler_address) == bool(scheduler_file):
+        _fail("give --scheduler-address or --scheduler-file (one of them)")
     try:
         config = load_config(preset=preset, config_file=config_file, overrides=overrides)
+        if scheduler_file:
+            scheduler_address = read_scheduler_file(scheduler_file, death_timeout)
     except ValidationError as err:
         _fail(f"invalid configuration: {describe_errors(err)}")
     except UserError as err:
         _fail(str(err))
+    assert scheduler_address is not None
     if host is None:
         local = any(h in scheduler_address for h in ("127.0.0.1", "localhost", "[::1]"))
-        host = "127.0.0.1" if local else node_address()
+        host = "127.0.0.1" if local else node_address(host=config.host)
     try:
         serve_workers(scheduler_address, config, host=host, name=name, death_timeout=death_timeout)
     except UserError as err:  # e.g. device cuda without dask-cuda

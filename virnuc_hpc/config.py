@@ -1,23 +1,41 @@
 """The one typed configuration object, loaded from YAML (configs/*.yaml) with CLI overrides.
 
 Precedence, lowest first: the model's defaults (== configs/default.yaml, a test keeps them equal),
-a preset (configs/<name>.yaml), a user YAML (--config), then command-line options.
+the environment variables of ``ENVIRONMENT`` (site-wide switches such as a model cache or offline
+mode, set once in a shell profile or module file), a preset (configs/<name>.yaml), a user YAML
+(--config), then command-line options. This module is the only one that reads those variables;
+everything below gets their values from the ``RunConfig`` (workers through ``spec.ModelSpec``).
+
+The presets ship inside the package (``virnuc_hpc/configs``, read with importlib.resources), so
+they are found however the package was installed; the top-level ``configs`` is a link to them.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .errors import ConfigError
+from virnuc_hpc.errors import ConfigError
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+#: The shipped presets, inside the package (a wheel has no files beside it).
+CONFIG_DIR: Traversable = resources.files("virnuc_hpc") / "configs"
+
+#: Environment variables accepted as defaults of RunConfig fields (below presets, files and options).
+ENVIRONMENT = {"VIRNUC_HPC_HOST": "host", "VIRNUC_HPC_CACHE": "cache_dir",
+               "VIRNUC_HPC_OFFLINE": "offline", "VIRNUC_HPC_COMPILE_CACHE": "compile_cache",
+               "VIRNUC_HPC_DNABERT_PATH": "dnabert_layout"}
+#: Hugging Face's own offline switch counts as ours too (the same models come from its hub).
+_OFFLINE_ALIASES = ("VIRNUC_HPC_OFFLINE", "HF_HUB_OFFLINE")
+_TRUE = {"1", "true", "yes", "on"}
 
 #: A host name, an IPv4 address or a bracketed IPv6 address (no spaces, no scheme).
 _HOST = r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+)"
@@ -38,26 +56,30 @@ class RunConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
-    expected_length: Literal[300, 500] = Field(500, description="chunk size; must match the classifier")
-    classifier: str | None = Field(None, description="VirNucPro classifier (.pth); None for embed-only")
+    expected_length: Literal[300, 500] = Field(
+        500, description="chunk size; must match the classifier (300_model / 500_model)")
+    classifier: str | None = Field(None, description="VirNucPro classifier (.pth); none for embed-only runs")
     esm2_model: str = Field("esm2_t36_3B_UR50D", description="ESM-2 checkpoint path or fair-esm name")
     dnabert_model: str = Field("zhihan1996/DNABERT-S", description="DNABERT-S directory or hub id")
-    precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = Field(
+        "auto", description="auto (fp32 on CPU, fp16 on GPU), fp32, fp16 or bf16")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto, cpu or cuda")
     engine: Literal["native", "deepspeed"] = Field(
         "native", description="native: our PyTorch modules; deepspeed: the same modules inside DeepSpeed's "
-                              "InferenceEngine (README, 'Inference engines')")
+                              "InferenceEngine, needs the deepspeed package (README, 'Inference engines')")
     zero_offload: Literal["none", "cpu", "nvme"] = Field(
         "none", description="deepspeed engine only: ZeRO-3 parameter offload of ESM-2 (models that do not fit)")
-    nvme_path: str | None = Field(None, description="directory for zero_offload: nvme (fast local disk)")
+    nvme_path: str | None = Field(
+        None, description="directory for zero_offload: nvme (a fast local disk; needs libaio)")
     exact_gelu: bool = Field(
         False, strict=True,
         description="fp16/bf16 on GPU: keep ESM-2's erf GELU instead of the tanh form fused into "
                     "fc1's GEMM (the fused form is 4% faster and within half-precision noise; "
                     "README, 'Speed')")
-    workers: int | None = Field(None, ge=1, strict=True, description="None: one per GPU, or 1 on CPU")
+    workers: int | None = Field(None, ge=1, strict=True,
+                                description="Dask workers (default: one per GPU, or 1 on CPU)")
     threads_per_worker: int | None = Field(None, ge=1, strict=True,
-                                           description="torch threads per worker (CPU)")
+                                           description="torch threads per CPU worker (default: cores / workers)")
     bag_size: int = Field(20000, ge=1, strict=True,
                           description="frames per bag, about (unit of scheduling and output)")
     features: Literal["float32", "float16", "none"] = Field(
@@ -65,18 +87,48 @@ class RunConfig(BaseModel):
                                "half the disk) or none (ids and probabilities only)")
     compression: Literal["none", "gzip"] = Field(
         "none", description="gzip-compress the bag files' variables (smaller, slower to write and read)")
-    esm2_max_tokens: int | None = Field(None, ge=64, strict=True,
-                                        description="token budget per ESM-2 batch")
-    dnabert_max_tokens: int | None = Field(None, ge=64, strict=True,
-                                           description="token budget per DNABERT batch")
-    bags_in_flight_per_worker: int = Field(2, ge=1, strict=True)
-    scheduler_address: str | None = Field(None, description="tcp://HOST:PORT (or tls://, or HOST:PORT)")
+    esm2_max_tokens: int | None = Field(
+        None, ge=64, strict=True, description="token budget per ESM-2 batch (default: derived from the device)")
+    dnabert_max_tokens: int | None = Field(
+        None, ge=64, strict=True,
+        description="token budget per DNABERT-S batch (default: derived from the device)")
+    bags_in_flight_per_worker: int = Field(2, ge=1, strict=True,
+                                           description="bags queued per worker (bounded look-ahead)")
+    scheduler_address: str | None = Field(
+        None, description="join a running Dask scheduler at tcp://HOST:PORT (or tls://, or HOST:PORT) "
+                          "instead of starting a cluster")
+    scheduler_file: str | None = Field(
+        None, description="join the Dask scheduler named in this scheduler file (the JSON `dask scheduler "
+                          "--scheduler-file` writes) instead of starting a cluster")
     scheduler_timeout: float = Field(10.0, gt=0, strict=True,
-                                     description="seconds to reach scheduler_address before giving up")
-    dashboard_address: str = Field("127.0.0.1:8787", description="[HOST]:PORT or PORT; no host: 127.0.0.1")
-    skip_invalid: bool = Field(False, strict=True)
-    overwrite: bool = Field(False, strict=True)
-    progress: bool = Field(True, strict=True)
+                                     description="seconds to reach the scheduler (or for its scheduler file "
+                                                 "to appear) before giving up")
+    dashboard_address: str = Field(
+        "127.0.0.1:8787", description="Dask dashboard at [HOST]:PORT or PORT (a port alone binds 127.0.0.1; "
+                                      "0.0.0.0:PORT every interface)")
+    skip_invalid: bool = Field(False, strict=True,
+                               description="skip empty records, bad characters and duplicate ids "
+                                           "(listed in reads.tsv)")
+    overwrite: bool = Field(False, strict=True,
+                            description="replace an OUTDIR made with other inputs or settings")
+    progress: bool = Field(True, strict=True, description="live progress bar (on a terminal)")
+    log_interval: float = Field(60.0, ge=0, strict=True,
+                                description="seconds between progress lines (bags done/total, frames/s, "
+                                            "ESM-2 tokens/s, ETA) in the log when no progress bar is shown, "
+                                            "as in a batch job's log file; 0: none")
+    host: str | None = Field(None, description="address other nodes reach this one at in multi-node "
+                                               "Dask (default: this node's address; env VIRNUC_HPC_HOST)")
+    cache_dir: str | None = Field(None, description="directory of the demo models (default: "
+                                                    "~/.cache/virnuc-hpc; env VIRNUC_HPC_CACHE)")
+    offline: bool = Field(False, strict=True,
+                          description="never download a model (env VIRNUC_HPC_OFFLINE or HF_HUB_OFFLINE "
+                                      "set to 1/true/yes/on)")
+    compile_cache: str | None = Field(None, description="torch.compile cache shared by a node's workers "
+                                                        "(default: TMPDIR/virnuc_hpc-compile-USER; env "
+                                                        "VIRNUC_HPC_COMPILE_CACHE)")
+    dnabert_layout: Literal["auto", "packed", "padded"] = Field(
+        "auto", description="DNABERT-S batches: auto (packed on GPU in fp16/bf16, else padded), packed, "
+                            "or padded (the SDPA path, an escape hatch; env VIRNUC_HPC_DNABERT_PATH)")
 
     @field_validator("classifier", "esm2_model", "dnabert_model", mode="before")
     @classmethod
@@ -110,6 +162,12 @@ class RunConfig(BaseModel):
         return value.strip()
 
     @model_validator(mode="after")
+    def _one_scheduler(self) -> "RunConfig":
+        if self.scheduler_address and self.scheduler_file:
+            raise ValueError("give scheduler_address or scheduler_file, not both")
+        return self
+
+    @model_validator(mode="after")
     def _offload_needs_deepspeed(self) -> "RunConfig":
         if self.zero_offload != "none" and self.engine != "deepspeed":
             raise ValueError(f"zero_offload: {self.zero_offload} needs engine: deepspeed")
@@ -118,7 +176,7 @@ class RunConfig(BaseModel):
         return self
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def _read_yaml(path: Path | Traversable) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except (OSError, yaml.YAMLError) as err:
@@ -129,17 +187,45 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 
 
 def presets() -> list[str]:
-    """Names of the presets shipped in configs/."""
-    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+    """Names of the presets shipped in the package (virnuc_hpc/configs)."""
+    return sorted(p.name.removesuffix(".yaml") for p in CONFIG_DIR.iterdir() if p.name.endswith(".yaml"))
 
 
-def preset_path(name: str) -> Path:
-    """A preset is one of the names in configs/, never a path (--config reads any file of yours)."""
+def preset_path(name: str) -> Traversable:
+    """A preset is one of the shipped names, never a path (--config reads any file of yours)."""
     known = presets()
     if name not in known:
         raise ConfigError(f"unknown preset {name!r}; known presets: {', '.join(known)} "
                          "(a YAML file of your own goes to --config FILE)")
     return CONFIG_DIR / f"{name}.yaml"
+
+
+def environment_defaults(environ: dict[str, str] | None = None) -> dict[str, Any]:
+    """The RunConfig values the ``ENVIRONMENT`` variables give (unset or empty ones give none)."""
+    env = os.environ if environ is None else environ
+    found: dict[str, Any] = {}
+    for variable, key in ENVIRONMENT.items():
+        value = env.get(variable, "").strip()
+        if key == "offline":
+            if any(env.get(v, "").strip().lower() in _TRUE for v in _OFFLINE_ALIASES):
+                found[key] = True
+        elif value:
+            found[key] = value.lower() if key == "dnabert_layout" else value
+    return found
+
+
+def with_environment(config: RunConfig, environ: dict[str, str] | None = None) -> RunConfig:
+    """``config`` with the environment's values for the fields nobody set (lowest precedence)."""
+    pending = {k: v for k, v in environment_defaults(environ).items() if k not in config.model_fields_set}
+    if not pending:
+        return config
+    try:
+        return RunConfig(**{**config.model_dump(), **pending})
+    except ValidationError as err:
+        names = {key: variable for variable, key in ENVIRONMENT.items()}
+        raise ConfigError("invalid environment variable(s): " + "; ".join(
+            f"{names[str(p['loc'][0])]}: {p['msg'].removeprefix('Value error, ')}"
+            for p in err.errors(include_url=False) if p["loc"] and p["loc"][0] in pending)) from err
 
 
 def load_config(*, preset: str | None = None, config_file: str | Path | None = None,
@@ -151,7 +237,7 @@ def load_config(*, preset: str | None = None, config_file: str | Path | None = N
     if config_file:
         merged.update(_read_yaml(Path(config_file)))
     merged.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    return RunConfig(**merged)
+    return with_environment(RunConfig(**merged))
 
 
 _EXPECTED = {"int_type": "expected a whole number", "bool_type": "expected true or false",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from .errors import ConfigError
+from virnuc_hpc.errors import ConfigError
 
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 

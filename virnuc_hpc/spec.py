@@ -13,7 +13,10 @@ from typing import Any
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """Resolved, local model files plus how to run them; identical on every worker."""
+    """Resolved, local model files plus how to run them; identical on every worker.
+
+    Built from the RunConfig by the client (pipeline's ``_model_spec``): workers never read the
+    environment for a setting, so a worker on another node runs exactly what the client asked."""
 
     esm2_path: str
     dnabert_path: str
@@ -27,6 +30,9 @@ class ModelSpec:
     esm2_max_tokens: int | None = None
     dnabert_max_tokens: int | None = None
     threads: int | None = None
+    offline: bool = False                 # never download a model (RunConfig.offline)
+    compile_cache: str | None = None      # torch.compile cache root (RunConfig.compile_cache)
+    dnabert_layout: str = "auto"          # auto | packed | padded (RunConfig.dnabert_layout)
 
 
 @dataclass

@@ -11,7 +11,6 @@ encoders package (encoders/factory.py), so that this module never imports dnaber
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import re
@@ -28,14 +27,13 @@ from torch import Tensor, nn
 
 from ..devices import dtype_of, resolve_device, resolve_precision
 from ..errors import ModelFileError
-from .files import DNABERT_HUB_FILES as HUB_FILES  # noqa: F401  (re-exported: old name)
-from .files import RANDOM_WEIGHTS_FLAG  # noqa: F401  (re-exported: random_models.dnabert)
-from .files import dnabert_weights_file as weights_file
-from .files import file_sha256
-from .files import hf_cache_dir as _hf_cache_dir  # noqa: F401  (re-exported: old name)
-from .files import resolve_dnabert_dir
+from .batching import Fp32Weights, plan_padded
+from .contract import EngineHook
+from .files import dnabert_weights_file, file_sha256, resolve_dnabert_dir
+from .layers import Attend, cast_keeping_fp32_layer_norms, layer_norm_fp32
 
-Attend = Callable[[Tensor, Tensor, Tensor], Tensor]  # q, k, v (..., H, d) -> context (..., H, d)
+DEFAULT_MAX_TOKENS = {"cpu": 16384, "cuda": 65536}  # padded batches: rows * longest
+MAX_BIAS_ELEMENTS = 2 ** 27                         # padded batches: B*H*L*L of the materialised bias
 
 
 @dataclass(frozen=True)
@@ -66,11 +64,8 @@ def alibi_slopes(n_heads: int) -> list[float]:
 
 
 def _add_ln(ln: nn.LayerNorm, x: Tensor, residual: Tensor) -> Tensor:
-    """LN(x + residual) accumulated in fp32 (LN params are kept fp32), returned in x's dtype.
-
-    Explicit upcasts: CUDA layer_norm refuses half input with fp32 params; torch.compile fuses them."""
-    y = F.layer_norm(x.float() + residual.float(), ln.normalized_shape, ln.weight, ln.bias, ln.eps)
-    return y.to(x.dtype)
+    """LN(x + residual) in fp32 (the LN parameters are kept fp32), returned in x's dtype."""
+    return layer_norm_fp32(x, ln.weight, ln.bias, ln.eps, residual)
 
 
 class DNABERTLayer(nn.Module):
@@ -175,7 +170,7 @@ def read_config(directory: Path) -> DNABERTConfig:
 
 def read_weights(directory: Path) -> tuple[dict[str, Tensor], Path]:
     """model.safetensors (preferred) or pytorch_model.bin (weights_only), as fp32 CPU tensors."""
-    path = weights_file(directory)
+    path = dnabert_weights_file(directory)
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -248,25 +243,63 @@ def build_model(cfg: DNABERTConfig, checkpoint: dict[str, Tensor], source: Path)
 def weights_sha256(encoder: Any) -> str:
     """sha256 of an encoder's (DNABERTEncoder or PackedDNABERTEncoder) weights file. Both encoders
     cache it as a cached_property read on first use: the client already checksums every model file
-    (models.hash_models), so workers never need it at start-up."""
+    (models/resolve.py), so workers never need it at start-up."""
     if encoder.weights is None:
         raise ValueError("sha256 unknown: the encoder was not built from a file")
     return file_sha256(Path(encoder.weights))
 
 
-class DNABERTEncoder:
+def plan_padded_batches(lengths: Sequence[int] | np.ndarray, heads: int, max_tokens: int,
+                        max_bias_elements: int = MAX_BIAS_ELEMENTS) -> list[np.ndarray]:
+    """Indices sorted by length, cut so that each padded batch fits the token and bias budgets
+    (a sequence over budget on its own forms its own batch)."""
+    return plan_padded(lengths, lambda rows, longest: rows * longest <= max_tokens
+                       and rows * heads * longest * longest <= max_bias_elements)
+
+
+def pad_ids(ids: Sequence[Sequence[int]], pad_id: int) -> tuple[Tensor, Tensor]:
+    """(B, L) int64 token ids padded with ``pad_id`` and the (B, L) mask, True on real tokens."""
+    padded = np.full((len(ids), max(map(len, ids))), pad_id, dtype=np.int64)
+    for row, seq in zip(padded, ids):
+        row[: len(seq)] = seq
+    mask = torch.arange(padded.shape[1]) < torch.tensor([len(s) for s in ids])[:, None]
+    return torch.from_numpy(padded), mask
+
+
+def pool_padded(model: Callable[[Tensor, Tensor], Tensor], ids: Tensor, mask: Tensor) -> Tensor:
+    """(B, D) fp32 means of the last hidden states over each row's real tokens ([CLS], [SEP] included)."""
+    h = model(ids, mask).float()
+    return torch.where(mask[..., None], h, 0.0).sum(1) / mask.sum(1, keepdim=True)
+
+
+def run_model(model: DNABERT2, device: torch.device, precision: str) -> DNABERT2:
+    """The fp32 CPU model as it runs: on ``device``, in the run's dtype, LayerNorms back in fp32."""
+    return cast_keeping_fp32_layer_norms(model, device, dtype_of(precision))
+
+
+def fp32_weights(model: DNABERT2, precision: str, device: torch.device,
+                 weights: Path | None) -> Fp32Weights[DNABERT2]:
+    """The fallback's fp32 weights, reread from the model's directory (the weights file's) on first
+    need."""
+    read = None if weights is None else lambda: read_dnabert_model(Path(weights).parent).to(device)
+    return Fp32Weights(model, precision, device, read)
+
+
+class DNABERTEncoder(EngineHook):
     """Nucleotide strings -> (N, D) float32: mean of the last hidden states over [CLS], tokens, [SEP].
 
     Length-sorted, token-budget batches; results come back in input order. In fp16/bf16 a batch
-    with NaN/Inf is recomputed in fp32 (``stats['nonfinite_recomputed_batches']``)."""
+    with NaN/Inf is recomputed in fp32 (``stats['nonfinite_recomputed_batches']``; ``Fp32Weights``:
+    reread from the weights file on first need). Each batch runs through ``runner``: the model
+    itself, or what an engine made of it (``with_engine``)."""
 
     def __init__(self, model: DNABERT2, tokenizer, *, name: str, weights: Path | None = None,
                  device: str = "auto", precision: str = "auto", max_tokens: int | None = None,
-                 max_bias_elements: int = 2 ** 27) -> None:
+                 max_bias_elements: int = MAX_BIAS_ELEMENTS) -> None:
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
         if max_tokens is None:
-            max_tokens = 16384 if self.device.type == "cpu" else 65536
+            max_tokens = DEFAULT_MAX_TOKENS["cpu" if self.device.type == "cpu" else "cuda"]
         self.max_tokens = max_tokens
         if self.max_tokens < 1:
             raise ValueError(f"max_tokens must be positive, not {self.max_tokens}")
@@ -275,48 +308,27 @@ class DNABERTEncoder:
         self.dim = model.cfg.hidden_size
         pad = tokenizer.token_to_id("[PAD]")  # any id works (padded keys are masked); keep the model's
         self.pad_id = model.cfg.pad_token_id if pad is None else pad
-        # Kept on CPU until a non-finite batch needs it: the exact weights, not upcast half ones.
-        self._fp32_model: DNABERT2 | None = copy.deepcopy(model) if self.precision != "fp32" else None
-        self._fp32_on_device = False
-        self.model = model.to(self.device, dtype_of(self.precision))
-        for m in self.model.modules():
-            if isinstance(m, nn.LayerNorm):
-                m.float()
+        self.model = run_model(model, self.device, self.precision)
+        self.fp32 = fp32_weights(self.model, self.precision, self.device, weights)
+        self.runner: Callable[[Tensor, Tensor], Tensor] = self.model
         self.stats: dict[str, int] = {"sequences": 0, "tokens": 0, "batches": 0,
                                       "nonfinite_recomputed_batches": 0}
 
     sha256 = cached_property(weights_sha256)
 
-    def batches(self, lengths: Sequence[int]) -> list[list[int]]:
-        """Indices sorted by length, cut so that each padded batch fits the token and bias budgets
-        (a sequence over budget on its own forms its own batch)."""
-        heads = self.model.cfg.num_attention_heads
-        out: list[list[int]] = []
-        for i in sorted(range(len(lengths)), key=lengths.__getitem__):
-            n, L = (len(out[-1]) + 1 if out else 0), lengths[i]
-            if out and n * L <= self.max_tokens and n * heads * L * L <= self.max_bias_elements:
-                out[-1].append(i)
-            else:
-                out.append([i])
-        return out
-
-    def _pool(self, model: DNABERT2, ids: Tensor, mask: Tensor) -> Tensor:
-        h = model(ids, mask).float()
-        return torch.where(mask[..., None], h, 0.0).sum(1) / mask.sum(1, keepdim=True)
+    def batches(self, lengths: Sequence[int]) -> list[np.ndarray]:
+        """``plan_padded_batches`` under this encoder's budgets."""
+        return plan_padded_batches(lengths, self.model.cfg.num_attention_heads, self.max_tokens,
+                                   self.max_bias_elements)
 
     def _embed_batch(self, ids: list[list[int]]) -> np.ndarray:
-        padded = np.full((len(ids), max(map(len, ids))), self.pad_id, dtype=np.int64)
-        for row, seq in zip(padded, ids):
-            row[: len(seq)] = seq
-        ids_t = torch.from_numpy(padded).to(self.device)
-        mask = (torch.arange(padded.shape[1]) < torch.tensor([len(s) for s in ids])[:, None]).to(self.device)
-        vec = self._pool(self.model, ids_t, mask)
+        ids_t, mask = pad_ids(ids, self.pad_id)
+        ids_t, mask = ids_t.to(self.device), mask.to(self.device)
+        vec = pool_padded(self.runner, ids_t, mask)
         if not torch.isfinite(vec).all():
-            if self._fp32_model is None:
+            if self.precision == "fp32":
                 raise RuntimeError(f"DNABERT {self.name}: non-finite embeddings in fp32")
-            if not self._fp32_on_device:
-                self._fp32_model, self._fp32_on_device = self._fp32_model.to(self.device), True
-            vec = self._pool(self._fp32_model, ids_t, mask)
+            vec = pool_padded(self.fp32.get(), ids_t, mask)
             self.stats["nonfinite_recomputed_batches"] += 1
         self.stats["batches"] += 1
         return vec.cpu().numpy()
@@ -342,9 +354,16 @@ class DNABERTEncoder:
         return out
 
 
-def load_dnabert_parts(spec: str) -> tuple[DNABERT2, object, Path]:
+def read_dnabert_model(directory: Path) -> DNABERT2:
+    """The fp32 CPU model of a DNABERT directory (config.json and weights; no tokenizer)."""
+    cfg = read_config(directory)
+    checkpoint, weights = read_weights(directory)
+    return build_model(cfg, checkpoint, weights)
+
+
+def load_dnabert_parts(spec: str, *, offline: bool = False) -> tuple[DNABERT2, object, Path]:
     """Directory or hub id -> (fp32 CPU model, tokenizer, weights file). Reads only data files."""
-    directory = resolve_dnabert_dir(spec)
+    directory = resolve_dnabert_dir(spec, offline=offline)
     cfg = read_config(directory)
     tokenizer = read_tokenizer(directory, cfg)
     checkpoint, weights = read_weights(directory)

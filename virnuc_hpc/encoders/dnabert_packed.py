@@ -13,12 +13,8 @@ The same packing, segment ids, block-mask parts and score modifier drive a dense
 
 from __future__ import annotations
 
-import copy
 import inspect
 import itertools
-import queue
-import threading
-from collections import deque
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -26,12 +22,16 @@ from typing import Callable, Iterator, Literal, Sequence
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
-from ..devices import dtype_of, resolve_device, resolve_precision
-from .dnabert import DNABERT2, DNABERTEncoder, DNABERTLayer, weights_sha256
-from .packing import pack_sizes
+from ..devices import resolve_device, resolve_precision
+from .batching import Harvest, InFlight, Prefetch, copy_to_host, pack_sizes, pin, to_device
+from .contract import EngineHook
+from .dnabert import (
+    DEFAULT_MAX_TOKENS, DNABERT2, DNABERTLayer, fp32_weights, pad_ids, plan_padded_batches, pool_padded,
+    run_model, weights_sha256,
+)
 
 BLOCK = 128                 # FlexAttention's default block; batches are a multiple of it
 GPU_BUDGET = 65536          # tokens per packed batch on a GPU (measured: benchmarks/dnabert_throughput.py)
@@ -77,7 +77,7 @@ def _ordered(dense: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 @dataclass
-class PackedBatch:
+class NucleotideBatch:
     """One packed batch, built on the host; ``to`` moves the tensors (non-blocking from pinned)."""
     index: np.ndarray     # (n,) positions of these sequences in the caller's list
     ids: Tensor           # (T,) int32 token ids, tail padded
@@ -92,18 +92,19 @@ class PackedBatch:
     def n(self) -> int:
         return len(self.index)
 
-    def to(self, device: torch.device) -> "PackedBatch":
-        moved = {k: getattr(self, k).to(device, non_blocking=True) for k in
-                 ("ids", "segments", "lengths", "kv_num", "kv_idx", "full_num", "full_idx")}
-        return PackedBatch(index=self.index, **moved)
+    def to(self, device: torch.device) -> "NucleotideBatch":
+        """The tensors on ``device`` (batching.to_device: pinned, non-blocking on CUDA)."""
+        return NucleotideBatch(index=self.index, **{k: to_device(getattr(self, k), device) for k in _TENSORS})
 
-    def pin(self) -> "PackedBatch":
-        pinned = {k: getattr(self, k).pin_memory() for k in
-                  ("ids", "segments", "lengths", "kv_num", "kv_idx", "full_num", "full_idx")}
-        return PackedBatch(index=self.index, **pinned)
+    def pin(self) -> "NucleotideBatch":
+        """The tensors in pinned memory (done ahead, on the host thread, for a GPU run)."""
+        return NucleotideBatch(index=self.index, **{k: pin(getattr(self, k)) for k in _TENSORS})
 
 
-def make_batch(index: Sequence[int], ids: Sequence[Sequence[int]], budget: int, pad_id: int) -> PackedBatch:
+_TENSORS = ("ids", "segments", "lengths", "kv_num", "kv_idx", "full_num", "full_idx")
+
+
+def make_batch(index: Sequence[int], ids: Sequence[Sequence[int]], budget: int, pad_id: int) -> NucleotideBatch:
     """Concatenate tokenised sequences into one fixed-length packed batch with its block tables."""
     lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
     total = batch_size(int(lengths.sum()), budget)
@@ -112,12 +113,12 @@ def make_batch(index: Sequence[int], ids: Sequence[Sequence[int]], budget: int, 
                                         count=int(lengths.sum()))
     seg = segment_ids(lengths, total)
     parts = [torch.from_numpy(p) for p in block_mask_parts(seg, len(ids))]
-    return PackedBatch(np.asarray(index, dtype=np.int64), torch.from_numpy(flat), torch.from_numpy(seg),
-                       torch.from_numpy(lengths.astype(np.float32)), *parts)
+    return NucleotideBatch(np.asarray(index, dtype=np.int64), torch.from_numpy(flat), torch.from_numpy(seg),
+                           torch.from_numpy(lengths.astype(np.float32)), *parts)
 
 
 def stream_batches(token_chunks: Iterator[tuple[np.ndarray, list[list[int]]]], budget: int,
-                   pad_id: int) -> Iterator[PackedBatch]:
+                   pad_id: int) -> Iterator[NucleotideBatch]:
     """Tokenised chunks in -> packed batches out. Each chunk's last, partly filled batch is carried
     into the next chunk, so only the very last batch of a call is padded much."""
     carry_index: list[int] = []
@@ -162,7 +163,7 @@ _KV_KWARGS = ({"compute_q_blocks": False}
               if "compute_q_blocks" in inspect.signature(BlockMask.from_kv_blocks).parameters else {})
 
 
-def to_block_mask(batch: PackedBatch) -> BlockMask:
+def to_block_mask(batch: NucleotideBatch) -> BlockMask:
     """Block tables -> BlockMask (inference only: the transposed tables for backward are skipped)."""
     T = batch.ids.shape[0]
     return BlockMask.from_kv_blocks(batch.kv_num, batch.kv_idx, batch.full_num, batch.full_idx,
@@ -185,7 +186,7 @@ def dense_layer(layer: DNABERTLayer, x: Tensor, bias: Tensor) -> Tensor:
     return layer(x, lambda q, k, v: DNABERT2.attend_sdpa(q[None], k[None], v[None], bias[None])[0])
 
 
-class PackedForward:
+class PackedDNABERT2:
     """Packed ids -> (T, D) last hidden states. With ``compile`` one compiled region serves all
     layers (regional compilation: 12 identical layers compile once, much faster than a
     whole-model compile)."""
@@ -198,11 +199,11 @@ class PackedForward:
         self.slopes = torch.tensor(model.slopes, dtype=torch.float32, device=device)
         self.layer = flex_layer
         if compile and attention == "flex":
-            from ..engines.compile import configure_compile_cache
+            from .compile import configure_compile_cache
             configure_compile_cache()  # the node-shared cache, also when ESM-2 has not set it up
             self.layer = torch.compile(flex_layer, dynamic=False)
 
-    def __call__(self, batch: PackedBatch) -> Tensor:
+    def __call__(self, batch: NucleotideBatch) -> Tensor:
         x = self.model.embed_tokens(batch.ids)
         if self.attention == "dense":
             bias = dense_bias(batch.segments, self.slopes).to(x.dtype)
@@ -215,79 +216,30 @@ class PackedForward:
         return x
 
 
-def pool(hidden: Tensor, batch: PackedBatch) -> Tensor:
+def pool(hidden: Tensor, batch: NucleotideBatch) -> Tensor:
     """(n, D) fp32 means over each sequence's tokens ([CLS], [SEP] included), on the device."""
     sums = torch.zeros(batch.n + 1, hidden.shape[1], device=hidden.device, dtype=torch.float32)
     sums.index_add_(0, batch.segments.long(), hidden.float())
     return sums[: batch.n] / batch.lengths[:, None]
 
 
-# --------------------------------------------------------------------------- host thread
-
-class _Prefetch:
-    """Runs a batch generator on a daemon thread, ``depth`` batches ahead of the consumer.
-
-    The tokenizer's encode_batch releases the GIL (Rust, multi-threaded), so tokenising and packing
-    the next batches overlap the GPU work launched from the main thread."""
-
-    _DONE = object()
-
-    def __init__(self, produce: Iterator[PackedBatch], depth: int) -> None:
-        self._queue: queue.Queue = queue.Queue(maxsize=depth)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(produce,), daemon=True,
-                                        name="dnabert-tokenise")
-        self._thread.start()
-
-    def _put(self, item: object) -> bool:
-        while not self._stop.is_set():
-            try:
-                self._queue.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def _run(self, produce: Iterator[PackedBatch]) -> None:
-        try:
-            for item in produce:
-                if not self._put(item):
-                    return
-        except BaseException as exc:  # handed to the consumer, raised there
-            self._put(exc)
-            return
-        self._put(self._DONE)
-
-    def __iter__(self) -> Iterator[PackedBatch]:
-        try:
-            while True:
-                item = self._queue.get()
-                if item is self._DONE:
-                    return
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-        finally:
-            self._stop.set()
-            self._thread.join()
-
-
 # --------------------------------------------------------------------------- the encoder
 
 @dataclass(frozen=True)
-class Prepared:
+class PreparedNucleotides:
     """Sequences tokenised and packed on the host (pinned on a GPU), ready for ``embed``."""
 
     sequences: list[str]
-    batches: list[PackedBatch]
+    batches: list[NucleotideBatch]
 
 
-class PackedDNABERTEncoder:
+class PackedDNABERTEncoder(EngineHook):
     """Nucleotide strings -> (N, D) float32, packed: same contract as DNABERTEncoder.
 
     ``attention='flex'`` (compiled on CUDA) is the fast path; ``'dense'`` evaluates the same packing
-    through SDPA with the block-diagonal ALiBi bias (CPU tests). In fp16/bf16 a batch with NaN/Inf is
-    recomputed in fp32 on the padded path (``stats['nonfinite_recomputed_batches']``)."""
+    through SDPA with the block-diagonal ALiBi bias (CPU tests). Batches run asynchronously
+    (batching.Harvest, two batches left in flight). In fp16/bf16 a batch with NaN/Inf is recomputed
+    in fp32 on the padded path (``stats['nonfinite_recomputed_batches']``)."""
 
     def __init__(self, model: DNABERT2, tokenizer, *, name: str, weights: Path | None = None,
                  device: str = "auto", precision: str = "auto", max_tokens: int | None = None,
@@ -305,14 +257,11 @@ class PackedDNABERTEncoder:
         pad = tokenizer.token_to_id("[PAD]")
         self.pad_id = model.cfg.pad_token_id if pad is None else pad
         self.chunk_sequences, self.prefetch = chunk_sequences, prefetch
-        self._fp32_model: DNABERT2 | None = copy.deepcopy(model) if self.precision != "fp32" else None
-        self._fallback: DNABERTEncoder | None = None
-        self.model = model.to(self.device, dtype_of(self.precision))
-        for m in self.model.modules():
-            if isinstance(m, nn.LayerNorm):
-                m.float()
+        self.model = run_model(model, self.device, self.precision)
+        self.fp32 = fp32_weights(self.model, self.precision, self.device, weights)
         attention = attention or ("flex" if on_gpu else "dense")
-        self.forward = PackedForward(self.model, attention, on_gpu if compile is None else compile)
+        self.forward = PackedDNABERT2(self.model, attention, on_gpu if compile is None else compile)
+        self.runner: Callable[[NucleotideBatch], Tensor] = self.forward
         self.stats: dict[str, int] = {"sequences": 0, "tokens": 0, "padded_tokens": 0, "batches": 0,
                                       "nonfinite_recomputed_batches": 0}
 
@@ -328,32 +277,42 @@ class PackedDNABERTEncoder:
             yield np.arange(start, start + len(part)), [e.ids for e in encoded]
             start, size = start + len(part), self.chunk_sequences
 
-    def _host_batches(self, seqs: list[str]) -> Iterator[PackedBatch]:
-        pin = self.device.type == "cuda"
+    def _host_batches(self, seqs: list[str]) -> Iterator[NucleotideBatch]:
+        pinned = self.device.type == "cuda"
         for batch in stream_batches(self._token_chunks(seqs), self.max_tokens, self.pad_id):
-            yield batch.pin() if pin else batch
+            yield batch.pin() if pinned else batch
 
-    def prepare(self, nucleotides: Sequence[str]) -> "Prepared":
+    def prepare(self, nucleotides: Sequence[str]) -> PreparedNucleotides:
         """Tokenise and pack now, without the device: a worker prepares its next bag while the GPU
         embeds the current one, so the GPU never waits for the tokenizer (embed accepts the result)."""
         seqs = list(nucleotides)
-        return Prepared(seqs, list(self._host_batches(seqs)))
+        return PreparedNucleotides(seqs, list(self._host_batches(seqs)))
 
     # device side -------------------------------------------------------------
-    def _launch(self, host: PackedBatch) -> tuple[Tensor, Tensor]:
-        """Queue one batch on the device; returns (vectors, non-finite flag) still on the device."""
+    def _launch(self, host: NucleotideBatch) -> InFlight:
+        """Queue one batch on the device and the copy of its rows back; returns without waiting."""
         batch = host.to(self.device)
-        vec = pool(self.forward(batch), batch)
-        return vec, ~torch.isfinite(vec).all()
+        vec = pool(self.runner(batch), batch)
+        self.stats["batches"] += 1
+        self.stats["tokens"] += int(host.lengths.sum())
+        self.stats["padded_tokens"] += host.ids.shape[0]
+        return copy_to_host(host.index, vec, torch.isfinite(vec).all())
 
     def _recompute_fp32(self, seqs: list[str]) -> np.ndarray:
-        if self._fp32_model is None:
+        """Padded fp32 reference path over one batch's sequences, with the padded encoder's budgets."""
+        if self.precision == "fp32":
             raise RuntimeError(f"DNABERT {self.name}: non-finite embeddings in fp32")
-        if self._fallback is None:
-            self._fallback = DNABERTEncoder(self._fp32_model, self.tokenizer, name=self.name,
-                                            weights=self.weights, device=str(self.device), precision="fp32")
-        self.stats["nonfinite_recomputed_batches"] += 1
-        return self._fallback.embed(seqs)
+        model = self.fp32.get()
+        ids = [e.ids for e in self.tokenizer.encode_batch(seqs, add_special_tokens=True)]
+        rows = np.empty((len(ids), self.dim), dtype=np.float32)
+        budget = DEFAULT_MAX_TOKENS["cpu" if self.device.type == "cpu" else "cuda"]
+        for part in plan_padded_batches([len(x) for x in ids], model.cfg.num_attention_heads, budget):
+            ids_t, mask = pad_ids([ids[i] for i in part], self.pad_id)
+            vec = pool_padded(model, ids_t.to(self.device), mask.to(self.device))
+            if not torch.isfinite(vec).all():
+                raise RuntimeError(f"DNABERT {self.name}: non-finite embeddings in fp32")
+            rows[part] = vec.cpu().numpy()
+        return rows
 
     def warm_up(self) -> None:
         """Compile the one packed shape now (worker startup), not inside the first bag."""
@@ -362,38 +321,19 @@ class PackedDNABERTEncoder:
         self.stats.update(stats)  # warm-up is not work done for the run
 
     @torch.inference_mode()
-    def embed(self, nucleotides: "Sequence[str] | Prepared") -> np.ndarray:
+    def embed(self, nucleotides: Sequence[str] | PreparedNucleotides) -> np.ndarray:
         """(N, D) float32, row i for nucleotides[i]. Strings are tokenised on a host thread a few
         batches ahead of the GPU; a ``prepare``d input was tokenised before."""
-        if isinstance(nucleotides, Prepared):
+        if isinstance(nucleotides, PreparedNucleotides):
             seqs, host_batches = nucleotides.sequences, iter(nucleotides.batches)
         else:
             seqs = list(nucleotides)
-            host_batches = _Prefetch(self._host_batches(seqs), self.prefetch)
+            host_batches = Prefetch(self._host_batches(seqs), self.prefetch, name="dnabert-tokenise")
         out = np.zeros((len(seqs), self.dim), dtype=np.float32)
-        pending: deque[tuple[PackedBatch, Tensor, Tensor, torch.cuda.Event | None]] = deque()
-
-        def finish(host: PackedBatch, vec: Tensor, bad: Tensor, done: torch.cuda.Event | None) -> None:
-            if done is not None:
-                done.synchronize()  # this batch only: later ones keep the GPU busy meanwhile
-            if bool(bad):
-                out[host.index] = self._recompute_fp32([seqs[i] for i in host.index])
-            else:
-                out[host.index] = vec.numpy()
-            self.stats["batches"] += 1
-            self.stats["tokens"] += int(host.lengths.sum())
-            self.stats["padded_tokens"] += host.ids.shape[0]
-
+        harvest = Harvest(out, lambda index: self._recompute_fp32([seqs[i] for i in index]), self.stats,
+                          ahead=2)
         for host in host_batches:
-            vec, bad = self._launch(host)
-            vec, bad = vec.to("cpu", non_blocking=True), bad.to("cpu", non_blocking=True)
-            done = torch.cuda.Event() if self.device.type == "cuda" else None
-            if done is not None:
-                done.record()
-            pending.append((host, vec, bad, done))
-            if len(pending) > 2:
-                finish(*pending.popleft())
-        while pending:
-            finish(*pending.popleft())
+            harvest.add(self._launch(host))
+        harvest.drain()
         self.stats["sequences"] += len(seqs)
         return out

@@ -18,11 +18,10 @@ package (encoders/factory.py), so that this module never imports esm2_packed.py.
 from __future__ import annotations
 
 import argparse
-import copy
 import pickle
 import re
 import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -32,8 +31,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from virnuc_hpc.encoders.files import RANDOM_WEIGHTS_FLAG, file_sha256, offline
 from virnuc_hpc.errors import ModelFileError, ModelNotFoundError
+
+from .batching import Fp32Weights, plan_padded
+from .contract import EngineHook
+from .files import RANDOM_WEIGHTS_FLAG, file_sha256
+from .layers import LayerNorm
 
 # ---------------------------------------------------------------------------------------------------
 # Alphabet (ESM-1b, as esm.Alphabet.from_architecture("ESM-1b")) and tokenisation
@@ -99,13 +102,7 @@ def plan_batches(lengths: np.ndarray, max_tokens: int) -> list[np.ndarray]:
 
     A protein too long for the budget on its own gets a batch to itself (no padding, so SDPA needs no
     mask and memory grows only with its own length)."""
-    order = np.argsort(lengths, kind="stable")
-    batches, start = [], 0
-    for i in range(1, len(order)):
-        if (i + 1 - start) * (int(lengths[order[i]]) + 2) > max_tokens:  # order[i] would be the longest
-            batches.append(order[start:i])
-            start = i
-    return batches + [order[start:]] if len(order) else []
+    return plan_padded(np.asarray(lengths, dtype=np.int64) + 2, lambda rows, longest: rows * longest <= max_tokens)
 
 
 def pad_batch(ids: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -143,14 +140,6 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     cos, sin = cos.unsqueeze(-2).to(x.dtype), sin.unsqueeze(-2).to(x.dtype)
     x1, x2 = x.chunk(2, dim=-1)
     return x * cos + torch.cat((-x2, x1), dim=-1) * sin
-
-
-class LayerNorm(nn.LayerNorm):
-    """LayerNorm computed in fp32 whatever the activation dtype; returns the input's dtype."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w, b = self.weight.float(), self.bias.float()
-        return F.layer_norm(x.float(), self.normalized_shape, w, b, self.eps).to(x.dtype)
 
 
 class SelfAttention(nn.Module):
@@ -270,7 +259,7 @@ KNOWN_MODELS: dict[str, tuple[int, int, int]] = {  # name -> (layers, embed_dim,
 MODEL_URL = "https://dl.fbaipublicfiles.com/fair-esm/models/{name}.pt"
 _PREFIX_RE = re.compile(r"^(encoder\.sentence_encoder\.|encoder\.)")  # fair-esm core_v2 mapping
 _IGNORED_RE = re.compile(r"^(lm_head|contact_head)\.|\.rot_emb\.inv_freq$")
-# RANDOM_WEIGHTS_FLAG (imported above from files.py) is set in cfg['model'] by random_models.esm2
+# RANDOM_WEIGHTS_FLAG (imported above from files.py) is set in cfg['model'] by models.random_weights.esm2
 
 
 def model_name(spec: str | Path, path: Path) -> str:
@@ -278,7 +267,7 @@ def model_name(spec: str | Path, path: Path) -> str:
     return str(spec) if str(spec) in KNOWN_MODELS else path.stem
 
 
-def resolve_esm2_checkpoint(spec: str | Path) -> Path:
+def resolve_esm2_checkpoint(spec: str | Path, *, offline: bool = False) -> Path:
     """An existing file is used as is; a released model name is looked up in (or fetched to) the
     torch-hub cache, `<torch.hub.get_dir()>/checkpoints/<name>.pt`, the place fair-esm uses."""
     spec = str(spec)
@@ -297,7 +286,7 @@ def resolve_esm2_checkpoint(spec: str | Path) -> Path:
     url = MODEL_URL.format(name=name)
     how = (f"download it with `wget -P {target.parent} {url}` on a machine with network access and copy "
            f"it to {target}, or pass the path of the .pt file instead of the name")
-    if offline():
+    if offline:
         raise ModelNotFoundError(f"ESM-2 model {name}: {target} does not exist and offline mode is set; {how}")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -398,7 +387,7 @@ def read_esm2_checkpoint(path: str | Path) -> tuple[ESM2Config, dict[str, torch.
 
 
 def is_random_checkpoint(path: str | Path) -> bool:
-    """True for files written by random_models.esm2 (cfg['model'].virnuc_hpc_random_weights), so runs
+    """True for files written by models.random_weights.esm2 (cfg['model'].virnuc_hpc_random_weights), so runs
     on demo weights are labelled as such. Cheap for zip-format files: tensors are mmapped, not read."""
     data = _torch_load(Path(path))
     cfg = data.get("cfg") if isinstance(data, Mapping) else None
@@ -452,20 +441,26 @@ def _refuse_non_finite(path: Path, model: ESM2, state: dict[str, torch.Tensor],
 DEFAULT_MAX_TOKENS = {"cpu": 16384, "cuda": 32768}
 
 
-class ESM2Encoder:
+class ESM2Encoder(EngineHook):
     """Mean-pooled ESM-2 embeddings for lists of proteins (VirNucPro's pooling: module docstring).
 
     Length-sorted, token-budgeted padded batches; results come back in input order. In fp16/bf16 a
-    batch with any non-finite vector is recomputed with an fp32 copy of the weights (made on first need)."""
+    batch with any non-finite vector is recomputed with fp32 weights (``Fp32Weights``: reread from
+    the checkpoint file on first need). Each batch runs through ``runner``: the model itself, or what
+    an engine made of it (``with_engine``)."""
 
     def __init__(self, model: ESM2, *, name: str, device: torch.device, precision: str,
                  max_tokens: int | None = None, path: Path | None = None, pool_limit: int = POOL_LIMIT):
         self.model, self.name, self.device, self.precision = model, name, device, precision
         self.max_tokens = max_tokens or DEFAULT_MAX_TOKENS.get(device.type, 16384)
         self.path, self.pool_limit = path, pool_limit
-        self._fp32: ESM2 | None = model if precision == "fp32" else None
+        self.runner: Callable[[torch.Tensor], torch.Tensor] = model
+        self.fp32 = Fp32Weights(model, precision, device, self._read_fp32 if path is not None else None)
         self.stats = {"sequences": 0, "tokens": 0, "padded_tokens": 0, "batches": 0,
                       "nonfinite_recomputed_batches": 0}
+
+    def _read_fp32(self) -> ESM2:
+        return load_esm2_model(self.path, device=self.device, dtype=torch.float32)
 
     @property
     def dim(self) -> int:
@@ -508,17 +503,8 @@ class ESM2Encoder:
     @torch.inference_mode()
     def _embed_batch(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         tokens = tokens.to(self.device, non_blocking=True)
-        pooled = mean_residues(self.model(tokens), lengths, self.pool_limit)
+        pooled = mean_residues(self.runner(tokens), lengths, self.pool_limit)
         if self.precision != "fp32" and not torch.isfinite(pooled).all():
             self.stats["nonfinite_recomputed_batches"] += 1
-            pooled = mean_residues(self._fp32_model()(tokens), lengths, self.pool_limit)
+            pooled = mean_residues(self.fp32.get()(tokens), lengths, self.pool_limit)
         return pooled
-
-    def _fp32_model(self) -> ESM2:
-        """fp32 weights, reread from the file (exact) or else upcast from the low-precision copy."""
-        if self._fp32 is None:
-            if self.path is not None:
-                self._fp32 = load_esm2_model(self.path, device=self.device, dtype=torch.float32)
-            else:
-                self._fp32 = copy.deepcopy(self.model).cast(self.device, torch.float32)
-        return self._fp32

@@ -31,13 +31,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from virnuc_hpc.encoders.esm2 import (
+from .batching import Harvest, InFlight, copy_to_host, pack_sizes, to_device
+from .esm2 import (
     CLS, EOS, MASK, PAD, POOL_LIMIT, ESM2, ESM2Encoder, mean_residues, pad_batch, plan_batches,
     rotary_cos_sin, tokenize_many,
 )
-from virnuc_hpc.encoders.packing import pack_sizes
+from .layers import layer_norm_fp32
 
-Attend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, "DeviceBatch"], torch.Tensor]
+# (T, H, hd) packed q/k/v and the batch's segments -> (T, H, hd): the packed form of layers.Attend
+AttentionBackend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, "DeviceProteinBatch"], torch.Tensor]
 
 MIN_BUCKET = 256          # smallest packed length compiled
 BUDGET_QUANTUM = 512      # budgets are multiples of this, so the top bucket equals the budget
@@ -108,7 +110,7 @@ def max_buckets(budget: int) -> int:
 
 
 @dataclass(frozen=True)
-class PackedBatch:
+class ProteinBatch:
     """One packed batch: token stream of length T (the bucket), sequences back to back, tail of PAD.
 
     cu_seqlens delimits attention segments: each protein, then the tail in TAIL_CHUNK pieces.
@@ -128,9 +130,18 @@ class PackedBatch:
     def real_tokens(self) -> int:
         return int(self.cu_seqlens[len(self.index)])
 
+    def to(self, device: torch.device) -> DeviceProteinBatch:
+        """The arrays on ``device`` (batching.to_device: pinned, non-blocking on CUDA)."""
+        return DeviceProteinBatch(
+            tokens=to_device(self.tokens, device), positions=to_device(self.positions, device),
+            token_scale=to_device(self.token_scale, device), cu_seqlens=to_device(self.cu_seqlens, device),
+            max_seqlen=self.max_seqlen, pool_index=to_device(self.pool_index, device),
+            pool_segment=to_device(self.pool_segment, device), counts=to_device(self.counts, device),
+        )
+
 
 def pack(ids: Sequence[np.ndarray], index: np.ndarray, total: int, *, token_dropout: bool = True,
-         pool_limit: int = POOL_LIMIT) -> PackedBatch:
+         pool_limit: int = POOL_LIMIT) -> ProteinBatch:
     """Pack proteins `ids[i] for i in index` into `total` tokens (total >= their packed size)."""
     lens = np.fromiter((len(ids[i]) for i in index), dtype=np.int64, count=len(index))
     sizes = packed_size(lens)
@@ -159,7 +170,7 @@ def pack(ids: Sequence[np.ndarray], index: np.ndarray, total: int, *, token_drop
     positions[used:] = np.arange(tail) % TAIL_CHUNK
     pooled = residue & (positions[:used] <= pool_limit)
     pool_index = np.flatnonzero(pooled)
-    return PackedBatch(
+    return ProteinBatch(
         index=np.asarray(index), tokens=tokens, positions=positions, token_scale=token_scale,
         cu_seqlens=cu.astype(np.int32), max_seqlen=int(max(sizes.max(), min(tail, TAIL_CHUNK))),
         pool_index=pool_index, pool_segment=segment[pool_index],
@@ -168,8 +179,8 @@ def pack(ids: Sequence[np.ndarray], index: np.ndarray, total: int, *, token_drop
 
 
 @dataclass(frozen=True)
-class DeviceBatch:
-    """A PackedBatch's tensors on the compute device."""
+class DeviceProteinBatch:
+    """A ProteinBatch's tensors on the compute device."""
 
     tokens: torch.Tensor
     positions: torch.Tensor
@@ -179,24 +190,6 @@ class DeviceBatch:
     pool_index: torch.Tensor
     pool_segment: torch.Tensor
     counts: torch.Tensor
-
-
-def to_device(batch: PackedBatch, device: torch.device) -> DeviceBatch:
-    """Host arrays -> device tensors; on CUDA through pinned buffers with non-blocking copies, so the
-    transfer queues behind the running batch instead of stalling the host."""
-    cuda = device.type == "cuda"
-
-    def move(array: np.ndarray) -> torch.Tensor:
-        host = torch.from_numpy(np.ascontiguousarray(array))
-        if not cuda:
-            return host
-        return host.pin_memory().to(device, non_blocking=True)
-
-    return DeviceBatch(
-        tokens=move(batch.tokens), positions=move(batch.positions), token_scale=move(batch.token_scale),
-        cu_seqlens=move(batch.cu_seqlens), max_seqlen=batch.max_seqlen,
-        pool_index=move(batch.pool_index), pool_segment=move(batch.pool_segment), counts=move(batch.counts),
-    )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -215,7 +208,7 @@ def varlen_available(device: torch.device) -> bool:
     return torch.cuda.get_device_capability(device)[0] >= 8
 
 
-def attend_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: DeviceBatch) -> torch.Tensor:
+def attend_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: DeviceProteinBatch) -> torch.Tensor:
     """Flash varlen attention (fp16/bf16, CUDA); default scale head_dim^-0.5."""
     from torch.nn.attention.varlen import varlen_attn
 
@@ -223,7 +216,7 @@ def attend_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: Devi
     return varlen_attn(q, k, v, cu, cu, n, n)
 
 
-def attend_efficient(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: DeviceBatch) -> torch.Tensor:
+def attend_efficient(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: DeviceProteinBatch) -> torch.Tensor:
     """Memory-efficient (cutlass) varlen attention, the GPU default: its 64-row tiles fit short
     proteins, where flash's 128-row tile per protein and head is mostly empty (faster on
     50-residue proteins, measured: benchmarks/attention_varlen.py); default scale head_dim^-0.5."""
@@ -240,7 +233,7 @@ def segment_labels(cu_seqlens: torch.Tensor, total: int) -> torch.Tensor:
                                    output_size=total)
 
 
-def attend_masked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: DeviceBatch) -> torch.Tensor:
+def attend_masked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: DeviceProteinBatch) -> torch.Tensor:
     """SDPA under a block-diagonal mask: the CPU stand-in for varlen_attn (O(T^2) memory: tests only)."""
     seg = segment_labels(batch.cu_seqlens, q.shape[0])
     mask = seg[:, None] == seg[None, :]
@@ -249,17 +242,13 @@ def attend_masked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: Devi
     return out.transpose(0, 1)
 
 
-ATTENTION: dict[str, Attend] = {"efficient": attend_efficient, "varlen": attend_varlen,
+ATTENTION: dict[str, AttentionBackend] = {"efficient": attend_efficient, "varlen": attend_varlen,
                                 "masked": attend_masked}
 
 
 # ---------------------------------------------------------------------------------------------------
 # Dense layer halves (compiled on GPU): functions of tensors only, so one graph serves all layers
 # ---------------------------------------------------------------------------------------------------
-
-
-def _layer_norm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, eps: float) -> torch.Tensor:
-    return F.layer_norm(x.float(), (x.shape[-1],), w, b, eps).to(x.dtype)
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -274,7 +263,7 @@ def attention_inputs(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, ln_w
                      bk: torch.Tensor, wv: torch.Tensor, bv: torch.Tensor, heads: int,
                      eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """LN1, q/k/v projections, rotary on q and k: (T, D) -> three (T, H, hd)."""
-    h = _layer_norm(x, ln_w, ln_b, eps)
+    h = layer_norm_fp32(x, ln_w, ln_b, eps)
     shape = (x.shape[0], heads, x.shape[1] // heads)
     q = _rotate(F.linear(h, wq, bq).view(shape), cos, sin)
     k = _rotate(F.linear(h, wk, bk).view(shape), cos, sin)
@@ -305,7 +294,7 @@ def attention_output_and_ffn(x: torch.Tensor, attn: torch.Tensor, wo: torch.Tens
     """x + out_proj(attn), then x + fc2(gelu(fc1(LN2(x)))): erf GELU, or with `gelu_epilogue` the
     tanh form fused into fc1's GEMM."""
     x = x + F.linear(attn.flatten(1), wo, bo)
-    h = _layer_norm(x, ln_w, ln_b, eps)
+    h = layer_norm_fp32(x, ln_w, ln_b, eps)
     g = linear_gelu_tanh(h, w1, b1) if gelu_epilogue else F.gelu(F.linear(h, w1, b1))
     return x + F.linear(g, w2, b2)
 
@@ -344,7 +333,7 @@ class PackedESM2:
         self._eps = [(layer.self_attn_layer_norm.eps, layer.final_layer_norm.eps) for layer in model.layers]
         graphs = (attention_inputs, ffn_then_next_inputs, attention_output_and_ffn)
         if compile_layers:
-            from virnuc_hpc.engines.compile import compile_dynamic, compile_static, configure_compile_cache
+            from .compile import compile_dynamic, compile_static, configure_compile_cache
 
             configure_compile_cache()
             # dynamic: one graph for every packed length T (the GEMMs are cuBLAS calls anyway)
@@ -355,7 +344,7 @@ class PackedESM2:
     def dtype(self) -> torch.dtype:
         return self.model.embed_tokens.weight.dtype
 
-    def __call__(self, batch: DeviceBatch) -> torch.Tensor:
+    def __call__(self, batch: DeviceProteinBatch) -> torch.Tensor:
         """(B, D) fp32 pooled vectors of one packed batch."""
         model = self.model
         x = model.embed_tokens(batch.tokens) * batch.token_scale[:, None].to(self.dtype)
@@ -381,7 +370,7 @@ def _mark_tokens_dynamic(*tensors: torch.Tensor) -> None:
         torch._dynamo.mark_dynamic(t, 0)
 
 
-def segment_mean(final_norm: torch.nn.Module, x: torch.Tensor, batch: DeviceBatch) -> torch.Tensor:
+def segment_mean(final_norm: torch.nn.Module, x: torch.Tensor, batch: DeviceProteinBatch) -> torch.Tensor:
     """Final LayerNorm on the pooled tokens only, then per-protein means (one index_add, no loop)."""
     rep = final_norm(x.index_select(0, batch.pool_index).float())
     out = torch.zeros(len(batch.counts), rep.shape[1], device=rep.device, dtype=torch.float32)
@@ -437,21 +426,12 @@ class PreparedProteins:
     lengths: np.ndarray
 
 
-@dataclass
-class _InFlight:
-    """A submitted batch whose pooled rows are on their way to pinned host memory."""
-
-    index: np.ndarray
-    pooled: torch.Tensor      # (B, D) fp32, host
-    finite: torch.Tensor      # (B,) bool, host
-    done: torch.cuda.Event | None
-
-
 class PackedESM2Encoder(ESM2Encoder):
     """ESM2Encoder with packed batches: same API, stats and fp32 fallback, much less waste.
 
-    Batches run asynchronously: while the GPU computes batch i the host packs batch i+1 and unloads
-    batch i-1, whose pooled rows come back through pinned memory on a side stream. Guards:
+    Batches run asynchronously (batching.Harvest, one batch left in flight): while the GPU computes
+    batch i the host packs batch i+1 and unloads batch i-1, whose pooled rows come back through
+    pinned memory on a side stream. Guards:
     - a batch with any non-finite vector is recomputed in fp32 (padded reference path) and counted in
       stats["nonfinite_recomputed_batches"];
     - CUDA OOM splits the batch in two, lowers the token budget and retries; counted in
@@ -476,6 +456,7 @@ class PackedESM2Encoder(ESM2Encoder):
         self.forward = PackedESM2(model, self.attention, self.compile_layers,
                                   max_shapes=3 * max_buckets(self.token_budget),
                                   gelu_epilogue=gelu_epilogue, dynamic=dynamic_shapes)
+        self.runner: Callable[[DeviceProteinBatch], torch.Tensor] = self.forward
         self.stats["oom_split_batches"] = 0
         self._copy_stream = torch.cuda.Stream(device) if device.type == "cuda" else None
 
@@ -517,7 +498,8 @@ class PackedESM2Encoder(ESM2Encoder):
         ids, lengths = prepared.ids, prepared.lengths
         out = np.full((len(ids), self.dim), np.nan, dtype=np.float32)
         queue = deque(plan_packs(lengths, self.token_budget))
-        pending: _InFlight | None = None
+        harvest = Harvest(out, lambda index: self._recompute_fp32([ids[i] for i in index]), self.stats,
+                          ahead=1)
         while queue:
             index = queue.popleft()
             if len(index) > 1 and packed_size(lengths[index]).sum() > self.token_budget:
@@ -530,61 +512,31 @@ class PackedESM2Encoder(ESM2Encoder):
                     raise
                 queue.extendleft(reversed(self._after_oom(index, lengths)))
                 continue
-            if pending is not None:
-                self._harvest(pending, ids, out)
-            pending = submitted
-        if pending is not None:
-            self._harvest(pending, ids, out)
+            harvest.add(submitted)
+        harvest.drain()
         self.stats["sequences"] += len(ids)
         self.stats["tokens"] += int(packed_size(lengths).sum())
         return out
 
     @torch.inference_mode()
-    def _submit(self, ids: list[np.ndarray], lengths: np.ndarray, index: np.ndarray) -> _InFlight:
+    def _submit(self, ids: list[np.ndarray], lengths: np.ndarray, index: np.ndarray) -> InFlight:
         """Pack, copy in, launch the forward and the copy out; returns without waiting for the GPU."""
         needed = int(packed_size(lengths[index]).sum())
         total = (-(-needed // DYNAMIC_ALIGN) * DYNAMIC_ALIGN if self.dynamic_shapes
                  else bucket_tokens(needed, self.token_budget))
         host = pack(ids, index, total, token_dropout=self.model.token_dropout, pool_limit=self.pool_limit)
-        pooled = self.forward(to_device(host, self.device))
+        pooled = self.runner(host.to(self.device))
         finite = torch.isfinite(pooled).all(dim=1)
         self.stats["batches"] += 1
         self.stats["padded_tokens"] += total
-        if self._copy_stream is None:
-            return _InFlight(host.index, pooled, finite, None)
-        return self._copy_out(host.index, pooled, finite)
-
-    def _copy_out(self, index: np.ndarray, pooled: torch.Tensor, finite: torch.Tensor) -> _InFlight:
-        """Device -> pinned host on the side stream, so the next batch's compute is not held up."""
-        stream = self._copy_stream
-        stream.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(stream):
-            pooled_host = torch.empty(pooled.shape, dtype=pooled.dtype, pin_memory=True)
-            finite_host = torch.empty(finite.shape, dtype=finite.dtype, pin_memory=True)
-            pooled_host.copy_(pooled, non_blocking=True)
-            finite_host.copy_(finite, non_blocking=True)
-            done = torch.cuda.Event()
-            done.record(stream)
-        pooled.record_stream(stream)
-        finite.record_stream(stream)
-        return _InFlight(index, pooled_host, finite_host, done)
-
-    def _harvest(self, job: _InFlight, ids: list[np.ndarray], out: np.ndarray) -> None:
-        """Wait for a batch's rows, recompute it in fp32 if any is non-finite, store at input rows."""
-        if job.done is not None:
-            job.done.synchronize()
-        rows = job.pooled.numpy()
-        if not bool(job.finite.all()):
-            self.stats["nonfinite_recomputed_batches"] += 1
-            rows = self._recompute_fp32([ids[i] for i in job.index])
-        out[job.index] = rows
+        return copy_to_host(host.index, pooled, finite, self._copy_stream)
 
     @torch.inference_mode()
     def _recompute_fp32(self, ids: list[np.ndarray]) -> np.ndarray:
         """Padded fp32 reference path over the batch's proteins (varlen_attn has no fp32 kernel)."""
         lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
         rows = np.empty((len(ids), self.dim), dtype=np.float32)
-        model = self._fp32_model()
+        model = self.fp32.get()
         for part in plan_batches(lengths, FP32_RECOMPUTE_TOKENS):
             tokens, lens = pad_batch([ids[i] for i in part])
             rows[part] = mean_residues(model(tokens.to(self.device)), lens, self.pool_limit).cpu().numpy()

@@ -8,7 +8,6 @@ neither padded module needs to import its packed counterpart. Re-exported as
 
 from __future__ import annotations
 
-import os
 from typing import TYPE_CHECKING
 
 import torch
@@ -25,48 +24,54 @@ if TYPE_CHECKING:
 
 
 def load_esm2(spec: str, device: str = "auto", precision: str = "auto",
-              max_tokens: int | None = None, exact_gelu: bool = False) -> ESM2Encoder:
+              max_tokens: int | None = None, exact_gelu: bool = False, *,
+              host_weights: bool = False, offline: bool = False) -> ESM2Encoder:
     """ESM2Encoder from a checkpoint path or a released model name (see resolve_esm2_checkpoint).
 
     On a GPU in fp16/bf16 (with varlen attention available) the packed, compiled encoder of
     encoders/esm2_packed.py; otherwise (CPU, fp32) the padded reference path. Both have the same
     API; `max_tokens` is then the packed token budget (default: derived from free GPU memory), and
-    fc1's GELU runs in its GEMM's epilogue (tanh form) unless `exact_gelu`."""
+    fc1's GELU runs in its GEMM's epilogue (tanh form) unless `exact_gelu`.
+
+    `host_weights` leaves the weights in host memory and takes the padded path, whose every weight
+    is read through a module's forward: for an engine that fetches them layer by layer (ZeRO-3
+    parameter offload) and then runs the encoder through ``with_engine``."""
     from .esm2_packed import PackedESM2Encoder, varlen_available
 
-    path = resolve_esm2_checkpoint(spec)
+    path = resolve_esm2_checkpoint(spec, offline=offline)
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)
-    model = load_esm2_model(path, device=dev, dtype=dtype_of(prec))
+    model = load_esm2_model(path, device="cpu" if host_weights else dev, dtype=dtype_of(prec))
     name = model_name(spec, path)
-    if prec in ("fp16", "bf16") and varlen_available(dev):
+    if not host_weights and prec in ("fp16", "bf16") and varlen_available(dev):
         return PackedESM2Encoder(model, name=name, device=dev, precision=prec, max_tokens=max_tokens,
                                  path=path, gelu_epilogue=not exact_gelu)
     return ESM2Encoder(model, name=name, device=dev, precision=prec, max_tokens=max_tokens, path=path)
 
 
-def _use_packed_dnabert(device: torch.device, precision: str) -> bool:
+def _use_packed_dnabert(device: torch.device, precision: str, layout: str = "auto") -> bool:
     """Packed FlexAttention on CUDA in fp16/bf16; fp32 (the compat mode) and CPU stay padded.
 
-    VIRNUC_HPC_DNABERT_PATH=padded forces the padded SDPA path (an escape hatch, read per call)."""
-    forced = os.environ.get("VIRNUC_HPC_DNABERT_PATH", "").strip().lower()
-    if forced not in {"", "auto", "packed", "padded"}:
-        raise ValueError(f"VIRNUC_HPC_DNABERT_PATH must be auto, packed or padded, not {forced!r}")
+    ``layout="padded"`` forces the padded SDPA path (an escape hatch: RunConfig.dnabert_layout)."""
+    forced = layout.strip().lower()
+    if forced not in {"auto", "packed", "padded"}:
+        raise ValueError(f"the DNABERT layout must be auto, packed or padded, not {forced!r}")
     if forced == "padded":
         return False
     return device.type == "cuda" and precision != "fp32"
 
 
 def load_dnabert(spec: str, device: str = "auto", precision: str = "auto",
-                 max_tokens: int | None = None) -> DNABERTEncoder | PackedDNABERTEncoder:
+                 max_tokens: int | None = None, layout: str = "auto", *,
+                 offline: bool = False) -> DNABERTEncoder | PackedDNABERTEncoder:
     """Directory or hub id -> ready encoder. Reads only data files; never runs the hub's code.
 
     On a GPU in fp16/bf16 this is the packed, compiled FlexAttention encoder (dnabert_packed.py);
     otherwise the padded SDPA encoder of dnabert.py (CPU, CI, fp32 compat mode)."""
-    model, tokenizer, weights = load_dnabert_parts(spec)
+    model, tokenizer, weights = load_dnabert_parts(spec, offline=offline)
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)
-    if _use_packed_dnabert(dev, prec):
+    if _use_packed_dnabert(dev, prec, layout):
         from .dnabert_packed import PackedDNABERTEncoder
         return PackedDNABERTEncoder(model, tokenizer, name=spec, weights=weights, device=str(dev),
                                     precision=prec, max_tokens=max_tokens)

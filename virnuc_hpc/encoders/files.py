@@ -1,8 +1,8 @@
-"""Model-file handling shared by the encoders and models.py, without torch at import.
+"""Model-file handling shared by the encoders and models/resolve.py, without torch at import.
 
 Finding model files (a DNABERT directory or hub id, the Hugging Face cache), the offline switch,
 the flag that marks random-weight models, and the sha256 of a weights file. The encoder modules
-and models.py both import from here, so neither has to import the other.
+and models/resolve.py both import from here, so neither has to import the other.
 """
 
 from __future__ import annotations
@@ -17,18 +17,11 @@ from ..errors import ModelFileError, ModelNotFoundError
 
 HASH_BLOCK = 1 << 24  # 16 MB reads: few syscalls, little memory per thread
 
-# Set by random_models: in cfg['model'] of an ESM-2 checkpoint, in config.json of a DNABERT directory.
+# Set by models/random_weights: in cfg['model'] of an ESM-2 checkpoint, in config.json of a DNABERT directory.
 RANDOM_WEIGHTS_FLAG = "virnuc_hpc_random_weights"
 
 DNABERT_HUB_FILES = ["config.json", "*.safetensors", "pytorch_model.bin", "tokenizer.json",
                      "tokenizer_config.json", "special_tokens_map.json"]
-
-
-def offline() -> bool:
-    """VIRNUC_HPC_OFFLINE or HF_HUB_OFFLINE set to 1/true/yes/on (Hugging Face's reading): no
-    model download is tried, for ESM-2 and DNABERT alike."""
-    return any(os.environ.get(v, "").strip().lower() in {"1", "true", "yes", "on"}
-               for v in ("VIRNUC_HPC_OFFLINE", "HF_HUB_OFFLINE"))
 
 
 def file_sha256(path: Path) -> str:
@@ -55,7 +48,7 @@ def dnabert_weights_file(directory: Path) -> Path:
 
 
 def dnabert_is_random(directory: Path) -> bool:
-    """True for directories written by random_models.dnabert (the flag in config.json)."""
+    """True for directories written by models.random_weights.dnabert (the flag in config.json)."""
     try:
         return bool(json.loads((directory / "config.json").read_text()).get(RANDOM_WEIGHTS_FLAG))
     except (OSError, ValueError):
@@ -72,8 +65,9 @@ def hf_cache_dir() -> Path:
     return Path(home).expanduser() / "hub"
 
 
-def resolve_dnabert_dir(spec: str) -> Path:
-    """A directory as is; a hub id (``zhihan1996/DNABERT-S``) from the HF cache, downloading if online."""
+def resolve_dnabert_dir(spec: str, *, offline: bool = False) -> Path:
+    """A directory as is; a hub id (``zhihan1996/DNABERT-S``) from the HF cache, else downloaded
+    (never when ``offline``: RunConfig.offline)."""
     path = Path(spec).expanduser()
     if path.is_dir():
         return path
@@ -87,13 +81,13 @@ def resolve_dnabert_dir(spec: str) -> Path:
                                       local_files_only=True))
     except Exception as exc:
         reason = f"{type(exc).__name__}: {exc}"
-    if not offline():
+    if not offline:
         try:
             return Path(snapshot_download(spec, allow_patterns=DNABERT_HUB_FILES, cache_dir=cache))
         except Exception as exc:
             reason = f"download failed ({type(exc).__name__}: {exc})"
     else:
-        reason += "; offline (HF_HUB_OFFLINE / VIRNUC_HPC_OFFLINE set), no download tried"
+        reason += "; offline mode (the offline setting), no download tried"
     raise ModelNotFoundError(
         f"DNABERT model {spec!r} not found: no such directory, and no copy in the Hugging Face cache "
         f"{cache} (looked for {cache / ('models--' + spec.replace('/', '--'))}); {reason}. "

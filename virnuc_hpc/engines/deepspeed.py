@@ -6,8 +6,10 @@ Why this shape:
   *our* maths, its fused kernels excluded: `deepspeed.init_inference(..., replace_with_kernel_inject=False)`.
 - What DeepSpeed wraps is an `EngineModule`: it owns the encoder's weights (DeepSpeed casts them to
   the run's dtype; we put the fp32 LayerNorms back, as native does) and its forward is the encoder's
-  own forward, packed where the encoder packs. The packed paths keep their torch.compile'd layer
-  halves and their attention kernels; every batch goes through `InferenceEngine.forward`.
+  own per-batch runner, packed where the encoder packs. The engine gets it through the encoders'
+  one hook, ``encoder.with_engine(name, wrap)`` (encoders/contract.py), whatever the encoder's
+  class. The packed paths keep their torch.compile'd layer halves and their attention kernels;
+  every batch goes through `InferenceEngine.forward`.
 - DeepSpeed's CUDA graphs capture one static input signature per engine; a packed batch carries its
   own cu_seqlens/max_seqlen and length, so they are not offered (see README).
 - `zero_offload: cpu | nvme` runs ESM-2 under ZeRO-3 parameter offload (`deepspeed.initialize`
@@ -31,6 +33,7 @@ import torch
 from torch import nn
 
 from ..devices import dtype_of, resolve_device, resolve_precision
+from ..encoders.contract import Encoder
 
 if TYPE_CHECKING:
     from ..spec import ModelSpec
@@ -71,20 +74,6 @@ class EngineModule(nn.Module):
         return self.run(*args)
 
 
-class EngineView:
-    """What a padded encoder calls `model`: calls go through the DeepSpeed engine, attributes
-    (embed_dim, token_dropout, ...) come from our module."""
-
-    def __init__(self, engine: Callable[..., Any], module: nn.Module):
-        self._engine, self._module = engine, module
-
-    def __call__(self, *args: Any) -> Any:
-        return self._engine(*args)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._module, name)
-
-
 def _fp32_tensors(module: nn.Module) -> dict[str, torch.Tensor]:
     """The fp32 parameters/buffers (LayerNorms in half runs, everything in fp32 runs), by name."""
     tensors = {**dict(module.named_parameters()), **dict(module.named_buffers())}
@@ -109,20 +98,10 @@ def wrap_inference(deepspeed: Any, model: nn.Module, precision: str,
     return engine
 
 
-def wrap_encoder(deepspeed: Any, encoder: Any) -> Any:
-    """Route an encoder's device forward through an InferenceEngine; returns the encoder.
-
-    Packed encoders run `encoder.forward(batch)` (over `encoder.model`'s weights); padded ones
-    call `encoder.model(...)`."""
-    from ..encoders.dnabert_packed import PackedDNABERTEncoder
-    from ..encoders.esm2_packed import PackedESM2Encoder
-
-    if isinstance(encoder, (PackedESM2Encoder, PackedDNABERTEncoder)):
-        encoder.forward = wrap_inference(deepspeed, encoder.model, encoder.precision, encoder.forward)
-    else:
-        model = encoder.model
-        encoder.model = EngineView(wrap_inference(deepspeed, model, encoder.precision), model)
-    encoder.engine = "deepspeed"
+def wrap_encoder(deepspeed: Any, encoder: Encoder) -> Encoder:
+    """Run an encoder's device batches through an InferenceEngine (the ``with_engine`` hook);
+    returns the encoder."""
+    encoder.with_engine("deepspeed", lambda model, run: wrap_inference(deepspeed, model, encoder.precision, run))
     return encoder
 
 
@@ -204,27 +183,26 @@ def check_nvme(deepspeed: Any, nvme_path: str | None) -> None:
         raise RuntimeError(f"nvme_path {path} is not a writable directory: {err}") from err
 
 
-def load_esm2_zero(deepspeed: Any, spec: "ModelSpec", device: torch.device, precision: str) -> Any:
-    """Padded ESM2Encoder whose module runs under ZeRO-3 parameter offload."""
-    from ..encoders.esm2 import ESM2Encoder, load_esm2_model, model_name, resolve_esm2_checkpoint
+def load_esm2_zero(deepspeed: Any, spec: "ModelSpec", device: torch.device, precision: str) -> Encoder:
+    """The factory's padded ESM-2 encoder, weights left on the host, run under ZeRO-3 parameter
+    offload."""
+    from ..encoders import load_esm2
 
     if spec.zero_offload == "nvme":
         check_nvme(deepspeed, spec.nvme_path)
     init_single_process_group(deepspeed, device)
-    path = resolve_esm2_checkpoint(spec.esm2_path)
-    model = load_esm2_model(path, device="cpu", dtype=dtype_of(precision))  # LayerNorms stay fp32
-    config = zero3_config(spec.zero_offload, params_per_layer=esm2_params_per_layer(model.embed_dim),
+    encoder = load_esm2(spec.esm2_path, device=str(device), precision=precision,
+                        max_tokens=spec.esm2_max_tokens, host_weights=True)  # LayerNorms stay fp32
+    config = zero3_config(spec.zero_offload, params_per_layer=esm2_params_per_layer(encoder.dim),
                           pin_memory=device.type == "cuda", nvme_path=spec.nvme_path)
-    engine = zero3_engine(deepspeed, model, config)
-    encoder = ESM2Encoder(EngineView(engine, model), name=model_name(spec.esm2_path, path), device=device,
-                          precision=precision, max_tokens=spec.esm2_max_tokens, path=path)
-    encoder.engine = f"deepspeed-zero3-{spec.zero_offload}"
+    encoder.with_engine(f"deepspeed-zero3-{spec.zero_offload}",
+                        lambda model, run: zero3_engine(deepspeed, model, config))
     return encoder
 
 
-def load_deepspeed(spec: "ModelSpec") -> tuple[Any, Any]:
+def load_deepspeed(spec: "ModelSpec") -> tuple[Encoder, Encoder]:
     """(esm2, dnabert) encoders run by DeepSpeed; same API and maths as native."""
-    from ..encoders.factory import load_dnabert, load_esm2
+    from ..encoders import load_dnabert, load_esm2
 
     device = resolve_device(spec.device)
     precision = resolve_precision(spec.precision, device)
@@ -236,5 +214,6 @@ def load_deepspeed(spec: "ModelSpec") -> tuple[Any, Any]:
     else:
         esm2 = load_esm2_zero(deepspeed, spec, device, precision)
     dnabert = wrap_encoder(deepspeed, load_dnabert(spec.dnabert_path, device=str(device),
-                                                   precision=precision, max_tokens=spec.dnabert_max_tokens))
+                                                   precision=precision, max_tokens=spec.dnabert_max_tokens,
+                                                   layout=spec.dnabert_layout))
     return esm2, dnabert

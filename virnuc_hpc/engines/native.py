@@ -1,18 +1,21 @@
-"""The native engine: our own encoder modules in PyTorch, on the worker's device."""
+"""The native engine: our own encoder modules in PyTorch, on the worker's device.
+
+Nothing to wrap: an encoder runs its batches through its own forward until an engine hooks in
+(``Encoder.with_engine``), and its ``engine`` reads "native"."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from ..encoders.factory import load_dnabert, load_esm2
+from ..encoders import Encoder, load_dnabert, load_esm2
 
 if TYPE_CHECKING:
     from ..spec import ModelSpec
 
 
-def load_native(spec: "ModelSpec") -> tuple[Any, Any]:
+def load_native(spec: "ModelSpec") -> tuple[Encoder, Encoder]:
     esm2 = load_esm2(spec.esm2_path, device=spec.device, precision=spec.precision,
                      max_tokens=spec.esm2_max_tokens, exact_gelu=spec.exact_gelu)
     dnabert = load_dnabert(spec.dnabert_path, device=spec.device, precision=spec.precision,
-                           max_tokens=spec.dnabert_max_tokens)
+                           max_tokens=spec.dnabert_max_tokens, layout=spec.dnabert_layout)
     return esm2, dnabert

@@ -1,0 +1,1 @@
+"""What a run writes and reads back: the store, tables, calls and the OUTDIR lock (no torch)."""

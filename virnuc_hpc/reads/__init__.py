@@ -1,0 +1,1 @@
+"""Reading the input: samples, formats, validation, chunks, frames and bags (no torch)."""

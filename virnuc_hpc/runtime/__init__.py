@@ -1,0 +1,1 @@
+"""Running: the per-bag worker, the pipeline, Dask clusters, Slurm, dry runs, GPU sampling."""

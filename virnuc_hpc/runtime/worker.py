@@ -1,0 +1,346 @@
+"""What runs inside a Dask worker: encoders loaded once, then bag after bag.
+
+The plugin holds the model *specification*; the models themselves are loaded on first use inside
+the worker process (so a worker that joins late loads them too) and stay resident. ``run_bag`` is
+the only task: embed with both encoders, classify, write the bag file, return a ``BagReport``.
+No tensors ever leave the worker: what crosses the Dask boundary is typed (``BagReport``,
+``BagSeconds``, ``EncoderStats``), so the client reads fields, never guesses at string keys.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import platform
+import threading
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from distributed import WorkerPlugin, get_worker
+from distributed.core import Status
+
+from virnuc_hpc.reads.bags import Bag
+from virnuc_hpc.spec import Encoders, ModelSpec  # defined in spec.py (engines use them too); re-exported here
+from virnuc_hpc.timing import StageTimer
+
+# Nothing heavy (torch, xarray) is imported at module level: unpickling the plugin, which the client
+# waits for when registering it, then takes milliseconds, and the imports happen in the warm-up task,
+# beside the client's reading of the input.
+
+PLUGIN_NAME = "virnuc-hpc-encoders"
+
+
+def load_encoders(spec: ModelSpec, timer: StageTimer | None = None) -> Encoders:
+    """Load both encoders (and the classifier) through the configured engine; ``timer`` gets the
+    time of each phase (imports, CUDA start, encoders, classifier): startup is stated, not guessed."""
+    timer = timer or StageTimer()
+    with timer("imports"):
+        import torch
+
+        from virnuc_hpc.models.classifier import load_classifier
+        from virnuc_hpc.engines import load_engine_encoders
+    if spec.device != "cpu" and torch.cuda.is_available():
+        with timer("cuda_start"):
+            torch.empty(0, device="cuda")
+    with timer("encoders_load"):
+        esm2, dnabert = load_engine_encoders(spec)
+    classifier = None
+    if spec.classifier_path:  # its input must be [DNABERT | ESM-2] of exactly these encoders
+        with timer("classifier_load"):
+            classifier = load_classifier(spec.classifier_path, input_dim=dnabert.dim + esm2.dim)
+    return Encoders(esm2=esm2, dnabert=dnabert, classifier=classifier,
+                    precision=getattr(esm2, "precision", spec.precision),
+                    device=str(getattr(esm2, "device", spec.device)))
+
+
+class EncoderPlugin(WorkerPlugin):
+    """Keeps one set of encoders per worker process."""
+
+    name = PLUGIN_NAME
+
+    def __init__(self, spec: ModelSpec):
+        self.spec = spec
+        self._encoders: Encoders | None = None
+        self._lock: threading.Lock | None = None
+        self.utilization: Any = None
+        self.load_timer = StageTimer()  # seconds per phase, filled when the encoders are loaded
+
+    def setup(self, worker: Any = None) -> None:
+        self._lock = threading.Lock()
+        # One bag at a time on the accelerator; a second task thread meanwhile does the CPU work
+        # (classification, NetCDF writing) of another bag, so the GPU does not wait for it.
+        self.device_lock = threading.Lock()
+        if self.spec.threads:
+            import torch
+            torch.set_num_threads(self.spec.threads)
+
+    def teardown(self, worker: Any = None) -> None:
+        if self.utilization is not None:
+            self.utilization.close()
+        # When the worker is closing, its process exits next: freezing the heap spares the
+        # interpreter's final garbage collection of torch's and Inductor's object graphs (about 1 s
+        # per worker). Not when the plugin alone is removed from a worker that lives on.
+        if worker is not None and worker.status in (Status.closing, Status.closing_gracefully, Status.closed):
+            gc.freeze()
+
+    @property
+    def loaded(self) -> bool:
+        return self._encoders is not None
+
+    def encoders(self) -> Encoders:
+        assert self._lock is not None, "plugin used before setup()"
+        with self._lock:
+            if self._encoders is None:
+                self._encoders = load_encoders(self.spec, self.load_timer)
+                if self.spec.device != "cpu":  # here, not in setup(): keeps registration quick
+                    from virnuc_hpc.runtime.gpu_monitor import UtilizationSampler
+                    self.utilization = UtilizationSampler.for_current_device()
+            return self._encoders
+
+
+def prepare_distinct(encoder: Any, sequences: list[str]) -> tuple[Any, np.ndarray | None]:
+    """A bag's input for ``encoder.embed``: its distinct sequences, tokenised and packed already
+    where the encoder can (``encoder.prepare``), and the rows that expand the result back to input
+    order (None when every sequence is distinct).
+
+    Real samples repeat reads (PCR and optical duplicates, abundant genomes): each distinct frame is
+    embedded once per bag, and identical frames get identical vectors whatever batch they land in.
+    Preparing is host work done before the bag takes the device, while the GPU embeds another bag."""
+    first: dict[str, int] = {}
+    inverse = np.fromiter((first.setdefault(s, len(first)) for s in sequences), dtype=np.int64,
+                          count=len(sequences))
+    distinct = sequences if len(first) == len(sequences) else list(first)
+    prepare = getattr(encoder, "prepare", None)  # the packed GPU encoders have it
+    return (prepare(distinct) if prepare else distinct), (None if distinct is sequences else inverse)
+
+
+def embed_prepared(encoder: Any, prepared: tuple[Any, np.ndarray | None]) -> np.ndarray:
+    """(N, D) rows in input order from ``prepare_distinct``'s result."""
+    inputs, inverse = prepared
+    rows = encoder.embed(inputs)
+    return rows if inverse is None else rows[inverse]
+
+
+@dataclass(frozen=True)
+class BagRules:
+    """How every bag of a run is processed (the same for all bags)."""
+
+    chunk_size: int
+    skip_invalid: bool
+    classify: bool
+    features: str = "float32"
+    compression: str = "none"
+
+
+@dataclass(frozen=True)
+class EncoderStats:
+    """Work one encoder did (an encoder's ``stats`` counters, or their growth over one bag).
+
+    The two guards are counted apart from the work: batches recomputed in fp32 because a
+    half-precision result held NaN/Inf, and batches split in two after a CUDA out-of-memory error."""
+
+    sequences: int = 0
+    tokens: int = 0
+    padded_tokens: int = 0
+    batches: int = 0
+    nonfinite_recomputed_batches: int = 0
+    oom_split_batches: int = 0
+
+    @classmethod
+    def of(cls, encoder: Any) -> "EncoderStats":
+        """The encoder's counters now (an encoder without one of them did none of that work)."""
+        stats = getattr(encoder, "stats", None) or {}
+        return cls(**{f.name: int(stats.get(f.name, 0)) for f in fields(cls)})
+
+    def __add__(self, other: "EncoderStats") -> "EncoderStats":
+        return EncoderStats(**{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)})
+
+    def __sub__(self, other: "EncoderStats") -> "EncoderStats":
+        return EncoderStats(**{f.name: getattr(self, f.name) - getattr(other, f.name) for f in fields(self)})
+
+    def guards(self) -> dict[str, int]:
+        """The guard counters alone (run.json's ``guards``)."""
+        return {"nonfinite_recomputed_batches": self.nonfinite_recomputed_batches,
+                "oom_split_batches": self.oom_split_batches}
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class BagSeconds:
+    """Where a bag's time went on its worker, stage by stage, in order."""
+
+    parse_translate: float = 0.0
+    model_load: float = 0.0      # waiting for the worker's models (its first bag only, mostly)
+    prepare: float = 0.0         # tokenising and packing, before the device is taken
+    device_wait: float = 0.0     # waiting for another bag to release the device
+    dnabert: float = 0.0
+    esm2: float = 0.0
+    classifier: float = 0.0
+    tables_write: float = 0.0
+
+    def __add__(self, other: "BagSeconds") -> "BagSeconds":
+        return BagSeconds(**{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)})
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class BagReport:
+    """What a finished bag tells the client: sizes, timings, counters; never tensors or rows."""
+
+    bag: int
+    records: int
+    frames: int
+    protein_tokens: int
+    worker: str
+    device_interval: tuple[float, float]
+    seconds: BagSeconds
+    esm2: EncoderStats
+    dnabert: EncoderStats
+    gpu_utilization: list[tuple[float, int]]
+    numerics: str = ""  # see ``bag_numerics``
+
+    def encoder_stats(self) -> dict[str, EncoderStats]:
+        """Each encoder's work on this bag, by the encoder's name."""
+        return {"esm2": self.esm2, "dnabert": self.dnabert}
+
+
+def bag_numerics(enc: Encoders) -> str:
+    """What decides a bag's bytes besides the run's settings, as the worker resolved it: the
+    processor (its kernels), precision, torch threads on a CPU, and the batch budgets, which are
+    derived from the card's memory when left unset. Recorded in every bag; a resume recomputes
+    reused bags whose value differs from the bags it computes (pipeline.py)."""
+    import torch
+
+    device = torch.device(enc.device)
+    if device.type == "cuda":
+        processor = torch.cuda.get_device_name(device)
+    else:
+        processor = _cpu_model()
+    return json.dumps({"device": device.type, "processor": processor, "precision": enc.precision,
+                       "torch_threads": torch.get_num_threads() if device.type == "cpu" else None,
+                       "esm2_max_tokens": getattr(enc.esm2, "max_tokens", None),
+                       "dnabert_max_tokens": getattr(enc.dnabert, "max_tokens", None)}, sort_keys=True)
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as info:
+            return next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), "cpu")
+    except OSError:
+        return platform.processor() or "cpu"
+
+
+@dataclass(frozen=True)
+class _FrameColumns:
+    frame_id: list[str]
+    chunk_id: list[str]
+    read_id: list[str]
+    record: list[int]
+
+
+def parse_bag(bag: Bag, rules: BagRules) -> tuple[list[Any], list[bool], list[tuple[int, Any]]]:
+    """A bag's records, which of them are valid, and (position, problem) of the others.
+
+    Structural problems always stop the run; record problems do unless ``skip_invalid`` (ids
+    repeated across bags are found when the tables are merged)."""
+    from virnuc_hpc.reads.fasta import STRUCTURAL_KINDS, FastaError
+    from virnuc_hpc.reads.reading import parse_block
+    from virnuc_hpc.reads.validation import check_records
+
+    parsed = parse_block(bag.block)
+    structural = [p for p in parsed.problems if p.kind in STRUCTURAL_KINDS]
+    if structural:
+        raise FastaError(structural)
+    valid, problems = check_records(parsed.records, parsed.problems, parsed.invalid)
+    if problems and not rules.skip_invalid:
+        raise FastaError([p for _, p in problems])
+    return parsed.records, valid, problems
+
+
+def translate_bag(bag: Bag, rules: BagRules) -> tuple[list[Any], list[bool], list[tuple[int, Any]], Any]:
+    """A bag's host work before the GPU: ``parse_bag``, then the six-frame table of its valid records."""
+    from virnuc_hpc.reads.frames import frames_for_records
+
+    records, valid, problems = parse_bag(bag, rules)
+    table = frames_for_records([r for r, ok in zip(records, valid) if ok], rules.chunk_size)
+    return records, valid, problems, table
+
+
+def run_bag(bag: Bag, text: np.ndarray, outdir: str, attrs: dict[str, Any], rules: BagRules) -> BagReport:
+    """Parse, translate, embed, classify and store one bag (its text shipped apart, see
+    ``Bag.for_transfer``); returns what the client needs to know."""
+    from virnuc_hpc.outputs import store
+    from virnuc_hpc.outputs.tables import bag_tables
+
+    plugin: EncoderPlugin = get_worker().plugins[PLUGIN_NAME]
+    t0 = time.perf_counter()
+    # host work first: while the worker's first bag waits for the models to load, it is parsed
+    bag = bag.with_text(text)
+    records, valid, problems, table = translate_bag(bag, rules)
+    position = {r.id: i for i, r in enumerate(records) if valid[i]}
+    frames = _FrameColumns(table.frame_id, table.chunk_id, table.read_id,
+                           [bag.ref.first_record + position[r] for r in table.read_id])
+    t1 = time.perf_counter()
+    enc = plugin.encoders()
+    tparse = time.perf_counter()
+    if len(table):
+        dna_in, prot_in = prepare_distinct(enc.dnabert, table.nucleotide), prepare_distinct(enc.esm2, table.protein)
+    tp = time.perf_counter()
+    with plugin.device_lock:
+        device_start = time.time()
+        esm2_before, dnabert_before = EncoderStats.of(enc.esm2), EncoderStats.of(enc.dnabert)
+        td = time.perf_counter()
+        dna = embed_prepared(enc.dnabert, dna_in) if len(table) else np.zeros((0, enc.dnabert.dim), np.float32)
+        t2 = time.perf_counter()
+        prot = embed_prepared(enc.esm2, prot_in) if len(table) else np.zeros((0, enc.esm2.dim), np.float32)
+        t3 = time.perf_counter()
+        esm2_work = EncoderStats.of(enc.esm2) - esm2_before
+        dnabert_work = EncoderStats.of(enc.dnabert) - dnabert_before
+        device_end = time.time()
+    proba = None
+    if enc.classifier is not None and rules.classify:
+        proba = (enc.classifier.predict_proba(np.concatenate([dna, prot], axis=1)) if len(table)
+                 else np.zeros((0, 2), np.float32))
+    t4 = time.perf_counter()
+    parts, counts = bag_tables(bag.index, records, valid, problems, table, proba, rules.classify)
+    settled = bag_numerics(enc)
+    attrs = {**attrs, "precision": enc.precision, "device": enc.device, "numerics": settled}
+    store.write_bag(Path(outdir), bag.ref, frames, dna, prot, proba, attrs, features=rules.features,
+                    compression=rules.compression, tables=parts, counts=counts)
+    t5 = time.perf_counter()
+    return BagReport(
+        bag=bag.index, records=len(records), frames=len(table),
+        protein_tokens=sum(map(len, table.protein)) + 2 * len(table), worker=get_worker().address,
+        device_interval=(device_start, device_end),
+        seconds=BagSeconds(parse_translate=t1 - t0, model_load=tparse - t1, prepare=tp - tparse,
+                           device_wait=td - tp, dnabert=t2 - td, esm2=t3 - t2, classifier=t4 - t3,
+                           tables_write=t5 - t4),
+        esm2=esm2_work, dnabert=dnabert_work,
+        # NVML samples since the previous drain on this worker (any bag's): GPU-side busy
+        gpu_utilization=plugin.utilization.drain() if plugin.utilization is not None else [],
+        numerics=settled,
+    )
+
+
+def warm_up() -> dict[str, float]:
+    """Load the encoders on this worker and compile their shapes (a task, so the worker's event
+    loop stays responsive); startup is then timed apart from the bags. Returns seconds per phase."""
+    t0 = time.perf_counter()
+    plugin: EncoderPlugin = get_worker().plugins[PLUGIN_NAME]
+    loaded_before = plugin.loaded
+    enc = plugin.encoders()
+    load = time.perf_counter() - t0
+    timer = StageTimer({} if loaded_before else dict(plugin.load_timer.seconds))
+    timer.seconds["load_other"] = max(0.0, load - sum(timer.seconds.values()))  # phases sum to the load
+    with plugin.device_lock:
+        for name in ("esm2", "dnabert"):
+            with timer(f"{name}_warm_up"):
+                getattr(getattr(enc, name), "warm_up", lambda: None)()
+    return timer.seconds
