@@ -8,7 +8,7 @@ time is real and the calls mean nothing) and synthetic 150-bp reads as FASTQ.gz 
 open-frame density of pipeline_scaling.py. Each run starts from an empty compile cache and an empty
 output directory, exactly as a user's first run on a node; wall time is measured around the CLI
 process. The reference is the last measurement of the previous release on the same kind of card
-(`--reference-min`, 7.97 min on an H200: the 1M-read CLI run quoted in the README's history).
+(`--reference-min`, 7.97 min on an H200: the 1M-read CLI run quoted in benchmarks/README.md).
 """
 
 from __future__ import annotations

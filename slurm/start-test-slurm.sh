@@ -71,7 +71,7 @@ SlurmctldPidFile=/run/slurm/slurmctld.pid
 SlurmdPidFile=/run/slurm/slurmd.pid
 SlurmctldLogFile=/var/log/slurm/slurmctld.log
 SlurmdLogFile=/var/log/slurm/slurmd.log
-# Feature: a node feature for tests of `submit --constraint`.
+# Feature: a node feature for the tests of submit --constraint.
 NodeName=$NODE CPUs=$CPUS RealMemory=$MEM Gres=gpu:4 Feature=virnuc-test State=UNKNOWN
 # OverSubscribe: the tests run several small jobs at once on two cores.
 PartitionName=debug Nodes=$NODE Default=YES MaxTime=INFINITE OverSubscribe=FORCE:4 State=UP

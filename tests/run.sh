@@ -4,4 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m pip install -q --disable-pip-version-check torch==2.13.0 -e '.[test]'
 bash slurm/start-test-slurm.sh  # a real one-node Slurm for tests/test_slurm.py
+command -v chromium >/dev/null || {  # a real browser for tests/test_report.py (Debian's package)
+    apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1 ||
+        { apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium >/dev/null; }; }
 python3 -m pytest -q -p no:cacheprovider -m "not gpu" "$@"

@@ -17,7 +17,8 @@ from distributed import Client, LocalCluster, WorkerPlugin
 
 from conftest import DEMO_FASTA, assert_nothing_finished, finished_outputs
 from virnuc_hpc.config import load_config
-from virnuc_hpc.runtime.pipeline import BagsFailedError, predict
+from virnuc_hpc.runtime.pipeline import predict
+from virnuc_hpc.errors import BagsFailedError
 
 
 def _cluster(n_workers: int = 2) -> LocalCluster:

@@ -239,3 +239,20 @@ def test_every_run_writes_the_report(reference: Path):
     want = expected_counts(reference)
     assert all(page.cells[("demo", k)].replace(",", "") == str(v) for k, v in want.items())
     assert json.loads((reference / MQC_JSON).read_text())["data"] == {"demo": want}
+
+
+def test_a_real_browser_renders_the_counts(reference: Path, tmp_path: Path):
+    """Chromium (installed by tests/run.sh from the distribution's packages) loads the page with the
+    network off and its rendered DOM shows the counts of reads.tsv."""
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert browser, "no chromium: tests/run.sh installs it (apt-get install chromium)"
+    proc = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                           f"--user-data-dir={tmp_path / 'profile'}", "--proxy-server=127.0.0.1:9",
+                           "--dump-dom", (reference / REPORT).as_uri()],
+                          capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0 and "<html" in proc.stdout, proc.stderr[-2000:]
+    rendered = tmp_path / "rendered.html"
+    rendered.write_text(proc.stdout)
+    page = parse(rendered)
+    want = expected_counts(reference)
+    assert all(page.cells[("demo", k)].replace(",", "") == str(v) for k, v in want.items()), page.cells

@@ -23,7 +23,7 @@ from virnuc_hpc import merge
 
 from virnuc_hpc.outputs import store, tables
 from virnuc_hpc.reads.bags import plan_bags
-from virnuc_hpc.reads.fasta import FastaError
+from virnuc_hpc.errors import FastaError
 from virnuc_hpc.reads.loading import load_records
 from virnuc_hpc.reads.frames import frames_for_records
 from virnuc_hpc.reads.samples import samples_from_paths

@@ -1,4 +1,4 @@
-"""Command line: ``virnuc-hpc predict | embed | validate``.
+"""Command line: ``virnuc-hpc predict | embed | validate | check-precision | submit | status | worker``.
 
 Every RunConfig field is an option of predict and embed, generated from the field (its name, type
 and description: one definition, see ``config_option``); anything not given on the command line
@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from pydantic.fields import FieldInfo
 
 from virnuc_hpc.config import RunConfig, describe_errors, load_config
-from virnuc_hpc.errors import UserError
+from virnuc_hpc.errors import BagsFailedError, FastaError, SampleError, UserError
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a Ctrl-C
@@ -112,9 +112,6 @@ def _fail(message: str) -> None:
 def _execute(command: str, inputs: tuple[str, ...], outdir: str, preset: str | None,
              config_file: str | None, samplesheet: str | None = None, dry_run: bool = False,
              **overrides: Any) -> None:
-    from virnuc_hpc.reads.fasta import FastaError
-    from virnuc_hpc.runtime.pipeline import BagsFailedError
-
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, _interrupt_once)
     try:
@@ -217,9 +214,7 @@ def embed(inputs: tuple[str, ...], outdir: str, preset: str | None, config_file:
 @click.option("--workers", type=click.IntRange(min=1), help="Processes (default: one per core).")
 def validate(inputs: tuple[str, ...], samplesheet: str | None, workers: int | None) -> None:
     """Report every problem in FASTA/FASTQ inputs, in parallel, without running any model."""
-    from virnuc_hpc.reads.fasta import FastaError
     from virnuc_hpc.runtime.pipeline import resolve_samples
-    from virnuc_hpc.reads.samples import SampleError
     from virnuc_hpc.reads.validation import validate_samples
 
     try:
@@ -298,7 +293,7 @@ def submit(run_args: tuple[str, ...], folder: str | None, time_limit: str, per_i
     if not samplesheet and not inputs:
         _fail("no input given (FASTA/FASTQ files, or --samplesheet)")
     if samplesheet:
-        from virnuc_hpc.reads.samples import SampleError, read_samplesheet
+        from virnuc_hpc.reads.samples import read_samplesheet
         try:
             read_samplesheet(samplesheet)  # a mistake in the sheet is reported now, not in the job
         except SampleError as err:
@@ -416,6 +411,49 @@ def worker(scheduler_address: str | None, scheduler_file: str | None, host: str 
         serve_workers(scheduler_address, config, host=host, name=name, death_timeout=death_timeout)
     except UserError as err:  # e.g. device cuda without dask-cuda
         _fail(str(err))
+
+
+#: The RunConfig fields that change what check-precision embeds or how (models, device, engine, chunks).
+_CHECK_PRECISION_FIELDS = ("classifier", "expected_length", "esm2_model", "dnabert_model", "device", "engine",
+                           "exact_gelu", "esm2_max_tokens", "dnabert_max_tokens", "dnabert_layout",
+                           "threads_per_worker", "skip_invalid", "offline", "cache_dir", "compile_cache")
+
+
+def _check_precision_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """The RunConfig options check-precision takes, generated like predict's (``config_option``)."""
+    for name in reversed(_CHECK_PRECISION_FIELDS):
+        fn = config_option(name)(fn)
+    return fn
+
+
+@main.command("check-precision")
+@click.argument("inputs", nargs=-1, type=click.Path(dir_okay=False))
+@click.option("--sample", type=click.IntRange(min=1), default=2000, show_default=True,
+              help="Reads taken from the start of the inputs.")
+@click.option("--precisions", default="fp16,bf16", show_default=True,
+              help="Precisions compared with fp32, comma-separated (fp16, bf16).")
+@_check_precision_options
+@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
+              help="YAML file with any configuration keys.")
+@click.option("--preset", help="Named configuration shipped with virnuc-hpc (configs/; e.g. demo).")
+def check_precision(inputs: tuple[str, ...], sample: int, precisions: str, config_file: str | None,
+                    preset: str | None, **overrides: Any) -> None:
+    """Compare fp16/bf16 with fp32 on a sample of your reads and your models: cosine per encoder,
+    equal labels, speed; recommends the fastest precision that keeps them."""
+    from virnuc_hpc.runtime import precision_check as check
+
+    try:
+        wanted = check.parse_precisions(precisions)
+        config = load_config(preset=preset, config_file=config_file, overrides=overrides)
+        report = check.check_precision(list(inputs), config, sample=sample, precisions=wanted)
+    except ValidationError as err:
+        _fail(f"invalid configuration: {describe_errors(err)}")
+    except UserError as err:  # FastaError, SampleError, ConfigError, a model not found
+        _fail(str(err))
+    except OSError as err:
+        _fail(f"{err.strerror or err}: {err.filename or ''}".rstrip(": "))
+    else:
+        click.echo(check.format_report(report))
 
 
 if __name__ == "__main__":  # pragma: no cover

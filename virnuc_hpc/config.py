@@ -66,7 +66,7 @@ class RunConfig(BaseModel):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto, cpu or cuda")
     engine: Literal["native", "deepspeed"] = Field(
         "native", description="native: our PyTorch modules; deepspeed: the same modules inside DeepSpeed's "
-                              "InferenceEngine, needs the deepspeed package (README, 'Inference engines')")
+                              "InferenceEngine, needs the deepspeed package (README, 'Precision and inference engines')")
     zero_offload: Literal["none", "cpu", "nvme"] = Field(
         "none", description="deepspeed engine only: ZeRO-3 parameter offload of ESM-2 (models that do not fit)")
     nvme_path: str | None = Field(
@@ -75,7 +75,7 @@ class RunConfig(BaseModel):
         False, strict=True,
         description="fp16/bf16 on GPU: keep ESM-2's erf GELU instead of the tanh form fused into "
                     "fc1's GEMM (the fused form is 4% faster and within half-precision noise; "
-                    "README, 'Speed')")
+                    "README, 'Precision and inference engines')")
     workers: int | None = Field(None, ge=1, strict=True,
                                 description="Dask workers (default: one per GPU, or 1 on CPU)")
     threads_per_worker: int | None = Field(None, ge=1, strict=True,

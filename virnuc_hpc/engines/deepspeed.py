@@ -11,7 +11,7 @@ Why this shape:
   class. The packed paths keep their torch.compile'd layer halves and their attention kernels;
   every batch goes through `InferenceEngine.forward`.
 - DeepSpeed's CUDA graphs capture one static input signature per engine; a packed batch carries its
-  own cu_seqlens/max_seqlen and length, so they are not offered (see README).
+  own cu_seqlens/max_seqlen and length, so they are not offered (benchmarks/README.md says what was measured).
 - `zero_offload: cpu | nvme` runs ESM-2 under ZeRO-3 parameter offload (`deepspeed.initialize`
   without an optimizer, the "ZeRO-Inference" recipe): weights live in host memory (or on NVMe) and
   are fetched layer by layer by forward hooks, so a model larger than the card runs. The hooks sit

@@ -26,7 +26,8 @@ from typing import Any
 import numpy as np
 
 from virnuc_hpc.outputs import store
-from virnuc_hpc.reads.fasta import DUPLICATE_ID, FastaError, Problem, Record
+from virnuc_hpc.reads.fasta import DUPLICATE_ID, Record
+from virnuc_hpc.errors import FastaError, Problem
 from virnuc_hpc.merge import merge_sorted
 from virnuc_hpc.reads.validation import Repeat, repeats, sorted_ids
 

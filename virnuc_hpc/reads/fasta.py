@@ -22,10 +22,9 @@ from dataclasses import dataclass
 from itertools import islice
 from typing import NamedTuple
 
-from virnuc_hpc.errors import UserError
+from virnuc_hpc.errors import FastaError, Problem
 from virnuc_hpc.reads.samples import mate_read_id
 
-MAX_LISTED = 50  # problems spelled out in a FastaError message
 
 IUPAC_NUCLEOTIDES = "ACGTUNRYKMSWBDHV"
 _VALID = (IUPAC_NUCLEOTIDES + IUPAC_NUCLEOTIDES.lower()).encode("ascii")
@@ -64,41 +63,6 @@ class Record(NamedTuple):
     seq: str
     path: str
     line: int
-
-
-@dataclass(frozen=True, slots=True)
-class Problem:
-    """Something wrong with an input, located precisely enough for a user to fix it."""
-
-    path: str
-    line: int | None
-    record: str | None
-    kind: str
-    message: str
-
-    def __str__(self) -> str:
-        where = self.path if self.line is None else f"{self.path}:{self.line}"
-        what = "" if self.record is None else f"record {shorten(self.record)}: "
-        return f"{where}: {what}{self.message}"
-
-
-def shorten(text: str, limit: int = 80) -> str:
-    """repr of text, cut to ``limit`` characters: a 1 MB id must not make a 1 MB message."""
-    if len(text) <= limit:
-        return repr(text)
-    return f"{text[:limit]!r}... ({len(text):,} characters)"
-
-
-class FastaError(UserError, ValueError):
-    """Input refused; `problems` lists every reason found (the message shows the first 50)."""
-
-    def __init__(self, problems: Iterable[Problem]) -> None:
-        self.problems: list[Problem] = list(problems)
-        super().__init__(_summarise(self.problems))
-
-    def __reduce__(self) -> tuple[type, tuple[list[Problem]]]:
-        """Rebuilt from its problems when it crosses a process boundary (a Dask task's error)."""
-        return type(self), (self.problems,)
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,16 +173,6 @@ def binary_problem(path: str, data: bytes, at: int, first_line: int, what: str) 
 # A parsed record before validation: (title, sequence, raw body lines, header line).
 # The raw lines are kept only to locate a bad character. A plain tuple: millions are made.
 _Raw = tuple[str, bytes, bytes, int]
-def _summarise(problems: list[Problem]) -> str:
-    if len(problems) == 1:
-        return str(problems[0])
-    lines = [f"{len(problems)} problems in the input:"]
-    lines += [f"  {p}" for p in problems[:MAX_LISTED]]
-    if len(problems) > MAX_LISTED:
-        lines.append(f"  ... and {len(problems) - MAX_LISTED} more")
-    return "\n".join(lines)
-
-
 def _utf8_description(line: bytes, at: int) -> bool:
     """Whether non-ASCII byte `at` of a header line lies after the id, in a UTF-8 line."""
     before = line[1:at].lstrip()

@@ -18,7 +18,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from virnuc_hpc.errors import UserError
+from virnuc_hpc.errors import SampleError
 
 COMPRESSION_EXTENSIONS = (".gz", ".bgz", ".bz2", ".xz", ".zst", ".zstd")
 SEQUENCE_EXTENSIONS = (".fastq", ".fq", ".fasta", ".fa", ".fna", ".ffn", ".fas", ".fsa", ".seq")
@@ -53,10 +53,6 @@ class Sample:
     @property
     def paired(self) -> bool:
         return any(file.mate is not None for file in self.files)
-
-
-class SampleError(UserError, ValueError):
-    """A mistake in how inputs were named or listed; the message says how to fix it."""
 
 
 def mate_read_id(raw_id: str, suffix: str) -> str:

@@ -19,7 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from virnuc_hpc.reads.fasta import DUPLICATE_ID, FastaError, Problem, Record
+from virnuc_hpc.reads.fasta import DUPLICATE_ID, Record
+
+from virnuc_hpc.errors import FastaError, Problem
 from virnuc_hpc.merge import merge_sorted
 from virnuc_hpc.reads.reading import Block, iter_blocks, parse_block, sniff
 from virnuc_hpc.reads.samples import Sample

@@ -34,7 +34,7 @@ from virnuc_hpc.outputs import store
 from virnuc_hpc.reads.bags import Bag, BagRef, HeadStats, head_stats, plan_bags, records_per_bag
 from virnuc_hpc.runtime.cluster import connect, dashboard_link, preflight
 from virnuc_hpc.config import RESULT_FIELDS, RunConfig, dump_config, fingerprint, load_config, with_environment
-from virnuc_hpc.errors import ConfigError
+from virnuc_hpc.errors import BagsFailedError, ConfigError, SampleError
 from virnuc_hpc.runtime.gpu_monitor import mean_utilization
 from virnuc_hpc.outputs.lock import locked
 from virnuc_hpc.outputs.report import REPORT_FILES, write_report
@@ -42,7 +42,7 @@ from virnuc_hpc.reads.sizing import FileEstimate, decompressed_size, estimated_b
 from virnuc_hpc.runtime.progress import Progress, ProgressLog
 from virnuc_hpc.models.resolve import ModelFile, file_sha256, hash_models, locate_models
 from virnuc_hpc.reads.reading import sniff
-from virnuc_hpc.reads.samples import InputFile, Sample, SampleError, read_samplesheet, samples_from_paths
+from virnuc_hpc.reads.samples import InputFile, Sample, read_samplesheet, samples_from_paths
 from virnuc_hpc.outputs.tables import SampleTables, new_tmpdir, remove_tmpdir
 from virnuc_hpc.timing import StageTimer, peak_rss_mb
 from virnuc_hpc.runtime.worker import (BagReport, BagRules, BagSeconds, EncoderPlugin, EncoderStats, ModelSpec,
@@ -490,10 +490,6 @@ def _changes(previous: dict[str, Any], old_config: dict[str, Any], config: RunCo
     lines += [f"{key}: {_shown(old_config[key])} -> {_shown(now[key])}"
               for key in RESULT_FIELDS if key in old_config and old_config[key] != now[key]]
     return lines
-
-
-class BagsFailedError(RuntimeError):
-    """Bags that killed their worker even when run alone; frame ids are listed in failed_bags.tsv."""
 
 
 @dataclass

@@ -250,7 +250,8 @@ def parse_bag(bag: Bag, rules: BagRules) -> tuple[list[Any], list[bool], list[tu
 
     Structural problems always stop the run; record problems do unless ``skip_invalid`` (ids
     repeated across bags are found when the tables are merged)."""
-    from virnuc_hpc.reads.fasta import STRUCTURAL_KINDS, FastaError
+    from virnuc_hpc.reads.fasta import STRUCTURAL_KINDS
+    from virnuc_hpc.errors import FastaError
     from virnuc_hpc.reads.reading import parse_block
     from virnuc_hpc.reads.validation import check_records
 

@@ -1,0 +1,184 @@
+"""``virnuc-hpc check-precision``: the demo run prints a parsable table (fp32 exact, a refused
+precision as a row), and the pure parts (cosine statistics, label agreement, the recommendation
+rule, the precision list) do what the README says."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import DEMO_FASTA, cli
+from virnuc_hpc.config import load_config
+from virnuc_hpc.errors import ConfigError
+from virnuc_hpc.runtime.precision_check import (
+    CosineStats,
+    PrecisionReport,
+    PrecisionRow,
+    check_precision,
+    cosine_stats,
+    format_report,
+    label_agreement,
+    parse_precisions,
+    recommend,
+    row_cosines,
+)
+
+NUMBER = r"(\d+\.\d+)"
+COSINES = rf"\s+{NUMBER}" * 4
+TABLE_ROW = re.compile(rf"^(fp32|fp16|bf16){COSINES}\s+(\S+)\s+([\d,.]+)\s+([\d.]+)x$")
+
+
+def parse_table(stdout: str) -> dict[str, dict[str, float | str]]:
+    """Rows of the printed table by precision: four cosines, labels, frames/s, ratio; or 'not run'."""
+    rows: dict[str, dict[str, float | str]] = {}
+    for line in stdout.splitlines():
+        if match := TABLE_ROW.match(line):
+            name, dmin, dmed, emin, emed, labels, speed, ratio = match.groups()
+            rows[name] = {"dna_min": float(dmin), "dna_median": float(dmed), "esm_min": float(emin),
+                          "esm_median": float(emed), "labels": labels,
+                          "speed": float(speed.replace(",", "")), "ratio": float(ratio)}
+        elif match := re.match(r"^(fp16|bf16)\s+not run: (.+)$", line):
+            rows[match[1]] = {"refused": match[2]}
+    return rows
+
+
+# --- the command on the demo models (CPU) ------------------------------------------------------
+
+def test_demo_check_prints_the_table(demo_cache: Path) -> None:
+    """The issue's bar: the default precisions (fp16, bf16) on the demo preset, on CPU."""
+    proc = cli("check-precision", str(DEMO_FASTA), "--preset", "demo")
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert "RANDOM WEIGHTS" in proc.stdout and "tell nothing about real activations" in proc.stdout
+    rows = parse_table(proc.stdout)
+    assert set(rows) == {"fp32", "fp16", "bf16"}, proc.stdout
+    fp32 = rows["fp32"]
+    assert [fp32[k] for k in ("dna_min", "dna_median", "esm_min", "esm_median")] == [1.0] * 4
+    assert fp32["labels"] == "100.00%" and fp32["ratio"] == 1.0 and float(fp32["speed"]) > 0
+    bf16 = rows["bf16"]
+    for encoder in ("dna", "esm"):
+        assert 0 < float(bf16[f"{encoder}_min"]) <= float(bf16[f"{encoder}_median"]) <= 1.0
+    assert 0 <= float(str(bf16["labels"]).rstrip("%")) <= 100
+    assert "not supported on CPU" in str(rows["fp16"]["refused"])  # refused by devices.py: a row
+    recommended = re.search(r"^recommended: (\w+)", proc.stdout, re.M)
+    assert recommended and recommended[1] in ("fp32", "bf16"), proc.stdout
+
+
+def test_check_without_classifier_leaves_labels_out(demo_cache: Path) -> None:
+    """The Python function on a few reads: no classifier, so no label column, and the pick rests
+    on the cosines alone."""
+    # load_config reads None as "not given": the preset's classifier is taken out afterwards
+    config = load_config(preset="demo").model_copy(update={"classifier": None})
+    report = check_precision([str(DEMO_FASTA)], config, sample=4, precisions=["bf16"])
+    assert report.reads == 4 and report.frames > 0 and not report.classifier and report.random_weights
+    assert [r.precision for r in report.rows] == ["fp32", "bf16"]
+    assert all(r.equal_labels is None for r in report.rows)
+    assert report.rows[0].cosine["esm2"].min == pytest.approx(1.0)
+    printed = format_report(report)
+    assert "no classifier" in printed
+    assert re.search(r"^bf16 .* - +[\d,.]+ +[\d.]+x$", printed, re.M), printed
+
+
+def test_invalid_precisions_exit_2(tmp_path: Path) -> None:
+    proc = cli("check-precision", str(DEMO_FASTA), "--preset", "demo", "--precisions", "fp16,int4")
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("virnuc-hpc: error: "), proc.stderr
+    assert "unknown precision 'int4'" in proc.stderr and "fp16, bf16" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_missing_input_exits_2(tmp_path: Path) -> None:
+    proc = cli("check-precision", str(tmp_path / "absent.fasta"), "--preset", "demo", "--precisions", "bf16")
+    assert proc.returncode == 2, proc.stderr
+    assert "absent.fasta" in proc.stderr and "Traceback" not in proc.stderr
+
+
+# --- the pure parts ---------------------------------------------------------------------------------
+
+def test_parse_precisions() -> None:
+    assert parse_precisions("fp16,bf16") == ("fp16", "bf16")
+    assert parse_precisions(" BF16 , fp16,bf16") == ("bf16", "fp16")
+    assert parse_precisions("fp32,bf16") == ("bf16",)  # fp32 is the reference anyway
+    for bad in ("", ",", "fp8", "auto", "fp16;bf16"):
+        with pytest.raises(ConfigError, match="comma-separated list of fp16, bf16"):
+            parse_precisions(bad)
+
+
+def test_cosine_stats_match_numpy() -> None:
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(50, 16)).astype(np.float32)
+    b = a + rng.normal(scale=0.05, size=a.shape).astype(np.float32)
+    expected = np.array([x @ y / (np.linalg.norm(x) * np.linalg.norm(y))
+                         for x, y in zip(a.astype(np.float64), b.astype(np.float64))])
+    np.testing.assert_allclose(row_cosines(a, b), expected, rtol=1e-12)
+    stats = cosine_stats(a, b)
+    assert stats.min == pytest.approx(expected.min(), rel=1e-12)
+    assert stats.median == pytest.approx(np.median(expected), rel=1e-12)
+    assert cosine_stats(a, a) == CosineStats(min=pytest.approx(1.0), median=pytest.approx(1.0))
+    assert row_cosines(a, -a).max() == pytest.approx(-1.0)
+
+
+def test_cosine_edge_rows() -> None:
+    """Zero rows agree only with zero rows; a non-finite row is NaN and fails any threshold."""
+    ref = np.array([[0.0, 0.0], [1.0, 0.0], [1.0, 1.0]])
+    other = np.array([[0.0, 0.0], [0.0, 0.0], [np.inf, 1.0]])
+    cos = row_cosines(ref, other)
+    assert cos[0] == 1.0 and cos[1] == 0.0 and np.isnan(cos[2])
+    stats = cosine_stats(ref, other)
+    assert np.isnan(stats.min) and stats.median == pytest.approx(0.5)
+    with pytest.raises(ValueError):
+        row_cosines(ref, other[:2])
+
+
+def test_label_agreement() -> None:
+    ref = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]])
+    other = np.array([[0.8, 0.2], [0.3, 0.7], [0.4, 0.6], [0.1, 0.9]])
+    assert label_agreement(ref, other) == 75.0
+    assert label_agreement(ref, ref) == 100.0
+
+
+def row(name: str, speed: float, cos: float = 0.9999, labels: float | None = 100.0) -> PrecisionRow:
+    stats = CosineStats(min=cos, median=min(1.0, cos + 1e-5))
+    return PrecisionRow(name, cosine={"dnabert": stats, "esm2": CosineStats(0.99999, 1.0)},
+                        equal_labels=labels, frames_per_s=speed)
+
+
+def test_recommend_picks_the_fastest_passing_precision() -> None:
+    fp32 = row("fp32", 10.0, cos=1.0)
+    assert recommend([fp32, row("fp16", 30.0), row("bf16", 35.0)]) == "bf16"
+    assert recommend([fp32, row("fp16", 30.0), row("bf16", 35.0, cos=0.998)]) == "fp16"
+    assert recommend([fp32, row("fp16", 30.0, cos=float("nan")), row("bf16", 35.0)]) == "bf16"
+    assert recommend([fp32, row("fp16", 8.0)]) == "fp32"  # passing, but slower than fp32
+
+
+def test_recommend_falls_back_to_fp32() -> None:
+    fp32 = row("fp32", 10.0, cos=1.0)
+    assert recommend([fp32, row("fp16", 30.0, cos=0.99), row("bf16", 35.0, cos=0.9)]) == "fp32"
+    assert recommend([fp32, PrecisionRow("fp16", refused="fp16 is not supported on CPU")]) == "fp32"
+    assert recommend([]) == "fp32"
+
+
+def test_recommend_label_threshold_matters() -> None:
+    fp32 = row("fp32", 10.0, cos=1.0)
+    assert recommend([fp32, row("fp16", 30.0, labels=99.9), row("bf16", 35.0, labels=99.89)]) == "fp16"
+    assert recommend([fp32, row("bf16", 35.0, labels=98.7)]) == "fp32"
+    assert recommend([fp32, row("bf16", 35.0, labels=None)]) == "bf16"  # no classifier: cosines decide
+    assert recommend([fp32, row("bf16", 35.0, labels=98.7)], min_labels=98.0) == "bf16"
+
+
+def test_table_shows_refused_rows_and_random_weights() -> None:
+    rows = [row("fp32", 10.0, cos=1.0), PrecisionRow("fp16", refused="fp16 is not supported on CPU"),
+            row("bf16", 5.0)]
+    report = PrecisionReport(rows=rows, reads=60, frames=74, device="cpu", configured="fp32",
+                             classifier=True, random_weights=True, recommended=recommend(rows))
+    printed = format_report(report)
+    assert "RANDOM WEIGHTS" in printed
+    assert "fp16       not run: fp16 is not supported on CPU" in printed
+    table = parse_table(printed)
+    assert table["bf16"]["ratio"] == 0.5 and table["fp32"]["ratio"] == 1.0
+    assert "recommended: fp32" in printed
+    quiet = format_report(PrecisionReport(**{**report.__dict__, "random_weights": False}))
+    assert "RANDOM WEIGHTS" not in quiet

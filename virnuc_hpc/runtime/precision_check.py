@@ -1,0 +1,371 @@
+"""``virnuc-hpc check-precision``: how far a faster precision moves the user's own embeddings and calls.
+
+Why a separate check: fidelity depends on the weights. Random weights (the demo models, the
+benchmarks) give activations unlike a trained model's, so what they show about fp16 or bf16 says
+nothing about real models. This embeds a sample of the user's reads with fp32 (the reference) and
+with each faster precision, on the configured device, with the models a run would use, and states
+per precision the cosine to fp32 per encoder, the labels kept and the speed; then it recommends one.
+
+The reads go through the same readers, chunking and six-frame selection a run uses, and the encoders
+load through the configured engine exactly as a worker loads them. The maths of the comparison (cosine
+statistics, label agreement, the recommendation, the table) are pure functions of arrays and rows.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from virnuc_hpc.config import RunConfig
+from virnuc_hpc.errors import ConfigError, FastaError, UserError
+from virnuc_hpc.spec import ModelSpec
+
+log = logging.getLogger(__name__)
+
+REFERENCE = "fp32"
+#: Precisions the check can compare with fp32 (what RunConfig.precision offers, but "auto").
+CHECKABLE = ("fp16", "bf16")
+DEFAULT_PRECISIONS = ("fp16", "bf16")
+DEFAULT_SAMPLE = 2000
+MIN_COSINE = 0.999          # per encoder, the worst frame of the sample
+MIN_EQUAL_LABELS = 99.9     # percent of frames whose classifier label is fp32's
+WARM_UP_SEQUENCES = 16      # the warm-up call's batch: compiles and allocates before the timing
+ENCODERS = ("dnabert", "esm2")
+ENCODER_NAMES = {"dnabert": "DNABERT-S", "esm2": "ESM-2"}
+
+
+# --- results --------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class CosineStats:
+    """Per-frame cosine to fp32, summarised: the worst frame and the typical one."""
+
+    min: float
+    median: float
+
+
+@dataclass(frozen=True)
+class PrecisionRow:
+    """One precision's comparison with fp32; ``refused`` says why it did not run (then no numbers)."""
+
+    precision: str
+    cosine: dict[str, CosineStats] | None = None   # "dnabert", "esm2"
+    equal_labels: float | None = None              # percent; None without a classifier
+    frames_per_s: float | None = None
+    seconds: dict[str, float] | None = None        # embedding seconds per encoder
+    refused: str | None = None
+
+    @property
+    def ran(self) -> bool:
+        return self.refused is None
+
+
+@dataclass(frozen=True)
+class PrecisionReport:
+    """Everything ``check-precision`` prints: the sample, the rows (fp32 first) and the advice."""
+
+    rows: list[PrecisionRow]
+    reads: int
+    frames: int
+    device: str
+    configured: str
+    classifier: bool
+    random_weights: bool
+    recommended: str
+
+
+# --- pure maths -----------------------------------------------------------------------------------
+
+def parse_precisions(text: str) -> tuple[str, ...]:
+    """``"fp16,bf16"`` -> ("fp16", "bf16"): known names only, in order, once each; fp32 is always
+    the reference, so naming it adds nothing."""
+    names = [part.strip().lower() for part in text.split(",") if part.strip()]
+    unknown = [n for n in names if n not in CHECKABLE and n != REFERENCE]
+    if unknown or not names:
+        what = f"unknown precision {', '.join(map(repr, unknown))}" if unknown else "no precision"
+        raise ConfigError(f"--precisions {text!r}: {what}; give a comma-separated list of "
+                          f"{', '.join(CHECKABLE)} (fp32 is always the reference)")
+    return tuple(dict.fromkeys(n for n in names if n != REFERENCE))
+
+
+def row_cosines(reference: np.ndarray, other: np.ndarray) -> np.ndarray:
+    """Cosine of each row of ``other`` to the same row of ``reference``, in float64.
+
+    Two zero rows agree (1.0); a zero row against a non-zero one does not (0.0). A non-finite row
+    gives NaN, which fails every threshold."""
+    a, b = np.asarray(reference, np.float64), np.asarray(other, np.float64)
+    if a.shape != b.shape or a.ndim != 2:
+        raise ValueError(f"expected two (N, D) arrays of one shape, got {a.shape} and {b.shape}")
+    norm_a, norm_b = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
+    denominator = norm_a * norm_b
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cos = np.einsum("ij,ij->i", a, b) / denominator  # NaN stays NaN
+    cos = np.where(denominator == 0, np.where((norm_a == 0) & (norm_b == 0), 1.0, 0.0), cos)
+    return np.minimum(cos, 1.0)  # rounding can pass 1 by an ulp; NaN stays NaN
+
+
+def cosine_stats(reference: np.ndarray, other: np.ndarray) -> CosineStats:
+    """Min and median of ``row_cosines``; NaN (a non-finite row) wins the min, so it is seen."""
+    cos = row_cosines(reference, other)
+    if cos.size == 0:
+        raise ValueError("no rows to compare")
+    worst = float("nan") if np.isnan(cos).any() else float(cos.min())
+    return CosineStats(min=worst, median=float(np.nanmedian(cos)) if np.isfinite(cos).any() else float("nan"))
+
+
+def label_agreement(reference_proba: np.ndarray, other_proba: np.ndarray) -> float:
+    """Percent of frames whose argmax label is the reference's."""
+    ref, other = np.asarray(reference_proba), np.asarray(other_proba)
+    if ref.shape != other.shape or ref.ndim != 2 or len(ref) == 0:
+        raise ValueError("expected two non-empty (N, classes) arrays of one shape, "
+                         f"got {ref.shape} and {other.shape}")
+    return float(np.mean(ref.argmax(axis=1) == other.argmax(axis=1)) * 100.0)
+
+
+def passes(row: PrecisionRow, min_cosine: float = MIN_COSINE, min_labels: float = MIN_EQUAL_LABELS) -> bool:
+    """Both encoders' worst cosine and, with a classifier, the labels kept meet the bar."""
+    if not row.ran or row.cosine is None or row.frames_per_s is None:
+        return False
+    if not all(stats.min >= min_cosine for stats in row.cosine.values()):  # NaN fails too
+        return False
+    return row.equal_labels is None or row.equal_labels >= min_labels
+
+
+def recommend(rows: Sequence[PrecisionRow], min_cosine: float = MIN_COSINE,
+              min_labels: float = MIN_EQUAL_LABELS) -> str:
+    """The fastest precision that passes; fp32 when none does (fp32 is exact by definition)."""
+    passing = [r for r in rows if r.precision != REFERENCE and passes(r, min_cosine, min_labels)]
+    reference = next((r for r in rows if r.precision == REFERENCE and r.frames_per_s is not None), None)
+    candidates = passing + ([reference] if reference is not None else [])
+    if not candidates:
+        return REFERENCE
+    return max(candidates, key=lambda r: r.frames_per_s or 0.0).precision
+
+
+# --- the table ------------------------------------------------------------------------------------
+
+_HEADER = (f"{'precision':<10} {'DNABERT-S cos min':>17} {'median':>9} {'ESM-2 cos min':>14} {'median':>9} "
+           f"{'equal labels':>13} {'frames/s':>10} {'vs fp32':>8}")
+
+
+def _number(value: float | None, spec: str, width: int) -> str:
+    return f"{'-':>{width}}" if value is None else f"{value:>{width}{spec}}"
+
+
+def format_row(row: PrecisionRow, reference_speed: float | None) -> str:
+    """One line of the table: the numbers, or why this precision did not run."""
+    if not row.ran or row.cosine is None:
+        return f"{row.precision:<10} not run: {row.refused}"
+    dna, esm = row.cosine["dnabert"], row.cosine["esm2"]
+    labels = "-" if row.equal_labels is None else f"{row.equal_labels:.2f}%"
+    ratio = (row.frames_per_s / reference_speed
+             if row.frames_per_s is not None and reference_speed else None)
+    return (f"{row.precision:<10} {dna.min:>17.6f} {dna.median:>9.6f} {esm.min:>14.6f} {esm.median:>9.6f} "
+            f"{labels:>13} {_number(row.frames_per_s, ',.1f', 10)} "
+            f"{'-' if ratio is None else f'{ratio:.2f}x':>8}")
+
+
+def format_report(report: PrecisionReport) -> str:
+    """The whole printout: the warning for random weights, the sample, the table, the advice."""
+    lines: list[str] = []
+    if report.random_weights:
+        from virnuc_hpc.outputs.store import RANDOM_WEIGHTS_WARNING
+        lines += ["!" * 78, f"!! {RANDOM_WEIGHTS_WARNING}",
+                  "!! Random weights tell nothing about real activations: run this check on your real "
+                  "models.", "!" * 78, ""]
+    lines.append(f"{report.reads:,} reads, {report.frames:,} frames, on {report.device}; "
+                 f"each precision against fp32 (cosine per frame; labels: the classifier's argmax)")
+    reference = next((r.frames_per_s for r in report.rows if r.precision == REFERENCE), None)
+    lines += ["", _HEADER, *(format_row(r, reference) for r in report.rows), ""]
+    bar = f"min cosine >= {MIN_COSINE} for both encoders"
+    bar += (f" and >= {MIN_EQUAL_LABELS}% equal labels" if report.classifier
+            else " (no classifier: labels not compared)")
+    lines.append(f"recommended: {report.recommended}  (the fastest with {bar}; "
+                 f"configured: {report.configured})")
+    return "\n".join(lines)
+
+
+# --- running it -----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class FrameSample:
+    """The kept frames of the first reads of the inputs, as a run would embed them."""
+
+    reads: int
+    nucleotide: list[str]
+    protein: list[str]
+
+
+def sample_frames(inputs: Sequence[str], config: RunConfig, sample: int) -> FrameSample:
+    """The first ``sample`` valid reads over the inputs in order, chunked and translated as a run
+    does (``expected_length`` chunks, stop-free frames). Invalid records stop the check as they
+    stop a run, unless ``skip_invalid``."""
+    from virnuc_hpc.reads.fasta import STRUCTURAL_KINDS
+    from virnuc_hpc.reads.frames import frames_for_records
+    from virnuc_hpc.reads.reading import iter_blocks, parse_block
+    from virnuc_hpc.reads.samples import samples_from_paths
+    from virnuc_hpc.reads.validation import check_records
+
+    if sample < 1:
+        raise ConfigError(f"--sample must be at least 1, not {sample}")
+    if not inputs:
+        raise UserError("no input given (FASTA/FASTQ files)")
+    records: list[Any] = []
+    for file in (f for s in samples_from_paths(list(inputs)) for f in s.files):
+        for block in iter_blocks(file, min(sample, 1 << 16)):
+            parsed = parse_block(block)
+            structural = [p for p in parsed.problems if p.kind in STRUCTURAL_KINDS]
+            if structural:
+                raise FastaError(structural)
+            valid, problems = check_records(parsed.records, parsed.problems, parsed.invalid)
+            if problems and not config.skip_invalid:
+                raise FastaError([p for _, p in problems])
+            records += [r for r, ok in zip(parsed.records, valid) if ok][: sample - len(records)]
+            if len(records) >= sample:
+                break
+        if len(records) >= sample:
+            break
+    table = frames_for_records(records, config.expected_length)
+    if not len(table):
+        raise UserError(f"the first {len(records):,} reads keep no stop-free frame: nothing to compare")
+    return FrameSample(reads=len(records), nucleotide=table.nucleotide, protein=table.protein)
+
+
+def model_spec(config: RunConfig, located: dict[str, Any], precision: str) -> ModelSpec:
+    """What a worker would be given for this run, at ``precision`` (the classifier is loaded apart)."""
+    return ModelSpec(esm2_path=located["esm2"].path, dnabert_path=located["dnabert"].path,
+                     classifier_path=None, device=config.device, precision=precision,
+                     engine=config.engine, zero_offload=config.zero_offload, nvme_path=config.nvme_path,
+                     exact_gelu=config.exact_gelu, esm2_max_tokens=config.esm2_max_tokens,
+                     dnabert_max_tokens=config.dnabert_max_tokens, threads=config.threads_per_worker,
+                     offline=config.offline, compile_cache=config.compile_cache,
+                     dnabert_layout=config.dnabert_layout)
+
+
+@dataclass(frozen=True)
+class Embedded:
+    """Both encoders' rows for the sample at one precision, and the seconds each took."""
+
+    features: dict[str, np.ndarray]
+    seconds: dict[str, float]
+
+    @property
+    def frames_per_s(self) -> float:
+        total = sum(self.seconds.values())
+        return len(self.features["esm2"]) / total if total > 0 else float("inf")
+
+    def concatenated(self) -> np.ndarray:
+        """[DNABERT-S | ESM-2] per frame: the classifier's input, as in a run."""
+        return np.concatenate([self.features["dnabert"], self.features["esm2"]], axis=1)
+
+
+def embed_sample(spec: ModelSpec, frames: FrameSample) -> Embedded:
+    """Load both encoders as a worker does, warm each up with one call, then time one embed each.
+
+    The models are dropped before returning: one precision's weights are resident at a time."""
+    from virnuc_hpc.engines import load_engine_encoders
+    from virnuc_hpc.runtime.worker import embed_prepared, prepare_distinct
+
+    esm2, dnabert = load_engine_encoders(spec)
+    inputs = {"dnabert": (dnabert, frames.nucleotide), "esm2": (esm2, frames.protein)}
+    features, seconds = {}, {}
+    for name, (encoder, sequences) in inputs.items():
+        encoder.warm_up()
+        encoder.embed(sequences[:WARM_UP_SEQUENCES])
+        prepared = prepare_distinct(encoder, sequences)  # host work, outside the timing (as in a run)
+        start = time.perf_counter()
+        features[name] = embed_prepared(encoder, prepared)  # numpy: the device has finished
+        seconds[name] = time.perf_counter() - start
+    del esm2, dnabert, inputs
+    _release_device()
+    return Embedded(features, seconds)
+
+
+def _release_device() -> None:
+    """Free the dropped models' memory before the next precision loads its own."""
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def compare(precision: str, reference: Embedded, other: Embedded, classifier: Any | None,
+            reference_proba: np.ndarray | None) -> PrecisionRow:
+    """One row: cosine per encoder, labels kept (with a classifier), speed."""
+    cosine = {name: cosine_stats(reference.features[name], other.features[name]) for name in ENCODERS}
+    labels = None
+    if classifier is not None and reference_proba is not None:
+        labels = label_agreement(reference_proba, classifier.predict_proba(other.concatenated()))
+    return PrecisionRow(precision, cosine=cosine, equal_labels=labels, frames_per_s=other.frames_per_s,
+                        seconds=dict(other.seconds))
+
+
+def _try_precision(precision: str, device: Any, config: RunConfig, located: dict[str, Any],
+                   frames: FrameSample) -> Embedded | str:
+    """The precision's embeddings, or why the device cannot run it (a row, not a crash)."""
+    from virnuc_hpc.devices import resolve_precision
+
+    try:
+        resolve_precision(precision, device)
+        return embed_sample(model_spec(config, located, precision), frames)
+    except ConfigError as err:
+        return str(err)
+    except RuntimeError as err:  # the device or its kernels refused (e.g. no bf16, out of memory)
+        log.debug("precision %s failed", precision, exc_info=True)
+        _release_device()
+        return f"failed on {device}: {str(err).splitlines()[0] if str(err) else type(err).__name__}"
+
+
+def check_precision(inputs: Sequence[str], config: RunConfig, sample: int = DEFAULT_SAMPLE,
+                    precisions: Sequence[str] = DEFAULT_PRECISIONS) -> PrecisionReport:
+    """Embed the first ``sample`` reads with fp32 and with each of ``precisions``; compare them."""
+    import torch
+
+    from virnuc_hpc.devices import resolve_device
+    from virnuc_hpc.models.resolve import locate_models
+
+    wanted = parse_precisions(",".join(precisions))
+    frames = sample_frames(inputs, config, sample)
+    located = locate_models(config, classify=config.classifier is not None)
+    device = resolve_device(config.device)
+    threads = torch.get_num_threads()
+    if config.threads_per_worker and device.type == "cpu":
+        torch.set_num_threads(config.threads_per_worker)  # as a CPU worker runs
+    try:
+        rows, classifier = _rows(wanted, device, config, located, frames)
+    finally:
+        torch.set_num_threads(threads)  # the caller's process is left as it was
+    return PrecisionReport(rows=rows, reads=frames.reads, frames=len(frames.protein), device=str(device),
+                           configured=config.precision, classifier=classifier,
+                           random_weights=any(m.random_weights for m in located.values()),
+                           recommended=recommend(rows))
+
+
+def _rows(wanted: Sequence[str], device: Any, config: RunConfig, located: dict[str, Any],
+          frames: FrameSample) -> tuple[list[PrecisionRow], bool]:
+    """fp32's row, then one per wanted precision; and whether labels were compared."""
+    from virnuc_hpc.models.classifier import load_classifier
+
+    reference = embed_sample(model_spec(config, located, REFERENCE), frames)
+    classifier, reference_proba = None, None
+    if "classifier" in located:
+        classifier = load_classifier(located["classifier"].path,
+                                     input_dim=sum(f.shape[1] for f in reference.features.values()))
+        reference_proba = classifier.predict_proba(reference.concatenated())
+    rows = [compare(REFERENCE, reference, reference, classifier, reference_proba)]
+    for precision in wanted:
+        outcome = _try_precision(precision, device, config, located, frames)
+        rows.append(PrecisionRow(precision, refused=outcome) if isinstance(outcome, str)
+                    else compare(precision, reference, outcome, classifier, reference_proba))
+    return rows, classifier is not None
+
+
+__all__ = ["CosineStats", "PrecisionReport", "PrecisionRow", "check_precision", "cosine_stats",
+           "format_report", "label_agreement", "parse_precisions", "recommend"]
