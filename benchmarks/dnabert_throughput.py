@@ -8,7 +8,7 @@ Why: the DNA encoder must run near the matmul ceiling, and the speed must not co
 Full-size random DNABERT-S (12 layers, 768, vocab 4096, BPE tokenizer from random_models); compute does
 not depend on weight values. Times are wall clock of ``embed(strings)``: tokenisation included.
 MFU = model FLOPs / time / ceiling, FLOPs per sequence of L tokens ([CLS]/[SEP] included) =
-L * 2 * (matmul parameters) + L^2 * 4 * hidden * layers (docs/models.md: ~0.23 GFLOP/token + 0.037 MFLOP/token/position);
+L * 2 * (matmul parameters) + L^2 * 4 * hidden * layers (docs/encoder-facts.md: ~0.23 GFLOP/token + 0.037 MFLOP/token/position);
 the ceiling is a bf16 8192^3 matmul measured in the same process. Fidelity: cosine per sequence
 against the fp32 padded path on the same card.
 

@@ -31,8 +31,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 OURS = HERE.parent
-ESM2_FLOP_PER_TOKEN = 5.66e9     # ESM-2 3B matrix products per token (docs/models.md)
-DNABERT_FLOP_PER_TOKEN = 0.227e9  # DNABERT-S matrix products per token (docs/models.md)
+ESM2_FLOP_PER_TOKEN = 5.66e9     # ESM-2 3B matrix products per token (docs/encoder-facts.md)
+DNABERT_FLOP_PER_TOKEN = 0.227e9  # DNABERT-S matrix products per token (docs/encoder-facts.md)
 
 
 def child(tree: Path, which: str, model: str, n: int, device: str = "cuda") -> dict:

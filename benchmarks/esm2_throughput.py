@@ -2,7 +2,7 @@
 
 Why: the issue's bar is MFU >= 0.65 (against the bf16 8192^3 matmul ceiling measured in the same
 process) on two workloads, and cosine >= 0.999 per protein against fp32 fair-esm. Random weights:
-compute cost does not depend on weight values (docs/models.md). All configurations run in one process on
+compute cost does not depend on weight values (docs/encoder-facts.md). All configurations run in one process on
 one card, so the numbers compare.
 
     python benchmarks/esm2_throughput.py [--out-dir benchmarks/results] [--scale 1.0]
@@ -32,7 +32,7 @@ from common import card_slug, cosine, matmul_ceiling, random_proteins  # benchma
 from virnuc_hpc.encoders.esm2 import ESM2, _IGNORED_RE, mean_residues, pad_batch, plan_batches, tokenize_many
 from virnuc_hpc.encoders.esm2_packed import PackedESM2Encoder
 
-GFLOP_PER_TOKEN = 5.66e9        # 3B matrix products per token (docs/models.md)
+GFLOP_PER_TOKEN = 5.66e9        # 3B matrix products per token (docs/encoder-facts.md)
 ATTN_FLOP_PER_TOKEN_POS = 0.37e6  # attention per token per position of sequence length
 LAYERS, DIM, HEADS = 36, 2560, 40
 AMINO = np.array(list("ACDEFGHIKLMNPQRSTVWY"))

@@ -8,3 +8,4 @@ command -v chromium >/dev/null || {  # a real browser for tests/test_report.py (
     apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1 ||
         { apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium >/dev/null; }; }
 python3 -m pytest -q -p no:cacheprovider -m "not gpu" "$@"
+bash tests/wheel_smoke.sh  # the package as a wheel, in a fresh venv, run outside the source tree

@@ -1,4 +1,4 @@
-"""DNABERT-S encoder against a plain reference written from models.md, on random small models."""
+"""DNABERT-S encoder against a plain reference written from encoder-facts.md, on random small models."""
 
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ def twelve(tmp_path_factory) -> Path:
 # --------------------------------------------------------------------------- the plain reference
 
 def reference_embed(directory: Path, seq: str) -> np.ndarray:
-    """models.md, literally: one sequence, float64, explicit layers, heads, bias matrix, softmax, GeGLU."""
+    """encoder-facts.md, literally: one sequence, float64, explicit layers, heads, bias matrix, softmax, GeGLU."""
     from safetensors.torch import load_file
     from tokenizers import Tokenizer
 

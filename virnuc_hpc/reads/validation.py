@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from virnuc_hpc.reads.fasta import DUPLICATE_ID, Record
+from virnuc_hpc.reads.fasta import DUPLICATE_ID, STRUCTURAL_KINDS, Record
 
 from virnuc_hpc.errors import FastaError, Problem
 from virnuc_hpc.merge import merge_sorted
@@ -28,6 +28,21 @@ from virnuc_hpc.reads.samples import Sample
 
 VALIDATE_BLOCK_RECORDS = 50_000
 SMALL_INPUT_BYTES = 32 << 20  # below this, validate in the calling process (no cluster start)
+
+
+def checked_block(block: Block, skip_invalid: bool) -> tuple[list[Record], list[bool], list[tuple[int, Problem]]]:
+    """A block's records, which of them are valid, and (position, problem) of the others.
+
+    Structural problems always stop the run; record problems do unless ``skip_invalid`` (ids
+    repeated across blocks are found where every block is seen)."""
+    parsed = parse_block(block)
+    structural = [p for p in parsed.problems if p.kind in STRUCTURAL_KINDS]
+    if structural:
+        raise FastaError(structural)
+    valid, problems = check_records(parsed.records, parsed.problems, parsed.invalid)
+    if problems and not skip_invalid:
+        raise FastaError([p for _, p in problems])
+    return parsed.records, valid, problems
 
 
 def check_records(records: list[Record], problems: list[Problem],

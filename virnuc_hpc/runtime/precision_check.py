@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from virnuc_hpc.config import RunConfig
-from virnuc_hpc.errors import ConfigError, FastaError, UserError
+from virnuc_hpc.errors import ConfigError, UserError
 from virnuc_hpc.spec import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -206,11 +206,10 @@ def sample_frames(inputs: Sequence[str], config: RunConfig, sample: int) -> Fram
     """The first ``sample`` valid reads over the inputs in order, chunked and translated as a run
     does (``expected_length`` chunks, stop-free frames). Invalid records stop the check as they
     stop a run, unless ``skip_invalid``."""
-    from virnuc_hpc.reads.fasta import STRUCTURAL_KINDS
     from virnuc_hpc.reads.frames import frames_for_records
-    from virnuc_hpc.reads.reading import iter_blocks, parse_block
+    from virnuc_hpc.reads.reading import iter_blocks
     from virnuc_hpc.reads.samples import samples_from_paths
-    from virnuc_hpc.reads.validation import check_records
+    from virnuc_hpc.reads.validation import checked_block
 
     if sample < 1:
         raise ConfigError(f"--sample must be at least 1, not {sample}")
@@ -219,14 +218,8 @@ def sample_frames(inputs: Sequence[str], config: RunConfig, sample: int) -> Fram
     records: list[Any] = []
     for file in (f for s in samples_from_paths(list(inputs)) for f in s.files):
         for block in iter_blocks(file, min(sample, 1 << 16)):
-            parsed = parse_block(block)
-            structural = [p for p in parsed.problems if p.kind in STRUCTURAL_KINDS]
-            if structural:
-                raise FastaError(structural)
-            valid, problems = check_records(parsed.records, parsed.problems, parsed.invalid)
-            if problems and not config.skip_invalid:
-                raise FastaError([p for _, p in problems])
-            records += [r for r, ok in zip(parsed.records, valid) if ok][: sample - len(records)]
+            parsed, valid, _ = checked_block(block, config.skip_invalid)
+            records += [r for r, ok in zip(parsed, valid) if ok][: sample - len(records)]
             if len(records) >= sample:
                 break
         if len(records) >= sample:

@@ -250,19 +250,9 @@ def parse_bag(bag: Bag, rules: BagRules) -> tuple[list[Any], list[bool], list[tu
 
     Structural problems always stop the run; record problems do unless ``skip_invalid`` (ids
     repeated across bags are found when the tables are merged)."""
-    from virnuc_hpc.reads.fasta import STRUCTURAL_KINDS
-    from virnuc_hpc.errors import FastaError
-    from virnuc_hpc.reads.reading import parse_block
-    from virnuc_hpc.reads.validation import check_records
+    from virnuc_hpc.reads.validation import checked_block
 
-    parsed = parse_block(bag.block)
-    structural = [p for p in parsed.problems if p.kind in STRUCTURAL_KINDS]
-    if structural:
-        raise FastaError(structural)
-    valid, problems = check_records(parsed.records, parsed.problems, parsed.invalid)
-    if problems and not rules.skip_invalid:
-        raise FastaError([p for _, p in problems])
-    return parsed.records, valid, problems
+    return checked_block(bag.block, rules.skip_invalid)
 
 
 def translate_bag(bag: Bag, rules: BagRules) -> tuple[list[Any], list[bool], list[tuple[int, Any]], Any]:
