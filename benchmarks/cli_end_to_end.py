@@ -1,6 +1,6 @@
 """`virnuc-hpc predict` end to end through the CLI, real-size random models, cold compile cache.
 
-    python benchmarks/cli_end_to_end.py --reads 1000000 --features float32,float16
+    python benchmarks/cli_end_to_end.py --reads 1000000 --features float32,float16 [--precision int8]
 
 Real-size models with random weights in the real file formats (ESM-2 3B fair-esm checkpoint,
 DNABERT-S directory, VirNucPro classifier; compute cost does not depend on weight values, so the
@@ -31,6 +31,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reads", type=int, default=1_000_000)
     parser.add_argument("--features", default="float32")
+    parser.add_argument("--precision", default="auto", help="predict's --precision (auto: fp16 on a GPU)")
     parser.add_argument("--reference-min", type=float, default=7.97)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/virnuc-cli"))
     parser.add_argument("--results", type=Path, default=Path(__file__).parent / "results")
@@ -54,7 +55,8 @@ def main() -> None:
         cmd = [sys.executable, "-m", "virnuc_hpc.cli", "predict", str(reads), "-o", str(outdir),
                "--classifier", models["classifier"], "--esm2-model", models["esm2"],
                "--dnabert-model", models["dnabert"], "--expected-length", "300", "--features", features,
-               "--no-progress", "--dashboard-address", "127.0.0.1:0"]
+               "--no-progress", "--dashboard-address", "127.0.0.1:0",
+               "--precision", args.precision]
         if args.demo_models:
             cmd += ["--preset", "demo"]
         env = {**os.environ, "VIRNUC_HPC_COMPILE_CACHE": str(cache)}
@@ -68,7 +70,7 @@ def main() -> None:
         workers = run["workers"].values()
         tokens = sum(w["protein_tokens"] for w in workers)
         util = [w["gpu_utilization_steady"] for w in workers if w.get("gpu_utilization_steady") is not None]
-        row = {"features": features, "wall_s": wall, "wall_min": wall / 60, "stages_s": run["seconds"],
+        row = {"features": features, "precision": args.precision, "wall_s": wall, "wall_min": wall / 60, "stages_s": run["seconds"],
                "milestones_s": run["milestones_s"], "client_peak_rss_mb": run["client_peak_rss_mb"],
                "client_peak_rss_mb_after_stage": run.get("client_peak_rss_mb_after_stage"),
                "reads": run["counts"]["reads"], "frames": run["counts"]["frames"], "esm_tokens": tokens,
@@ -89,7 +91,8 @@ def main() -> None:
                "runs": runs}
     args.results.mkdir(parents=True, exist_ok=True)
     (args.results / f"cli_end_to_end-{slug}.json").write_text(json.dumps(payload, indent=2) + "\n")
-    lines = [f"# cli_end_to_end on {card}: {args.reads:,} 150-bp reads (FASTQ.gz), cold compile cache", "",
+    lines = [f"# cli_end_to_end on {card}: {args.reads:,} 150-bp reads (FASTQ.gz), cold compile cache, "
+             f"precision {args.precision}", "",
              "| features | wall min | vs reference | first bag s | ESM tok/s (embed) | GPU util | client RSS MB | bytes/frame |",
              "|---|---|---|---|---|---|---|---|"]
     for r in runs:

@@ -13,7 +13,8 @@ import torch
 
 # Kinds of CUDA kernels, first match wins: flash kernels carry 'cutlass' in their names, so
 # attention is matched before the matmuls.
-KERNEL_KINDS = (("attention", re.compile(r"flash|fmha|attn", re.IGNORECASE)),
+KERNEL_KINDS = (("int8 matmul", re.compile(r"int8_gemm", re.IGNORECASE)),
+                ("attention", re.compile(r"flash|fmha|attn", re.IGNORECASE)),
                 ("matmul", re.compile(r"gemm|cutlass|nvjet|sm90_xmma|cublas|_mm_|matmul", re.IGNORECASE)),
                 ("triton", re.compile(r"triton", re.IGNORECASE)))
 

@@ -1,6 +1,6 @@
 """Where an ESM-2 3B packed forward spends its GPU time, and what the variants are worth.
 
-For fp16 and bf16: tokens/s and MFU of PackedESM2Encoder on 45-50 aa proteins (150-bp
+For each of --precisions (fp16, bf16, int8): tokens/s and MFU of PackedESM2Encoder on 45-50 aa proteins (150-bp
 reads), then one profiled pass with CUDA kernel time grouped as attention / matmul / Triton (fused
 elementwise, LayerNorm, rotary) / other (common.KERNEL_KINDS). Random weights (cost does not depend
 on values). Writes esm2_breakdown-<card>.json|md under --out-dir.
@@ -38,6 +38,8 @@ def main() -> None:
     parser.add_argument("--proteins", type=int, default=20_000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out-dir", type=Path, default=RESULTS)
+    parser.add_argument("--precisions", default="fp16,bf16,int8")
+    parser.add_argument("--top", type=int, default=0, help="also print the N longest kernels per precision")
     args = parser.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = False
     ceiling = matmul_ceiling()
@@ -49,9 +51,9 @@ def main() -> None:
     with torch.device("cuda"):
         base = ESM2(LAYERS, DIM, HEADS).eval().requires_grad_(False)
     rows = []
-    for precision in ("fp16", "bf16"):
+    for precision in args.precisions.split(","):
         torch._dynamo.reset()
-        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "int8": torch.float16}[precision]
         model = copy.deepcopy(base).cast(torch.device("cuda"), dtype)
         enc = PackedESM2Encoder(model, name="esm2_t36_3B_random", device=torch.device("cuda"),
                                 precision=precision, max_tokens=65536)
@@ -59,7 +61,11 @@ def main() -> None:
         enc.embed(proteins[:2600])  # compiles the two shapes used below (full and tail bucket)
         compile_s = time.perf_counter() - t0
         seconds = time_interleaved({precision: enc}, proteins, args.repeats)[precision][0]
-        share = kernel_mix(kernel_times(functools.partial(enc.embed, proteins[:2600])))
+        per_kernel = kernel_times(functools.partial(enc.embed, proteins[:2600]))
+        share = kernel_mix(per_kernel)
+        whole = sum(per_kernel.values())
+        for name, us in sorted(per_kernel.items(), key=lambda kv: -kv[1])[:args.top]:
+            print(f"  {precision} {us / whole:6.3f} {us / 1e3:9.2f} ms  {name[:110]}", flush=True)
         r = {"precision": precision, "tokens": tokens, "seconds": seconds,
              "tokens_per_s": tokens / seconds, "mfu": tokens * GFLOP_PER_TOKEN / seconds / (ceiling * 1e12),
              "first_call_s": compile_s, "kernel_time_share": share,

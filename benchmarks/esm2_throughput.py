@@ -10,8 +10,10 @@ one card, so the numbers compare.
 Configurations, per workload (proteins from 150-bp reads: 45-50 aa; from 500-bp chunks: 60-166 aa):
   a  fair-esm fp32, 2,048-token length-sorted padded batches (the original VirNucPro setting; a subset)
   b  fair-esm fp16, 32,768-token length-sorted padded batches
-  c  ours (virnuc_hpc PackedESM2Encoder) in fp16 and bf16: packed, varlen attention, compiled;
-     warmed up (compiles) on the workload, then timed --repeats times interleaved; median reported
+  c  ours (virnuc_hpc PackedESM2Encoder) in fp16, bf16 and int8 (--precisions): packed, varlen
+     attention, compiled; int8 runs ESM-2's linear layers as int8 GEMMs (encoders/int8.py); warmed up
+     (compiles) on the workload, then timed --repeats times interleaved; median reported, with its
+     ratio to our fp16 in the same run ("x vs fp16")
 Writes esm2_throughput-<card>.json|md and esm2_fidelity-<card>.json under --out-dir.
 """
 
@@ -80,7 +82,7 @@ def ours_from_fair(fair: torch.nn.Module, precision: str) -> PackedESM2Encoder:
     with torch.device("meta"):
         model = ESM2(LAYERS, DIM, HEADS)
     model.load_state_dict(state, strict=True, assign=True)
-    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "int8": torch.float16}[precision]
     model = model.cast(torch.device("cuda"), dtype).eval().requires_grad_(False)
     return PackedESM2Encoder(model, name="esm2_t36_3B_random", device=torch.device("cuda"), precision=precision)
 
@@ -127,6 +129,9 @@ def main() -> None:
     parser.add_argument("--no-oom-check", dest="oom_check", action="store_false",
                         help="skip the forced-OOM check at the end")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs of ours (median reported)")
+    parser.add_argument("--precisions", default="fp16,bf16,int8", help="ours, comma-separated (fp16 first)")
+    parser.add_argument("--no-baselines", dest="baselines", action="store_false",
+                        help="skip fair-esm's fp32/fp16 timings (a and b); the fp32 reference still runs")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     torch.backends.cuda.matmul.allow_tf32 = False  # fp32 baseline and reference stay true fp32
@@ -136,6 +141,7 @@ def main() -> None:
     card = card_slug()
     ceiling = matmul_ceiling()
     print(f"card {torch.cuda.get_device_name()} ; bf16 8192^3 matmul ceiling {ceiling:.1f} TFLOP/s", flush=True)
+    int8_ceiling = int8_matmul_ceiling() if "int8" in args.precisions else None
 
     s = args.scale
     workloads = {  # name: (lo, hi, n ours, n baseline a, n baseline b)
@@ -144,7 +150,7 @@ def main() -> None:
     }
     data = {name: random_proteins(lo, hi, n, seed=i) for i, (name, (lo, hi, n, _, _)) in enumerate(workloads.items())}
     results: dict = {"card": torch.cuda.get_device_name(), "torch": torch.__version__,
-                     "ceiling_tflops": ceiling, "workloads": {}}
+                     "ceiling_tflops": ceiling, "int8_ceiling_tops": int8_ceiling, "workloads": {}}
     fid_seqs = fidelity_set()
     fid_len = [len(p) for p in fid_seqs]
     fidelity: dict = {"lengths": fid_len}
@@ -153,6 +159,8 @@ def main() -> None:
     ref = fair_embed(fair, fid_seqs, 2048)  # fp32 reference vectors (short proteins batched, long alone)
     for name, (lo, hi, n, na, nb) in workloads.items():
         rows = results["workloads"].setdefault(name, [])
+        if not args.baselines:
+            continue
         sub = data[name][:na]
         fair_embed(fair, sub[:64], 2048)
         sec, _, peak = timed(lambda p: fair_embed(fair, p, 2048), sub)
@@ -162,6 +170,8 @@ def main() -> None:
     fair16 = copy.deepcopy(fair).half()
     fidelity["fair-esm fp16"] = summary(cosine(fair_embed(fair16, fid_seqs, 32768), ref), fid_len)
     for name, (lo, hi, n, na, nb) in workloads.items():
+        if not args.baselines:
+            continue
         sub = data[name][:nb]
         fair_embed(fair16, sub[:600], 32768)
         sec, _, peak = timed(lambda p: fair_embed(fair16, p, 32768), sub)
@@ -170,7 +180,7 @@ def main() -> None:
     del fair16
     torch.cuda.empty_cache()
 
-    encoders = {precision: ours_from_fair(fair, precision) for precision in ("fp16", "bf16")}
+    encoders = {precision: ours_from_fair(fair, precision) for precision in args.precisions.split(",")}
     warm = {}
     for precision, enc in encoders.items():
         for name, proteins in data.items():
@@ -195,6 +205,9 @@ def main() -> None:
             batches=delta["batches"], pad_fraction=1 - delta["tokens"] / delta["padded_tokens"],
             nonfinite_recomputed_batches=delta["nonfinite_recomputed_batches"],
             oom_split_batches=delta["oom_split_batches"]))
+        if precision == "int8":  # the same work against int8's own ceiling, measured in this run
+            last = results["workloads"][name][-1]
+            last["mfu_int8"] = last["mfu"] * ceiling / int8_ceiling
         print(json.dumps(results["workloads"][name][-1]), flush=True)
     for precision, enc in encoders.items():
         got = enc.embed(fid_seqs)
@@ -203,12 +216,14 @@ def main() -> None:
 
     for name, rows in results["workloads"].items():
         base = {r["config"][0]: r["tokens_per_s"] for r in rows}
+        fp16 = next((r["tokens_per_s"] for r in rows if r["config"] == "c ours fp16 packed"), None)
         for r in rows:
-            r["speedup_vs_a"] = r["tokens_per_s"] / base["a"]
-            r["speedup_vs_b"] = r["tokens_per_s"] / base["b"]
+            r["speedup_vs_a"] = r["tokens_per_s"] / base["a"] if "a" in base else None
+            r["speedup_vs_b"] = r["tokens_per_s"] / base["b"] if "b" in base else None
+            r["speedup_vs_ours_fp16"] = r["tokens_per_s"] / fp16 if fp16 else None
     results["fidelity"] = {k: v for k, v in fidelity.items() if "per protein" not in k and k != "lengths"}
     write(args.out_dir, card, results, fidelity)
-    if args.oom_check:
+    if args.oom_check and "bf16" in encoders:
         results["oom_check"] = oom_check(encoders["bf16"], data["reads150_45-50aa"])
         print(json.dumps(results["oom_check"]), flush=True)
         write(args.out_dir, card, results, fidelity)
@@ -240,19 +255,49 @@ def oom_check(enc: PackedESM2Encoder, proteins: list[str], free_gib: float = 40.
             "oom_split_batches": splits, "batches": enc.stats["batches"] - before["batches"]}
 
 
+def int8_matmul_ceiling(n: int = 8192, reps: int = 30) -> float:
+    """int8 n^3 TOP/s of our int8 GEMM (encoders/int8_triton.py; faster than torch._int_mm here)."""
+    from virnuc_hpc.encoders.int8_triton import int8_gemm
+
+    a = torch.randint(-127, 128, (n, n), device="cuda", dtype=torch.int8)
+    ones, zero = torch.ones(n, device="cuda"), torch.zeros(n, device="cuda", dtype=torch.float16)
+    for _ in range(5):
+        int8_gemm(a, ones, a, ones, zero, "none")
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        int8_gemm(a, ones, a, ones, zero, "none")
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    return 2 * n ** 3 / float(np.median(times)) / 1e12
+
+
+def mfu_int8(r: dict) -> str:
+    return f" ({r['mfu_int8']:.3f})" if "mfu_int8" in r else ""
+
+
+def ratio(value: float | None, digits: int) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
 def write(out_dir: Path, card: str, results: dict, fidelity: dict) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / f"esm2_throughput-{card}.json").write_text(json.dumps(results, indent=2))
     (out_dir / f"esm2_fidelity-{card}.json").write_text(json.dumps(fidelity, indent=1))
     lines = [f"# ESM-2 3B throughput on {results['card']}", "",
              f"torch {results['torch']}; bf16 8192^3 matmul ceiling {results['ceiling_tflops']:.1f} TFLOP/s "
-             f"(same process). MFU = (5.66 GFLOP/token + 0.37 MFLOP/token/position) / ceiling.", ""]
+             f"(same process). MFU = (5.66 GFLOP/token + 0.37 MFLOP/token/position) / ceiling."
+             + (f" int8 rows: MFU against the bf16 ceiling (fp16-equivalent) and, in brackets, against our int8 "
+                f"GEMM's 8192^3 ceiling measured in the same run, {results['int8_ceiling_tops']:.0f} TOP/s."
+                if results.get("int8_ceiling_tops") else ""), ""]
     for name, rows in results["workloads"].items():
         lines += [f"## {name}", "", "| config | proteins | tokens/s | proteins/s | MFU | peak act. GiB | "
-                  "x vs a | x vs b |", "|---|---|---|---|---|---|---|---|"]
+                  "x vs a | x vs b | x vs ours fp16 |", "|---|---|---|---|---|---|---|---|---|"]
         lines += [f"| {r['config']} | {r['proteins']} | {r['tokens_per_s']:,.0f} | {r['proteins_per_s']:,.0f} | "
-                  f"{r['mfu']:.3f} | {r['peak_activation_gib']:.1f} | {r['speedup_vs_a']:.1f} | "
-                  f"{r['speedup_vs_b']:.2f} |" for r in rows]
+                  f"{r['mfu']:.3f}{mfu_int8(r)} | {r['peak_activation_gib']:.1f} | {ratio(r['speedup_vs_a'], 1)} | "
+                  f"{ratio(r['speedup_vs_b'], 2)} | {ratio(r.get('speedup_vs_ours_fp16'), 3)} |" for r in rows]
         lines.append("")
     lines += ["## Fidelity vs fair-esm fp32 (cosine per protein, lengths 1-1022)", "",
               "| config | min | median | proteins < 0.999 |", "|---|---|---|---|"]

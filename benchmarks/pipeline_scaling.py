@@ -3,11 +3,13 @@
 Random-weight models of the real sizes (ESM-2 3B, DNABERT-S, VirNucPro MLP) in the real file formats;
 compute cost does not depend on weight values, so the timings are real (the calls are not).
 
-    python benchmarks/pipeline_scaling.py --reads 120000 --gpus 1,2,4
+    python benchmarks/pipeline_scaling.py --reads 120000 --gpus 1,2,4 [--precision fp16,int8]
 
 Synthetic reads: 150-bp reads mixing coding-like sequence (one stop-free frame by construction) and
 random sequence so that about 0.8 stop-free frames come per read, as in real metagenomic reads;
-`--read-length 500` for 500-bp reads. Prints wall time, per-stage time, startup (cluster start plus
+`--read-length 500` for 500-bp reads. `--precision` takes a comma-separated list: every precision
+runs every GPU count in the same call, and each row gets its speed relative to the first precision's
+row with the same GPUs ("vs first"). Prints wall time, per-stage time, startup (cluster start plus
 the part of model load + compile not hidden behind reading the input), embed-stage tokens/s,
 scaling efficiency (end to end without startup, and of the embed stage), how busy the GPUs were in
 the steady state (device lock held, an upper bound, and NVML utilization), and a model of the
@@ -63,12 +65,13 @@ def make_models(root: Path) -> dict[str, str]:
     return {k: str(v) for k, v in paths.items()}
 
 
-def one_run(fasta: Path, outdir: Path, models: dict[str, str], gpus: int, args: argparse.Namespace) -> dict:
+def one_run(fasta: Path, outdir: Path, models: dict[str, str], gpus: int, args: argparse.Namespace,
+            precision: str) -> dict:
     import virnuc_hpc
     config = virnuc_hpc.load_config(overrides={
         "esm2_model": models["esm2"], "dnabert_model": models["dnabert"],
         "classifier": models["classifier"], "expected_length": 300 if args.read_length <= 300 else 500,
-        "device": args.device, "workers": gpus, "precision": args.precision, "bag_size": args.bag_size,
+        "device": args.device, "workers": gpus, "precision": precision, "bag_size": args.bag_size,
         "engine": args.engine, "progress": False, "dashboard_address": "127.0.0.1:0"})
     shutil.rmtree(outdir, ignore_errors=True)  # never resume an earlier benchmark's bags
     t0 = time.perf_counter()
@@ -83,7 +86,7 @@ def one_run(fasta: Path, outdir: Path, models: dict[str, str], gpus: int, args: 
             if w.get("gpu_utilization_steady") is not None]
     embed = result.seconds.get("embed_classify", 0.0)
     return {
-        "gpus": gpus, "wall_s": wall, "stages_s": result.seconds, "frames": result.counts["frames"],
+        "gpus": gpus, "precision": precision, "wall_s": wall, "stages_s": result.seconds, "frames": result.counts["frames"],
         "reads": result.counts["reads"], "esm_tokens": tokens,
         "embed_stage_tokens_per_s": tokens / embed if embed else None,
         "device_busy_steady_min": min(busy) if busy else None,
@@ -125,6 +128,10 @@ def model_1m_reads(r: dict) -> float:
             + (st["embed_classify"] + st.get("finalize", 0.0)) * k + st.get("cluster_stop", 0.0) + rest)
 
 
+def startup_free(r: dict) -> float:
+    return r["wall_s"] - startup_of(r)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reads", type=int, default=120_000)
@@ -132,7 +139,7 @@ def main() -> None:
     parser.add_argument("--coding-fraction", type=float, default=0.26,
                         help="share of coding-like reads; 0.26 gives ~0.8 open frames per 150-bp read")
     parser.add_argument("--gpus", default="1,2,4")
-    parser.add_argument("--precision", default="auto")
+    parser.add_argument("--precision", default="auto", help="one precision or several, comma-separated")
     parser.add_argument("--device", default="cuda", help="cpu with --demo-models: a quick smoke run")
     parser.add_argument("--demo-models", action="store_true", help="tiny random models (smoke run)")
     parser.add_argument("--engine", default="native", choices=["native", "deepspeed"])
@@ -156,25 +163,28 @@ def main() -> None:
               else make_models(args.workdir / "models"))
     prep = time.perf_counter() - t0
 
-    cold = None
-    if args.warm_reads:
-        small = args.workdir / f"warm_{args.warm_reads}_{args.read_length}.fa"
-        synthetic_reads(small, args.warm_reads, args.read_length, args.coding_fraction, seed=1)
-        warm = one_run(small, args.workdir / "out_warm", models, 1, args)
-        cold = {"startup_s": startup_of(warm), "model_load_on_workers_s": warm["model_load_on_workers_s"]}
-        print("cold start (fills the compile cache):", json.dumps(cold), flush=True)
-
-    runs = []
-    for gpus in gpu_counts:
-        runs.append(one_run(fasta, args.workdir / f"out_{gpus}gpu", models, gpus, args))
-        print(json.dumps(runs[-1]), flush=True)
-    base = runs[0]
+    cold, runs = {}, []
+    precisions = args.precision.split(",")
+    for precision in precisions:
+        if args.warm_reads:
+            small = args.workdir / f"warm_{args.warm_reads}_{args.read_length}.fa"
+            synthetic_reads(small, args.warm_reads, args.read_length, args.coding_fraction, seed=1)
+            warm = one_run(small, args.workdir / "out_warm", models, 1, args, precision)
+            cold[precision] = {"startup_s": startup_of(warm), "model_load_on_workers_s": warm["model_load_on_workers_s"]}
+            print(f"cold start, {precision} (fills the compile cache):", json.dumps(cold[precision]), flush=True)
+        for gpus in gpu_counts:
+            runs.append(one_run(fasta, args.workdir / f"out_{gpus}gpu", models, gpus, args, precision))
+            print(json.dumps(runs[-1]), flush=True)
     for r in runs:
+        base = next(b for b in runs if b["precision"] == r["precision"])  # this precision's fewest GPUs
+        first = next(b for b in runs if b["gpus"] == r["gpus"])          # the first precision, same GPUs
+        r["wall_vs_first_precision"] = first["wall_s"] / r["wall_s"]
+        r["embed_vs_first_precision"] = first["stages_s"]["embed_classify"] / r["stages_s"]["embed_classify"]
         r["startup_s"] = startup_of(r)
         r["end_to_end_excl_startup_s"] = r["wall_s"] - r["startup_s"]
         r["speedup_wall"] = base["wall_s"] / r["wall_s"]
         r["scaling_efficiency_wall"] = r["speedup_wall"] * base["gpus"] / r["gpus"]
-        r["scaling_efficiency_end_to_end"] = (base["end_to_end_excl_startup_s"] / r["end_to_end_excl_startup_s"]
+        r["scaling_efficiency_end_to_end"] = (startup_free(base) / r["end_to_end_excl_startup_s"]
                                               * base["gpus"] / r["gpus"])
         # the embedding stage alone
         r["speedup_embed_stage"] = base["stages_s"]["embed_classify"] / r["stages_s"]["embed_classify"]
@@ -195,18 +205,19 @@ def main() -> None:
     stem.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n")
     lines = [f"# pipeline_scaling on {n_visible}x {card}, {args.reads:,} reads of {args.read_length} bp, "
              f"engine {args.engine}, precision {args.precision}", "",
-             "| GPUs | wall s | startup s | embed s | ESM tok/s (embed) | eff. end-to-end | eff. embed "
-             "| busy (lock) min | GPU util (NVML) min | 1M reads, modelled (min) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| precision | GPUs | wall s | startup s | embed s | ESM tok/s (embed) | embed vs first | eff. end-to-end "
+             "| eff. embed | busy (lock) min | GPU util (NVML) min | 1M reads, modelled (min) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
         util = r["gpu_util_nvml_steady_min"]
-        lines.append(f"| {r['gpus']} | {r['wall_s']:.1f} | {r['startup_s']:.1f} | "
+        lines.append(f"| {r['precision']} | {r['gpus']} | {r['wall_s']:.1f} | {r['startup_s']:.1f} | "
                      f"{r['stages_s']['embed_classify']:.1f} | {r['embed_stage_tokens_per_s']:,.0f} | "
+                     f"{r['embed_vs_first_precision']:.2f}x | "
                      f"{r['scaling_efficiency_end_to_end']:.2f} | {r['scaling_efficiency_embed_stage']:.2f} | "
                      f"{(r['device_busy_steady_min'] or 0):.3f} | {'-' if util is None else f'{util:.3f}'} | "
                      f"{r['modelled_1M_reads_min']:.1f} |")
-    if cold:
-        lines += ["", f"Cold start (empty compile cache, first run on the node): {cold['startup_s']:.1f} s; "
+    for precision, c in cold.items():
+        lines += ["", f"Cold start, {precision} (empty compile cache, first run on the node): {c['startup_s']:.1f} s; "
                   "timed runs start with the cache filled."]
     lines += ["", "startup: everything before the first bag (cluster start, and model load + compile on "
               "the workers, which the client's reading of the input overlaps). eff. end-to-end: wall "

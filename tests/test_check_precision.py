@@ -28,7 +28,7 @@ from virnuc_hpc.runtime.precision_check import (
 
 NUMBER = r"(\d+\.\d+)"
 COSINES = rf"\s+{NUMBER}" * 4
-TABLE_ROW = re.compile(rf"^(fp32|fp16|bf16){COSINES}\s+(\S+)\s+([\d,.]+)\s+([\d.]+)x$")
+TABLE_ROW = re.compile(rf"^(fp32|fp16|bf16|int8){COSINES}\s+(\S+)\s+([\d,.]+)\s+([\d.]+)x$")
 
 
 def parse_table(stdout: str) -> dict[str, dict[str, float | str]]:
@@ -40,7 +40,7 @@ def parse_table(stdout: str) -> dict[str, dict[str, float | str]]:
             rows[name] = {"dna_min": float(dmin), "dna_median": float(dmed), "esm_min": float(emin),
                           "esm_median": float(emed), "labels": labels,
                           "speed": float(speed.replace(",", "")), "ratio": float(ratio)}
-        elif match := re.match(r"^(fp16|bf16)\s+not run: (.+)$", line):
+        elif match := re.match(r"^(fp16|bf16|int8)\s+not run: (.+)$", line):
             rows[match[1]] = {"refused": match[2]}
     return rows
 
@@ -48,23 +48,26 @@ def parse_table(stdout: str) -> dict[str, dict[str, float | str]]:
 # --- the command on the demo models (CPU) ------------------------------------------------------
 
 def test_demo_check_prints_the_table(demo_cache: Path) -> None:
-    """The issue's bar: the default precisions (fp16, bf16) on the demo preset, on CPU."""
+    """The issue's bar: the default precisions (fp16, bf16, int8) on the demo preset, on CPU."""
     proc = cli("check-precision", str(DEMO_FASTA), "--preset", "demo")
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr, proc.stderr
     assert "RANDOM WEIGHTS" in proc.stdout and "tell nothing about real activations" in proc.stdout
     rows = parse_table(proc.stdout)
-    assert set(rows) == {"fp32", "fp16", "bf16"}, proc.stdout
+    assert set(rows) == {"fp32", "fp16", "bf16", "int8"}, proc.stdout
     fp32 = rows["fp32"]
     assert [fp32[k] for k in ("dna_min", "dna_median", "esm_min", "esm_median")] == [1.0] * 4
     assert fp32["labels"] == "100.00%" and fp32["ratio"] == 1.0 and float(fp32["speed"]) > 0
-    bf16 = rows["bf16"]
-    for encoder in ("dna", "esm"):
-        assert 0 < float(bf16[f"{encoder}_min"]) <= float(bf16[f"{encoder}_median"]) <= 1.0
-    assert 0 <= float(str(bf16["labels"]).rstrip("%")) <= 100
+    for name in ("bf16", "int8"):
+        row = rows[name]
+        for encoder in ("dna", "esm"):
+            assert 0 < float(row[f"{encoder}_min"]) <= float(row[f"{encoder}_median"]) <= 1.0
+        assert 0 <= float(str(row["labels"]).rstrip("%")) <= 100
+    # int8 quantises ESM-2 only: on CPU DNABERT-S runs its fp32 self, ESM-2 moves but stays close
+    assert rows["int8"]["dna_min"] == 1.0 and 0.999 < float(rows["int8"]["esm_min"]) < 1.0
     assert "not supported on CPU" in str(rows["fp16"]["refused"])  # refused by devices.py: a row
     recommended = re.search(r"^recommended: (\w+)", proc.stdout, re.M)
-    assert recommended and recommended[1] in ("fp32", "bf16"), proc.stdout
+    assert recommended and recommended[1] in ("fp32", "bf16", "int8"), proc.stdout
 
 
 def test_check_without_classifier_leaves_labels_out(demo_cache: Path) -> None:
@@ -86,7 +89,7 @@ def test_invalid_precisions_exit_2(tmp_path: Path) -> None:
     proc = cli("check-precision", str(DEMO_FASTA), "--preset", "demo", "--precisions", "fp16,int4")
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.startswith("virnuc-hpc: error: "), proc.stderr
-    assert "unknown precision 'int4'" in proc.stderr and "fp16, bf16" in proc.stderr
+    assert "unknown precision 'int4'" in proc.stderr and "fp16, bf16, int8" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 
@@ -103,7 +106,7 @@ def test_parse_precisions() -> None:
     assert parse_precisions(" BF16 , fp16,bf16") == ("bf16", "fp16")
     assert parse_precisions("fp32,bf16") == ("bf16",)  # fp32 is the reference anyway
     for bad in ("", ",", "fp8", "auto", "fp16;bf16"):
-        with pytest.raises(ConfigError, match="comma-separated list of fp16, bf16"):
+        with pytest.raises(ConfigError, match="comma-separated list of fp16, bf16, int8"):
             parse_precisions(bad)
 
 

@@ -59,7 +59,7 @@ def test_every_field_is_an_option_with_the_fields_help(command: click.Command):
 
 def test_choices_are_the_fields_values():
     options = options_of(cli.predict)
-    assert list(options["precision"].type.choices) == ["auto", "fp32", "fp16", "bf16"]
+    assert list(options["precision"].type.choices) == ["auto", "fp32", "fp16", "bf16", "int8"]
     assert list(options["dnabert_layout"].type.choices) == ["auto", "packed", "padded"]
     assert options["progress"].secondary_opts == ["--no-progress"]
 

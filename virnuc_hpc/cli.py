@@ -430,16 +430,16 @@ def _check_precision_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 @click.argument("inputs", nargs=-1, type=click.Path(dir_okay=False))
 @click.option("--sample", type=click.IntRange(min=1), default=2000, show_default=True,
               help="Reads taken from the start of the inputs.")
-@click.option("--precisions", default="fp16,bf16", show_default=True,
-              help="Precisions compared with fp32, comma-separated (fp16, bf16).")
+@click.option("--precisions", default="fp16,bf16,int8", show_default=True,
+              help="Precisions compared with fp32, comma-separated (fp16, bf16, int8).")
 @_check_precision_options
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
               help="YAML file with any configuration keys.")
 @click.option("--preset", help="Named configuration shipped with virnuc-hpc (configs/; e.g. demo).")
 def check_precision(inputs: tuple[str, ...], sample: int, precisions: str, config_file: str | None,
                     preset: str | None, **overrides: Any) -> None:
-    """Compare fp16/bf16 with fp32 on a sample of your reads and your models: cosine per encoder,
-    equal labels, speed; recommends the fastest precision that keeps them."""
+    """Compare fp16/bf16/int8 with fp32 on a sample of your reads and your models: cosine per
+    encoder, equal labels, speed; recommends the fastest precision that keeps them."""
     from virnuc_hpc.runtime import precision_check as check
 
     try:

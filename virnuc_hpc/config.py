@@ -61,8 +61,10 @@ class RunConfig(BaseModel):
     classifier: str | None = Field(None, description="VirNucPro classifier (.pth); none for embed-only runs")
     esm2_model: str = Field("esm2_t36_3B_UR50D", description="ESM-2 checkpoint path or fair-esm name")
     dnabert_model: str = Field("zhihan1996/DNABERT-S", description="DNABERT-S directory or hub id")
-    precision: Literal["auto", "fp32", "fp16", "bf16"] = Field(
-        "auto", description="auto (fp32 on CPU, fp16 on GPU), fp32, fp16 or bf16")
+    precision: Literal["auto", "fp32", "fp16", "bf16", "int8"] = Field(
+        "auto", description="auto (fp32 on CPU, fp16 on GPU), fp32, fp16, bf16 or int8 (ESM-2's linear "
+                            "layers in int8, the rest fp16: faster; check it on your models first with "
+                            "check-precision; README, 'Precision and inference engines')")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto, cpu or cuda")
     engine: Literal["native", "deepspeed"] = Field(
         "native", description="native: our PyTorch modules; deepspeed: the same modules inside DeepSpeed's "
@@ -169,6 +171,8 @@ class RunConfig(BaseModel):
 
     @model_validator(mode="after")
     def _offload_needs_deepspeed(self) -> "RunConfig":
+        if self.precision == "int8" and self.engine == "deepspeed":
+            raise ValueError("precision: int8 runs on engine: native only (its int8 kernels are ours)")
         if self.zero_offload != "none" and self.engine != "deepspeed":
             raise ValueError(f"zero_offload: {self.zero_offload} needs engine: deepspeed")
         if self.zero_offload == "nvme" and not self.nvme_path:

@@ -29,8 +29,10 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     98.7% (a random classifier, most frames near P = 0.5): fp16 is the one that meets the bar."""
     if precision == "auto":
         return "fp32" if device.type == "cpu" else "fp16"
+    if precision == "int8":
+        return precision
     if precision not in _DTYPES:
-        raise ConfigError(f"unknown precision {precision!r}; choose fp32, fp16, bf16 or auto")
+        raise ConfigError(f"unknown precision {precision!r}; choose fp32, fp16, bf16, int8 or auto")
     if precision == "fp16" and device.type == "cpu":
         raise ConfigError("fp16 is not supported on CPU; use fp32 or bf16")
     return precision
@@ -38,3 +40,11 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
 def dtype_of(precision: str) -> torch.dtype:
     return _DTYPES[precision]
+
+
+def activation_precision(precision: str, device: torch.device) -> str:
+    """The float precision everything but ESM-2's int8 GEMMs runs in: "int8" quantises only ESM-2's
+    linear layers, around fp16 activations on a GPU (DNABERT-S runs fp16) and fp32 ones on CPU."""
+    if precision != "int8":
+        return precision
+    return "fp16" if device.type == "cuda" else "fp32"

@@ -16,6 +16,9 @@ The maths is the padded ESM2 module's (encoders/esm2.py), reading the same param
 - pooling is a segment mean on the GPU over residue positions 1..min(L, 1024);
 - one deliberate difference in fp16/bf16 on a GPU: fc1's GELU runs in the GEMM epilogue in its tanh
   form (within 5e-4 of erf, below half precision's resolution; fp32 keeps erf).
+With precision "int8" the same forward runs its linear layers as int8 GEMMs (encoders/int8.py): q, k
+and v become one GEMM, each activation is quantised per token in the graph that makes it, and fc1's
+GELU runs in the int8 kernel's epilogue (tanh form like fp16's unless exact_gelu, then erf).
 On CPU (tests, CI) the same packing runs with SDPA under a block-diagonal mask instead of a varlen
 kernel, so packing, positions and pooling are checked against the padded path without a GPU.
 """
@@ -31,6 +34,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .int8 import (Int8Weight, concat, int8_linear, int8_linear_absmax, layer_norm_quantized,
+                   quantize_rows, quantize_weight, quantize_with_absmax)
 from .batching import Harvest, InFlight, copy_to_host, pack_sizes, to_device
 from .esm2 import (
     CLS, EOS, MASK, PAD, POOL_LIMIT, ESM2, ESM2Encoder, mean_residues, pad_batch, plan_batches,
@@ -312,26 +317,88 @@ def ffn_then_next_inputs(x: torch.Tensor, attn: torch.Tensor, wo: torch.Tensor, 
     return (x, *attention_inputs(x, cos, sin, ln_w, ln_b, wq, bq, wk, bk, wv, bv, heads, eps1))
 
 
+# --- int8 (precision "int8"): the same two halves with quantised linear layers (encoders/int8.py) ----------
+# Same positional layout as the fp16/bf16 functions above, so PackedESM2 calls either set alike. Each
+# activation is quantised inside the graph that makes it, so the quantisation fuses into that kernel.
+
+
+def attention_inputs_int8(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, ln_w: torch.Tensor,
+                          ln_b: torch.Tensor, wqkv: torch.Tensor, sqkv: torch.Tensor, bqkv: torch.Tensor,
+                          heads: int, eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """LN1 quantised per token, one int8 GEMM for q, k and v together, rotary on q and k."""
+    qkv = int8_linear(*layer_norm_quantized(x, ln_w, ln_b, eps), wqkv, sqkv, bqkv)
+    shape = (x.shape[0], heads, x.shape[1] // heads)
+    q, k, v = (part.reshape(shape) for part in qkv.split(x.shape[1], dim=1))
+    return _rotate(q, cos, sin), _rotate(k, cos, sin), v
+
+
+def attention_output_and_ffn_int8(x: torch.Tensor, attn: torch.Tensor, wo: torch.Tensor, so: torch.Tensor,
+                                  bo: torch.Tensor, ln_w: torch.Tensor, ln_b: torch.Tensor, w1: torch.Tensor,
+                                  s1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, s2: torch.Tensor,
+                                  b2: torch.Tensor, eps: float, gelu_epilogue: bool = False) -> torch.Tensor:
+    """x + out_proj(attn), then x + fc2(gelu(fc1(LN2(x)))), every GEMM int8. The GELU runs in fc1's
+    epilogue either way: its tanh form with `gelu_epilogue` (as fp16), else the exact erf form."""
+    x = x + int8_linear(*quantize_rows(attn.flatten(1)), wo, so, bo)
+    g, g_max = int8_linear_absmax(*layer_norm_quantized(x, ln_w, ln_b, eps), w1, s1, b1,
+                                       "tanh" if gelu_epilogue else "erf")
+    return x + int8_linear(*quantize_with_absmax(g, g_max), w2, s2, b2)
+
+
+def ffn_then_next_inputs_int8(x: torch.Tensor, attn: torch.Tensor, wo: torch.Tensor, so: torch.Tensor,
+                              bo: torch.Tensor, ln2_w: torch.Tensor, ln2_b: torch.Tensor, w1: torch.Tensor,
+                              s1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, s2: torch.Tensor,
+                              b2: torch.Tensor, eps2: float, gelu_epilogue: bool, cos: torch.Tensor,
+                              sin: torch.Tensor, ln_w: torch.Tensor, ln_b: torch.Tensor, wqkv: torch.Tensor,
+                              sqkv: torch.Tensor, bqkv: torch.Tensor, heads: int, eps1: float
+                              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """ffn_then_next_inputs with int8 GEMMs: the residual add, LN1 and its quantisation fuse."""
+    x = attention_output_and_ffn_int8(x, attn, wo, so, bo, ln2_w, ln2_b, w1, s1, b1, w2, s2, b2, eps2,
+                                      gelu_epilogue)
+    return (x, *attention_inputs_int8(x, cos, sin, ln_w, ln_b, wqkv, sqkv, bqkv, heads, eps1))
+
+
+def _layer_weights(layer: torch.nn.Module) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
+    """(input half, output half) arguments of one layer for the fp16/bf16 graphs."""
+    attn = layer.self_attn
+    return (tuple(p.detach() for p in (
+        layer.self_attn_layer_norm.weight, layer.self_attn_layer_norm.bias, attn.q_proj.weight,
+        attn.q_proj.bias, attn.k_proj.weight, attn.k_proj.bias, attn.v_proj.weight, attn.v_proj.bias)),
+        tuple(p.detach() for p in (
+            attn.out_proj.weight, attn.out_proj.bias, layer.final_layer_norm.weight, layer.final_layer_norm.bias,
+            layer.fc1.weight, layer.fc1.bias, layer.fc2.weight, layer.fc2.bias)))
+
+
+def _layer_weights_int8(layer: torch.nn.Module, dtype: torch.dtype
+                        ) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
+    """(input half, output half) arguments of one layer for the int8 graphs, quantised now."""
+    attn = layer.self_attn
+
+    def q(lin: torch.nn.Linear) -> Int8Weight:
+        return quantize_weight(lin.weight, lin.bias, dtype)
+
+    ln1, ln2 = layer.self_attn_layer_norm, layer.final_layer_norm
+    qkv = concat([q(attn.q_proj), q(attn.k_proj), q(attn.v_proj)])
+    return ((ln1.weight.detach(), ln1.bias.detach(), *qkv.tensors()),
+            (*q(attn.out_proj).tensors(), ln2.weight.detach(), ln2.bias.detach(), *q(layer.fc1).tensors(),
+             *q(layer.fc2).tensors()))
+
+
 class PackedESM2:
-    """Packed forward over an ESM2 module's parameters (shared, not copied)."""
+    """Packed forward over an ESM2 module's parameters (shared, not copied; int8 copies when quantised)."""
 
     def __init__(self, model: ESM2, attention: str, compile_layers: bool, max_shapes: int = 32, *,
-                 gelu_epilogue: bool = False, dynamic: bool = False):
+                 gelu_epilogue: bool = False, dynamic: bool = False, quantized: bool = False):
         self.model, self.attend = model, ATTENTION[attention]
-        self.gelu_epilogue, self.dynamic = gelu_epilogue, dynamic
+        self.gelu_epilogue, self.dynamic, self.quantized = gelu_epilogue, dynamic, quantized
         self.heads = model.attention_heads
         self._inv_freq = model.inv_freq.to(model.embed_tokens.weight.device)
-        self._in_weights = [tuple(p.detach() for p in (
-            layer.self_attn_layer_norm.weight, layer.self_attn_layer_norm.bias,
-            layer.self_attn.q_proj.weight, layer.self_attn.q_proj.bias,
-            layer.self_attn.k_proj.weight, layer.self_attn.k_proj.bias,
-            layer.self_attn.v_proj.weight, layer.self_attn.v_proj.bias)) for layer in model.layers]
-        self._out_weights = [tuple(p.detach() for p in (
-            layer.self_attn.out_proj.weight, layer.self_attn.out_proj.bias,
-            layer.final_layer_norm.weight, layer.final_layer_norm.bias,
-            layer.fc1.weight, layer.fc1.bias, layer.fc2.weight, layer.fc2.bias)) for layer in model.layers]
+        halves = [_layer_weights_int8(layer, self.dtype) if quantized else _layer_weights(layer)
+                  for layer in model.layers]
+        self._in_weights = [h[0] for h in halves]
+        self._out_weights = [h[1] for h in halves]
         self._eps = [(layer.self_attn_layer_norm.eps, layer.final_layer_norm.eps) for layer in model.layers]
-        graphs = (attention_inputs, ffn_then_next_inputs, attention_output_and_ffn)
+        graphs = ((attention_inputs_int8, ffn_then_next_inputs_int8, attention_output_and_ffn_int8) if quantized
+                  else (attention_inputs, ffn_then_next_inputs, attention_output_and_ffn))
         if compile_layers:
             from .compile import compile_dynamic, compile_static, configure_compile_cache
 
@@ -455,7 +522,8 @@ class PackedESM2Encoder(ESM2Encoder):
         self.gelu_epilogue, self.dynamic_shapes = gelu_epilogue, dynamic_shapes
         self.forward = PackedESM2(model, self.attention, self.compile_layers,
                                   max_shapes=3 * max_buckets(self.token_budget),
-                                  gelu_epilogue=gelu_epilogue, dynamic=dynamic_shapes)
+                                  gelu_epilogue=gelu_epilogue, dynamic=dynamic_shapes,
+                                  quantized=precision == "int8")
         self.runner: Callable[[DeviceProteinBatch], torch.Tensor] = self.forward
         self.stats["oom_split_batches"] = 0
         self._copy_stream = torch.cuda.Stream(device) if device.type == "cuda" else None
@@ -479,6 +547,8 @@ class PackedESM2Encoder(ESM2Encoder):
         With the node-shared compile cache a second worker on the node mostly reads the cache."""
         stats = dict(self.stats)
         sizes = [MIN_BUCKET, self.token_budget] if self.dynamic_shapes else bucket_sizes(self.token_budget)
+        if self.forward.quantized:  # the int8 GEMM tunes its tiles per power of two of the packed length
+            sizes = sorted(set(sizes) | {1 << n for n in range(6, self.token_budget.bit_length())})
         for size in sizes:  # 48 aa + BOS/EOS = 50 tokens each
             self.embed(["A" * 48] * max(1, size // 50))
         self.stats.update(stats)  # warm-up is not work done for the run

@@ -12,12 +12,15 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..devices import dtype_of, resolve_device, resolve_precision
+from ..devices import activation_precision, dtype_of, resolve_device, resolve_precision
+from ..errors import ConfigError
 from .dnabert import DNABERTEncoder, load_dnabert_parts
 from .esm2 import ESM2Encoder, load_esm2_model, model_name, resolve_esm2_checkpoint
 
 if TYPE_CHECKING:
     from .dnabert_packed import PackedDNABERTEncoder
+
+CPU_PACKED_TOKENS = 1024  # packed batch on CPU (int8 checks): its block-diagonal mask is T x T
 
 # The packed modules are imported on first use, as before the move: a CPU run never imports
 # FlexAttention.
@@ -31,7 +34,8 @@ def load_esm2(spec: str, device: str = "auto", precision: str = "auto",
     On a GPU in fp16/bf16 (with varlen attention available) the packed, compiled encoder of
     encoders/esm2_packed.py; otherwise (CPU, fp32) the padded reference path. Both have the same
     API; `max_tokens` is then the packed token budget (default: derived from free GPU memory), and
-    fc1's GELU runs in its GEMM's epilogue (tanh form) unless `exact_gelu`.
+    fc1's GELU runs in its GEMM's epilogue (tanh form) unless `exact_gelu`. Precision "int8" is
+    always the packed encoder with int8 linear layers (fp16 activations on a GPU, fp32 on CPU).
 
     `host_weights` leaves the weights in host memory and takes the padded path, whose every weight
     is read through a module's forward: for an engine that fetches them layer by layer (ZeRO-3
@@ -41,8 +45,20 @@ def load_esm2(spec: str, device: str = "auto", precision: str = "auto",
     path = resolve_esm2_checkpoint(spec, offline=offline)
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)
-    model = load_esm2_model(path, device="cpu" if host_weights else dev, dtype=dtype_of(prec))
+    if prec == "int8" and (host_weights or (dev.type == "cuda" and not varlen_available(dev))):
+        raise ConfigError("precision int8 needs the native engine on a GPU of compute capability >= 8.0 "
+                          "(or the CPU, for checking); use fp16 here")
+    model = load_esm2_model(path, device="cpu" if host_weights else dev,
+                            dtype=dtype_of(activation_precision(prec, dev)))
     name = model_name(spec, path)
+    if prec == "int8":  # quantised linear layers exist only in the packed forward (CPU: masked attention)
+        if dev.type == "cuda" and model.embed_dim % 16:
+            raise ConfigError(f"precision int8 needs a model width that is a multiple of 16 (the int8 "
+                              f"kernel's TMA rows); {name} has {model.embed_dim}")
+        if dev.type == "cpu":  # the CPU's masked attention is quadratic in the packed length
+            max_tokens = min(max_tokens or CPU_PACKED_TOKENS, CPU_PACKED_TOKENS)
+        return PackedESM2Encoder(model, name=name, device=dev, precision=prec, max_tokens=max_tokens,
+                                 path=path, gelu_epilogue=False if exact_gelu else None)
     if not host_weights and prec in ("fp16", "bf16") and varlen_available(dev):
         return PackedESM2Encoder(model, name=name, device=dev, precision=prec, max_tokens=max_tokens,
                                  path=path, gelu_epilogue=not exact_gelu)
@@ -70,7 +86,7 @@ def load_dnabert(spec: str, device: str = "auto", precision: str = "auto",
     otherwise the padded SDPA encoder of dnabert.py (CPU, CI, fp32 compat mode)."""
     model, tokenizer, weights = load_dnabert_parts(spec, offline=offline)
     dev = resolve_device(device)
-    prec = resolve_precision(precision, dev)
+    prec = activation_precision(resolve_precision(precision, dev), dev)  # int8 is ESM-2's alone
     if _use_packed_dnabert(dev, prec, layout):
         from .dnabert_packed import PackedDNABERTEncoder
         return PackedDNABERTEncoder(model, tokenizer, name=spec, weights=weights, device=str(dev),

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from ..devices import dtype_of, resolve_device, resolve_precision
+from ..errors import ConfigError
 from ..encoders.contract import Encoder
 
 if TYPE_CHECKING:
@@ -206,6 +207,8 @@ def load_deepspeed(spec: "ModelSpec") -> tuple[Encoder, Encoder]:
 
     device = resolve_device(spec.device)
     precision = resolve_precision(spec.precision, device)
+    if precision == "int8":
+        raise ConfigError("precision int8 runs on the native engine only (its int8 kernels are ours)")
     deepspeed = import_deepspeed(device)
     if spec.zero_offload == "none":
         esm2 = wrap_encoder(deepspeed, load_esm2(spec.esm2_path, device=str(device), precision=precision,

@@ -19,6 +19,9 @@ from virnuc_hpc.reads.sizing import estimate_file
 #: ESM-2 3B and DNABERT-S tokens/s of one GPU at fp16, end to end in the pipeline (H100/H200,
 #: benchmarks/results: pipeline_scaling and esm2_throughput); used only for the estimate.
 ESM2_3B_TOKENS_PER_S = 92_000
+#: precision int8: fp16's rate x 1.36, the ratio of the embed stages of two 1M-read CLI runs on one
+#: H200 (fp16 434.9 s, int8 319.2 s; benchmarks/results/cli_end_to_end-nvidia-h200-{run2,int8}.json)
+ESM2_3B_INT8_TOKENS_PER_S = 125_000
 DNABERT_S_TOKENS_PER_S = 1_400_000
 DNABERT_BASES_PER_TOKEN = 4.5  # DNABERT-S's BPE tokens are 4-5 bases on average
 
@@ -26,6 +29,12 @@ DNABERT_BASES_PER_TOKEN = 4.5  # DNABERT-S's BPE tokens are 4-5 bases on average
 #: 150-bp reads (README, "Features").
 OVERHEAD_BYTES_PER_FRAME = 160
 FEATURE_BYTES = {"float32": 4 * 3328, "float16": 2 * 3328, "none": 0}
+
+def gpu_seconds(protein_tokens: float, dna_bases: float, precision: str) -> float:
+    """One H100/H200's seconds for the ESM-2 3B tokens and DNABERT-S bases (int8: ESM-2's rate)."""
+    esm_rate = ESM2_3B_INT8_TOKENS_PER_S if precision == "int8" else ESM2_3B_TOKENS_PER_S
+    return protein_tokens / esm_rate + dna_bases / DNABERT_BASES_PER_TOKEN / DNABERT_S_TOKENS_PER_S
+
 
 def dry_run(inputs: Sequence[str], config: RunConfig, *, samplesheet: str | None = None,
             classify: bool = True) -> str:
@@ -49,7 +58,8 @@ def dry_run(inputs: Sequence[str], config: RunConfig, *, samplesheet: str | None
             rows.append(f"{sample.name:<16} {Path(file.path).name:<28} {'=' if e.exact else '~'}"
                         f"{reads:>13,.0f} {frames:>13,.0f} {bags:>6,}")
     per_frame = FEATURE_BYTES[config.features] + OVERHEAD_BYTES_PER_FRAME
-    gpu_s = totals["tokens"] / ESM2_3B_TOKENS_PER_S + totals["dna"] / DNABERT_BASES_PER_TOKEN / DNABERT_S_TOKENS_PER_S
+    int8 = config.precision == "int8"
+    gpu_s = gpu_seconds(totals["tokens"], totals["dna"], config.precision)
     lines = [
         "dry run: estimates from the head of each input (= exact, ~ extrapolated); nothing was computed",
         "",
@@ -62,7 +72,7 @@ def dry_run(inputs: Sequence[str], config: RunConfig, *, samplesheet: str | None
         f"bag files: about {per_frame * totals['frames'] / 1e9:,.2f} GB ({per_frame:,} bytes per frame "
         f"with features: {config.features}"
         f"{', before compression' if config.compression != 'none' else ''})",
-        f"GPU time with ESM-2 3B + DNABERT-S at fp16 on one H100/H200: about "
+        f"GPU time with ESM-2 3B + DNABERT-S at {'int8 (ESM-2)' if int8 else 'fp16'} on one H100/H200: about "
         f"{gpu_s / 60:,.1f} min ({gpu_s / 3600:,.2f} GPU hours; divide by the GPUs you use)",
     ]
     if not classify:

@@ -2,7 +2,8 @@
 
 Why a separate check: fidelity depends on the weights. Random weights (the demo models, the
 benchmarks) give activations unlike a trained model's, so what they show about fp16 or bf16 says
-nothing about real models. This embeds a sample of the user's reads with fp32 (the reference) and
+nothing about real models (int8 above all: its error depends on how outlying a trained model's
+activations are). This embeds a sample of the user's reads with fp32 (the reference) and
 with each faster precision, on the configured device, with the models a run would use, and states
 per precision the cosine to fp32 per encoder, the labels kept and the speed; then it recommends one.
 
@@ -30,8 +31,8 @@ log = logging.getLogger(__name__)
 
 REFERENCE = "fp32"
 #: Precisions the check can compare with fp32 (what RunConfig.precision offers, but "auto").
-CHECKABLE = ("fp16", "bf16")
-DEFAULT_PRECISIONS = ("fp16", "bf16")
+CHECKABLE = ("fp16", "bf16", "int8")
+DEFAULT_PRECISIONS = ("fp16", "bf16", "int8")
 DEFAULT_SAMPLE = 2000
 MIN_COSINE = 0.999          # per encoder, the worst frame of the sample
 MIN_EQUAL_LABELS = 99.9     # percent of frames whose classifier label is fp32's
@@ -83,7 +84,7 @@ class PrecisionReport:
 # --- pure maths -----------------------------------------------------------------------------------
 
 def parse_precisions(text: str) -> tuple[str, ...]:
-    """``"fp16,bf16"`` -> ("fp16", "bf16"): known names only, in order, once each; fp32 is always
+    """``"fp16,int8"`` -> ("fp16", "int8"): known names only, in order, once each; fp32 is always
     the reference, so naming it adds nothing."""
     names = [part.strip().lower() for part in text.split(",") if part.strip()]
     unknown = [n for n in names if n not in CHECKABLE and n != REFERENCE]

@@ -1,0 +1,153 @@
+"""Precision int8 (ESM-2's linear layers as int8 GEMMs): the quantisation, the GEMM's epilogue, the
+packed encoder against fp32, and the settings that must refuse it. GPU tests compare the Triton
+kernel with the CPU reference maths."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from virnuc_hpc.config import RunConfig
+from virnuc_hpc.devices import activation_precision, resolve_precision
+from virnuc_hpc.encoders import int8, load_dnabert, load_esm2
+from virnuc_hpc.encoders.esm2_packed import PackedESM2Encoder
+
+AMINO = np.array(list("ACDEFGHIKLMNPQRSTVWY"))
+
+
+def proteins(lengths: list[int], seed: int = 0) -> list[str]:
+    rng = np.random.default_rng(seed)
+    return ["".join(rng.choice(AMINO, n)) for n in lengths]
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+def test_weight_quantisation_is_per_output_channel() -> None:
+    torch.manual_seed(0)
+    w = torch.randn(6, 40) * torch.tensor([1e-3, 1.0, 5.0, 0.1, 30.0, 2.0])[:, None]
+    q = int8.quantize_weight(w, torch.zeros(6), torch.float32)
+    assert q.values.dtype == torch.int8 and q.values.is_contiguous()
+    assert (q.values.abs().amax(dim=1) == 127).all()          # every row uses its full range
+    back = q.values.float() * q.scale[:, None]
+    assert ((back - w).abs() <= q.scale[:, None] / 2 + 1e-7).all()  # rounding error at most half a step
+
+
+def test_row_quantisation_handles_zero_rows_and_extremes() -> None:
+    x = torch.tensor([[0.0, 0.0, 0.0], [1.0, -2.0, 0.5], [-1e4, 3.0, 1e4]])
+    values, scale = int8.quantize_rows(x)
+    assert torch.isfinite(scale).all() and (values[0] == 0).all()
+    assert values[1].tolist() == [64, -127, 32] and values[2, 0] == -127 and values[2, 2] == 127
+
+
+@pytest.mark.parametrize("gelu", ["none", "tanh", "erf"])
+def test_int8_linear_is_exact_integer_product_with_epilogue(gelu: str) -> None:
+    torch.manual_seed(1)
+    a = torch.randint(-127, 128, (37, 96), dtype=torch.int8)
+    w = torch.randint(-127, 128, (29, 96), dtype=torch.int8)
+    sa, sw, bias = torch.rand(37) * 1e-3, torch.rand(29) * 1e-3, torch.randn(29)
+    exact = (a.double() @ w.double().t()) * sa.double()[:, None] * sw.double() + bias.double()
+    if gelu != "none":
+        exact = F.gelu(exact, approximate="tanh" if gelu == "tanh" else "none")
+    got = torch.ops.virnuc_hpc.int8_linear(a, sa, w, sw, bias, gelu)
+    assert torch.allclose(got.double(), exact, rtol=1e-5, atol=1e-5)
+    out, absmax = torch.ops.virnuc_hpc.int8_linear_absmax(a, sa, w, sw, bias, gelu)
+    assert torch.equal(out, got) and torch.equal(absmax, got.abs().amax(dim=1))
+    # the row maxima give exactly the quantisation a reduction pass would
+    assert all(torch.equal(x, y) for x, y in zip(int8.quantize_with_absmax(out, absmax), int8.quantize_rows(out)))
+    with pytest.raises(ValueError, match="gelu must be one of"):
+        int8.dequantize(torch.zeros(2, 2, dtype=torch.int32), sa[:2], sw[:2], bias[:2], "relu")
+
+
+def test_quantised_linear_is_close_to_float() -> None:
+    torch.manual_seed(2)
+    x, w, b = torch.randn(64, 256), torch.randn(128, 256) / 16, torch.randn(128) / 10
+    got = int8.linear(x, int8.quantize_weight(w, b, torch.float32))
+    cos = F.cosine_similarity(got, F.linear(x, w, b), dim=1)
+    assert cos.min() > 0.999
+
+
+def test_precision_resolution() -> None:
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert resolve_precision("int8", cpu) == "int8"
+    assert activation_precision("int8", cpu) == "fp32" and activation_precision("int8", cuda) == "fp16"
+    assert activation_precision("bf16", cuda) == "bf16"
+
+
+def test_config_refuses_int8_on_deepspeed() -> None:
+    assert RunConfig(precision="int8").precision == "int8"
+    with pytest.raises(ValueError, match="int8 runs on engine: native"):
+        RunConfig(precision="int8", engine="deepspeed")
+
+
+@pytest.fixture(scope="module")
+def demo(demo_cache: Path):
+    from virnuc_hpc.models.demo import ensure_demo_models
+    return ensure_demo_models()
+
+
+def test_packed_int8_encoder_on_cpu_matches_fp32(demo) -> None:
+    """The int8 forward (masked attention, torch._int_mm) against the fp32 reference, lengths 1-1022,
+    rows in input order; and DNABERT-S under int8 is its fp32 self on CPU."""
+    esm2 = str(demo.esm2)
+    seqs = proteins([300, 1, 48, 1022, 2, 166, 50, 5, 45, 1000])
+    enc = load_esm2(esm2, device="cpu", precision="int8")
+    assert isinstance(enc, PackedESM2Encoder) and enc.forward.quantized and enc.token_budget <= 1024
+    ref = load_esm2(esm2, device="cpu", precision="fp32").embed(seqs)
+    got = enc.embed(seqs)
+    cos = cosine(got, ref)
+    assert cos.min() > 0.999, cos
+    assert np.abs(got - ref).max() > 0  # it really ran quantised
+    # rows land at their input index: a shuffled input gives the same rows shuffled
+    order = np.random.default_rng(3).permutation(len(seqs))
+    assert np.allclose(enc.embed([seqs[i] for i in order]), got[order], atol=1e-5)
+    dna = load_dnabert(str(demo.dnabert), device="cpu", precision="int8")
+    assert dna.precision == "fp32"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("m,k,n", [(1, 64, 32), (37, 96, 40), (300, 2560, 7680), (4099, 10240, 2560)])
+@pytest.mark.parametrize("gelu", ["none", "tanh", "erf"])
+def test_triton_kernel_equals_reference(m: int, k: int, n: int, gelu: str) -> None:
+    torch.manual_seed(m)
+    a = torch.randint(-127, 128, (m, k), dtype=torch.int8)
+    w = torch.randint(-127, 128, (n, k), dtype=torch.int8)
+    sa, sw = torch.rand(m) * 1e-3, torch.rand(n) * 1e-3
+    bias = torch.randn(n).half()
+    ref = int8.dequantize(torch._int_mm(a, w.t()), sa, sw, bias.float(), gelu)
+    got = torch.ops.virnuc_hpc.int8_linear(a.cuda(), sa.cuda(), w.cuda(), sw.cuda(), bias.cuda(), gelu)
+    assert got.dtype == torch.float16 and got.shape == (m, n)
+    assert torch.allclose(got.float().cpu(), ref, rtol=2e-3, atol=2e-3)
+    out, absmax = torch.ops.virnuc_hpc.int8_linear_absmax(a.cuda(), sa.cuda(), w.cuda(), sw.cuda(), bias.cuda(), gelu)
+    assert torch.equal(out, got)
+    assert torch.allclose(absmax.cpu(), ref.abs().amax(dim=1), rtol=2e-3, atol=2e-3)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_int8_encoder_matches_fp32(demo) -> None:
+    esm2 = str(demo.esm2)
+    seqs = proteins([1, 2, 5, 45, 48, 50, 60, 166, 300, 1022] * 20)
+    enc = load_esm2(esm2, device="cuda", precision="int8", max_tokens=4096)
+    assert isinstance(enc, PackedESM2Encoder) and enc.forward.quantized
+    cos = cosine(enc.embed(seqs), load_esm2(esm2, device="cuda", precision="fp32").embed(seqs))
+    assert cos.min() > 0.999, cos.min()
+
+
+def test_dry_run_estimates_int8_faster_than_fp16() -> None:
+    from virnuc_hpc.runtime.dryrun import dry_run, gpu_seconds
+
+    tokens, bases = 41.3e6, 150e6   # about 1M 150-bp reads
+    assert gpu_seconds(tokens, bases, "int8") < gpu_seconds(tokens, bases, "fp16")
+    assert gpu_seconds(tokens, 0, "fp16") / gpu_seconds(tokens, 0, "int8") == pytest.approx(125 / 92)
+    fasta = Path(__file__).resolve().parent.parent / "examples" / "demo.fasta"
+    for precision in ("fp16", "int8"):
+        text = dry_run([str(fasta)], RunConfig(expected_length=300, precision=precision))
+        line = next(x for x in text.splitlines() if x.startswith("GPU time"))
+        assert ("at int8 (ESM-2)" in line) == (precision == "int8"), line

@@ -1,0 +1,130 @@
+"""int8 linear layers for ESM-2 (precision "int8"): half the bytes and twice the tensor-core rate of fp16.
+
+Why: ESM-2 3B's linear layers are nearly all of its GPU time, and fp16 tensor cores were already at
+about 0.7 of their ceiling; Hopper's int8 tensor cores run about twice as fast. The scheme (the
+fidelity and speed measured in benchmarks/esm2_throughput.py; docs/precision.md):
+- weights are quantised once at load, symmetric, one scale per output channel (row of W);
+- activations are quantised per token (row), symmetric, by ``quantize_rows`` written as plain torch ops
+  inside the compiled layer graphs, so TorchInductor fuses it into the kernel that makes the
+  activation (the residual add + LayerNorm before q/k/v and fc1, the attention output before out_proj;
+  fc1's output, whose row maxima its GEMM already found, in one pointwise pass before fc2);
+- the GEMM ``int8_linear`` multiplies int8 x int8 into int32 and dequantises in its epilogue:
+  ``acc * row_scale * column_scale + bias``, optionally GELU (tanh form like the fp16 path's fused
+  epilogue, or erf with exact_gelu), written in the bias's dtype; for fc1 the epilogue also records
+  each row's max |value|, so fc2's input is quantised in one pointwise pass. On CUDA it is our Triton kernel (encoders/int8_triton.py); elsewhere torch._int_mm with the
+  same epilogue in torch, so CPU tests check the very maths the GPU runs (integer products are exact).
+Attention, LayerNorm statistics, rotary, the residual stream and pooling stay in fp16/fp32 as before.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+QMAX = 127          # symmetric int8: -127..127 (-128 unused, so that negation is exact)
+TINY = 1e-12        # scale floor: an all-zero row quantises to zeros, not NaN
+
+
+@dataclass(frozen=True)
+class Int8Weight:
+    """One quantised linear layer: W ~= values * scale[:, None]; bias kept in the activation dtype."""
+
+    values: Tensor   # (N, K) int8, contiguous
+    scale: Tensor    # (N,) float32
+    bias: Tensor     # (N,) activation dtype
+
+    def tensors(self) -> tuple[Tensor, Tensor, Tensor]:
+        return self.values, self.scale, self.bias
+
+
+def quantize_weight(weight: Tensor, bias: Tensor, dtype: torch.dtype) -> Int8Weight:
+    """Per-output-channel symmetric int8 of a (N, K) weight, computed in fp32."""
+    w = weight.detach().float()
+    scale = w.abs().amax(dim=1).clamp_min(TINY) / QMAX
+    values = torch.round(w / scale[:, None]).clamp_(-QMAX, QMAX).to(torch.int8).contiguous()
+    return Int8Weight(values, scale.contiguous(), bias.detach().to(dtype).contiguous())
+
+
+def concat(parts: list[Int8Weight]) -> Int8Weight:
+    """Stack layers that read the same input (q, k, v) into one wider GEMM; per-row scales stay valid."""
+    return Int8Weight(torch.cat([p.values for p in parts]).contiguous(),
+                      torch.cat([p.scale for p in parts]).contiguous(), torch.cat([p.bias for p in parts]).contiguous())
+
+
+def quantize_rows(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-row (per-token) symmetric int8 of a 2-D activation: (values int8, scale float32 (M,))."""
+    xf = x.float()
+    scale = xf.abs().amax(dim=-1).clamp_min(TINY) / QMAX
+    return torch.round(xf / scale[:, None]).clamp(-QMAX, QMAX).to(torch.int8), scale
+
+
+def layer_norm_quantized(x: Tensor, weight: Tensor, bias: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    """LayerNorm in fp32 (as layers.layer_norm_fp32) quantised per token straight from fp32."""
+    return quantize_rows(F.layer_norm(x.float(), (x.shape[-1],), weight, bias, eps))
+
+
+GELUS = ("none", "tanh", "erf")
+
+
+@torch.library.custom_op("virnuc_hpc::int8_linear", mutates_args=())
+def int8_linear(a: Tensor, a_scale: Tensor, w: Tensor, w_scale: Tensor, bias: Tensor,
+                gelu: str = "none") -> Tensor:
+    """gelu((a @ w.T) * a_scale[:, None] * w_scale + bias) in bias.dtype; gelu is "none", "tanh"
+    (the approximation) or "erf" (exact).
+
+    a (M, K) int8 per-row quantised, w (N, K) int8 per-row quantised. A custom op, so torch.compile
+    keeps it as one opaque call inside the layer graphs."""
+    if a.is_cuda:
+        from .int8_triton import int8_gemm
+
+        return int8_gemm(a, a_scale, w, w_scale, bias, gelu)[0]
+    return dequantize(torch._int_mm(a.contiguous(), w.t()), a_scale, w_scale, bias, gelu)
+
+
+@int8_linear.register_fake
+def _(a: Tensor, a_scale: Tensor, w: Tensor, w_scale: Tensor, bias: Tensor, gelu: str = "none") -> Tensor:
+    return a.new_empty((a.shape[0], w.shape[0]), dtype=bias.dtype)
+
+
+@torch.library.custom_op("virnuc_hpc::int8_linear_absmax", mutates_args=())
+def int8_linear_absmax(a: Tensor, a_scale: Tensor, w: Tensor, w_scale: Tensor, bias: Tensor,
+                       gelu: str = "none") -> tuple[Tensor, Tensor]:
+    """int8_linear and, from the same epilogue, each output row's max |value| (fp32): the next
+    GEMM's per-token scale without a reduction pass over the (wide) output."""
+    if a.is_cuda:
+        from .int8_triton import int8_gemm
+
+        return int8_gemm(a, a_scale, w, w_scale, bias, gelu, row_absmax=True)
+    out = dequantize(torch._int_mm(a.contiguous(), w.t()), a_scale, w_scale, bias, gelu)
+    return out, out.float().abs().amax(dim=1)
+
+
+@int8_linear_absmax.register_fake
+def _(a: Tensor, a_scale: Tensor, w: Tensor, w_scale: Tensor, bias: Tensor,
+      gelu: str = "none") -> tuple[Tensor, Tensor]:
+    return (a.new_empty((a.shape[0], w.shape[0]), dtype=bias.dtype),
+            a.new_empty((a.shape[0],), dtype=torch.float32))
+
+
+def quantize_with_absmax(x: Tensor, absmax: Tensor) -> tuple[Tensor, Tensor]:
+    """quantize_rows with the rows' max |x| already known (int8_linear_absmax): one pointwise pass."""
+    scale = absmax.clamp_min(TINY) / QMAX
+    return torch.round(x.float() / scale[:, None]).clamp(-QMAX, QMAX).to(torch.int8), scale
+
+
+def dequantize(acc: Tensor, a_scale: Tensor, w_scale: Tensor, bias: Tensor, gelu: str = "none") -> Tensor:
+    """The GEMM epilogue in torch (the reference for the Triton kernel's)."""
+    if gelu not in GELUS:
+        raise ValueError(f"gelu must be one of {GELUS}, not {gelu!r}")
+    y = acc.float() * a_scale[:, None] * w_scale[None, :] + bias.float()
+    if gelu != "none":
+        y = F.gelu(y, approximate="tanh" if gelu == "tanh" else "none")
+    return y.to(bias.dtype)
+
+
+def linear(x: Tensor, weight: Int8Weight, gelu: str = "none") -> Tensor:
+    """An fp activation through a quantised layer (quantisation unfused: for tests and small paths)."""
+    return int8_linear(*quantize_rows(x), *weight.tensors(), gelu)
