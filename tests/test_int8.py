@@ -110,6 +110,14 @@ def test_packed_int8_encoder_on_cpu_matches_fp32(demo) -> None:
     assert dna.precision == "fp32"
 
 
+def test_int8_refuses_host_weights(demo) -> None:
+    """ZeRO offload reads weights through module forwards, which have no int8 layers: refused, clearly."""
+    from virnuc_hpc.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="int8 needs the native engine"):
+        load_esm2(str(demo.esm2), device="cpu", precision="int8", host_weights=True)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("m,k,n", [(1, 64, 32), (37, 96, 40), (300, 2560, 7680), (4099, 10240, 2560)])

@@ -34,13 +34,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .int8 import (Int8Weight, concat, int8_linear, int8_linear_absmax, layer_norm_quantized,
-                   quantize_rows, quantize_weight, quantize_with_absmax)
 from .batching import Harvest, InFlight, copy_to_host, pack_sizes, to_device
 from .esm2 import (
     CLS, EOS, MASK, PAD, POOL_LIMIT, ESM2, ESM2Encoder, mean_residues, pad_batch, plan_batches,
     rotary_cos_sin, tokenize_many,
 )
+from .int8 import (Int8Weight, concat, int8_linear, int8_linear_absmax, layer_norm_quantized,
+                   quantize_rows, quantize_weight, quantize_with_absmax)
 from .layers import layer_norm_fp32
 
 # (T, H, hd) packed q/k/v and the batch's segments -> (T, H, hd): the packed form of layers.Attend
@@ -340,7 +340,7 @@ def attention_output_and_ffn_int8(x: torch.Tensor, attn: torch.Tensor, wo: torch
     epilogue either way: its tanh form with `gelu_epilogue` (as fp16), else the exact erf form."""
     x = x + int8_linear(*quantize_rows(attn.flatten(1)), wo, so, bo)
     g, g_max = int8_linear_absmax(*layer_norm_quantized(x, ln_w, ln_b, eps), w1, s1, b1,
-                                       "tanh" if gelu_epilogue else "erf")
+                                  "tanh" if gelu_epilogue else "erf")
     return x + int8_linear(*quantize_with_absmax(g, g_max), w2, s2, b2)
 
 
