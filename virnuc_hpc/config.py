@@ -170,7 +170,7 @@ class RunConfig(BaseModel):
         return self
 
     @model_validator(mode="after")
-    def _offload_needs_deepspeed(self) -> "RunConfig":
+    def _engine_options_fit(self) -> "RunConfig":
         if self.precision == "int8" and self.engine == "deepspeed":
             raise ValueError("precision: int8 runs on engine: native only (its int8 kernels are ours)")
         if self.zero_offload != "none" and self.engine != "deepspeed":

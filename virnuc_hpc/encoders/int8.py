@@ -11,8 +11,9 @@ fidelity and speed measured in benchmarks/esm2_throughput.py; docs/precision.md)
 - the GEMM ``int8_linear`` multiplies int8 x int8 into int32 and dequantises in its epilogue:
   ``acc * row_scale * column_scale + bias``, optionally GELU (tanh form like the fp16 path's fused
   epilogue, or erf with exact_gelu), written in the bias's dtype; for fc1 the epilogue also records
-  each row's max |value|, so fc2's input is quantised in one pointwise pass. On CUDA it is our Triton kernel (encoders/int8_triton.py); elsewhere torch._int_mm with the
-  same epilogue in torch, so CPU tests check the very maths the GPU runs (integer products are exact).
+  each row's max |value|, so fc2's input is quantised in one pointwise pass. On CUDA it is our
+  Triton kernel (encoders/int8_triton.py); elsewhere torch._int_mm with the same epilogue in torch,
+  so CPU tests check the very maths the GPU runs (integer products are exact).
 Attention, LayerNorm statistics, rotary, the residual stream and pooling stay in fp16/fp32 as before.
 """
 

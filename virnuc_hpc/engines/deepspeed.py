@@ -33,8 +33,8 @@ import torch
 from torch import nn
 
 from ..devices import dtype_of, resolve_device, resolve_precision
-from ..errors import ConfigError
 from ..encoders.contract import Encoder
+from ..errors import ConfigError
 
 if TYPE_CHECKING:
     from ..spec import ModelSpec
