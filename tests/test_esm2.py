@@ -1,5 +1,6 @@
 """ESM-2 encoder: fidelity to fair-esm 2.0.0 on random checkpoints of the released format, batching,
-precision fallbacks, and safe, explicit failures on bad model files (encoder-facts.md; virnucpro-compat.md 4, 7)."""
+precision fallbacks, and safe, explicit failures on bad model files (docs/encoder-facts.md; README,
+"Precision and inference engines")."""
 
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import csv
 import html
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -276,12 +276,9 @@ def _timeline_section(run: dict[str, Any]) -> str:
     if milestones:
         rows = [[f"<td>{esc(k)}</td>", f"<td class=\"num\">{v:.2f}</td>"] for k, v in milestones.items()]
         parts.append("<h3>Milestones (seconds from the start)</h3>" + _table(["milestone", "s"], rows))
-    timeline = run.get("bag_timeline")
-    if timeline:
-        parts.append("<h3>Bags on workers</h3>" + gantt_svg(timeline))
-    else:
-        parts.append("<p class=\"note\">This run.json records no start and end per bag: the stage "
-                     "seconds of the bags are shown summed per worker.</p>")
+    parts.append(_chart_or_note(run.get("bag_timeline"), "Bags on workers", gantt_svg,
+                                "This run.json records no start and end per bag: the stage seconds of "
+                                "the bags are shown summed per worker."))
     workers = {w: v.get("seconds", {}) for w, v in run.get("workers", {}).items()}
     if workers:
         parts.append("<h3>Bag stages per worker (seconds, summed over its bags)</h3>" + stacked_bars_svg(workers))
@@ -300,13 +297,15 @@ def _gpu_section(run: dict[str, Any]) -> str:
                              "GPU busy (NVML), after the first bag"], rows))
         parts.append("<p class=\"note\">The device lock's hold time is an upper bound on device busy; "
                      "NVML's figure is absent without a GPU.</p>")
-    series = run.get("gpu_utilization")
-    if series:
-        parts.append("<h3>GPU utilisation over time (NVML)</h3>" + line_chart_svg(series))
-    else:
-        parts.append("<p class=\"note\">No GPU utilisation time series is recorded in this run.json; "
-                     "the means above are what the run keeps.</p>")
+    parts.append(_chart_or_note(run.get("gpu_utilization"), "GPU utilisation over time (NVML)", line_chart_svg,
+                                "No GPU utilisation time series is recorded in this run.json; the means "
+                                "above are what the run keeps."))
     return "".join(parts)
+
+
+def _chart_or_note(data: Any, heading: str, draw: Callable[[Any], str], note: str) -> str:
+    """A chart under its heading when run.json has the data (older run.json files lack it), else the note."""
+    return f"<h3>{heading}</h3>" + draw(data) if data else f"<p class=\"note\">{note}</p>"
 
 
 def _percent(value: Any) -> str:
