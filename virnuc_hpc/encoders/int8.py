@@ -6,14 +6,14 @@ fidelity and speed measured in benchmarks/esm2_throughput.py; docs/precision.md)
 - weights are quantised once at load, symmetric, one scale per output channel (row of W);
 - activations are quantised per token (row), symmetric, by ``quantize_rows`` written as plain torch ops
   inside the compiled layer graphs, so TorchInductor fuses it into the kernel that makes the
-  activation (the residual add + LayerNorm before q/k/v and fc1, the attention output before out_proj;
-  fc1's output, whose row maxima its GEMM already found, in one pointwise pass before fc2);
+  activation (the residual add + LayerNorm before q/k/v and fc1, the attention output before out_proj);
 - the GEMM ``int8_linear`` multiplies int8 x int8 into int32 and dequantises in its epilogue:
   ``acc * row_scale * column_scale + bias``, optionally GELU (tanh form like the fp16 path's fused
   epilogue, or erf with exact_gelu), written in the bias's dtype; for fc1 the epilogue also records
-  each row's max |value|, so fc2's input is quantised in one pointwise pass. On CUDA it is our
-  Triton kernel (encoders/int8_triton.py); elsewhere torch._int_mm with the same epilogue in torch,
-  so CPU tests check the very maths the GPU runs (integer products are exact).
+  each row's max |value| (``int8_linear_absmax``), so fc2 (``int8_linear_scaled``) takes fc1's fp16
+  output and its scales and quantises each tile as it loads it: no pass over the widest activation.
+  On CUDA it is our Triton kernel (encoders/int8_triton.py); elsewhere torch._int_mm with the same
+  epilogue in torch, so CPU tests check the very maths the GPU runs (integer products are exact).
 Attention, LayerNorm statistics, rotary, the residual stream and pooling stay in fp16/fp32 as before.
 """
 
@@ -110,10 +110,30 @@ def _(a: Tensor, a_scale: Tensor, w: Tensor, w_scale: Tensor, bias: Tensor,
             a.new_empty((a.shape[0],), dtype=torch.float32))
 
 
-def quantize_with_absmax(x: Tensor, absmax: Tensor) -> tuple[Tensor, Tensor]:
-    """quantize_rows with the rows' max |x| already known (int8_linear_absmax): one pointwise pass."""
-    scale = absmax.clamp_min(TINY) / QMAX
-    return torch.round(x.float() / scale[:, None]).clamp(-QMAX, QMAX).to(torch.int8), scale
+def absmax_scale(absmax: Tensor) -> Tensor:
+    """The per-row scale of rows whose max |x| is known (int8_linear_absmax)."""
+    return absmax.clamp_min(TINY) / QMAX
+
+
+def quantize_scaled(x: Tensor, scale: Tensor) -> Tensor:
+    """Rows of x in int8 at given scales: rint(x * (1 / scale)), as int8_linear_scaled's kernel does."""
+    return torch.round(x.float() * (1.0 / scale)[:, None]).clamp(-QMAX, QMAX).to(torch.int8)
+
+
+@torch.library.custom_op("virnuc_hpc::int8_linear_scaled", mutates_args=())
+def int8_linear_scaled(x: Tensor, x_scale: Tensor, w: Tensor, w_scale: Tensor, bias: Tensor) -> Tensor:
+    """int8_linear of an fp16/bf16 ``x`` quantised per row at ``x_scale`` (quantize_scaled): on CUDA
+    inside the GEMM as it loads each tile of x, so x is read once and no int8 copy is written."""
+    if x.is_cuda:
+        from .int8_triton import int8_gemm
+
+        return int8_gemm(x, x_scale, w, w_scale, bias, "none")[0]
+    return int8_linear(quantize_scaled(x, x_scale), x_scale, w, w_scale, bias)
+
+
+@int8_linear_scaled.register_fake
+def _(x: Tensor, x_scale: Tensor, w: Tensor, w_scale: Tensor, bias: Tensor) -> Tensor:
+    return x.new_empty((x.shape[0], w.shape[0]), dtype=bias.dtype)
 
 
 def dequantize(acc: Tensor, a_scale: Tensor, w_scale: Tensor, bias: Tensor, gelu: str = "none") -> Tensor:

@@ -6,70 +6,63 @@ dequantised tile once. It is persistent (one program per SM walking the output t
 operands with TMA descriptors, which on Hopper ran 1.16x faster than one program per tile
 (benchmarks/int8_gemm_probe.py). Imported only on CUDA (Triton ships with CUDA builds of torch).
 
-Tile shapes are autotuned per (N, K) and per power-of-two bucket of M, so the many packed lengths of
-a run share a handful of tunings.
+Tile shapes follow a fixed rule (``pick_tile``) measured on an H200 for every power-of-two packed
+length (benchmarks/int8_tiles.py) rather than Triton's autotuner: autotuning ~40 (shape, length)
+pairs and compiling every candidate cost a cold start 30 s, for tiles the rule picks anyway.
 """
 
 from __future__ import annotations
 
-import inspect
+from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra import libdevice
 from triton.tools.tensor_descriptor import TensorDescriptor
 
 GELU_CODES = {"none": 0, "tanh": 1, "erf": 2}
 
 
-def _set_block_shapes(nargs: dict) -> None:
-    """Autotuner pre-hook: the TMA descriptors take the tile shape of the config being run."""
-    bm, bn, bk = nargs["BLOCK_M"], nargs["BLOCK_N"], nargs["BLOCK_K"]
-    nargs["a_desc"].block_shape = [bm, bk]
-    nargs["w_desc"].block_shape = [bn, bk]
-    nargs["c_desc"].block_shape = [bm, bn]
+@dataclass(frozen=True)
+class Tile:
+    """One program's output tile and pipeline: Triton compiles one kernel per Tile (and epilogue)."""
+
+    block_m: int
+    block_n: int
+    block_k: int
+    stages: int
+    warps: int = 8
 
 
-CONFIGS = [triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": 128, "GROUP_M": 8}, num_stages=s, num_warps=8,
-                         pre_hook=_set_block_shapes)
-           for m, n, s in [(128, 256, 3), (128, 256, 4), (128, 128, 4), (128, 128, 5), (256, 128, 3)]]
+SQUARE, WIDE = Tile(128, 128, 128, 4), Tile(128, 256, 128, 3)
+SQUARE_FP, WIDE_FP = Tile(128, 128, 128, 3), Tile(128, 256, 64, 4)  # fp16 A: twice the bytes per stage
+WIDE_FROM = 16384   # packed lengths from here on use the wide tiles (benchmarks/int8_tiles.py)
 
 
-LARGE_M = 16384  # packed lengths from here on tune among the wide tiles, below among the 128x128 ones
+def pick_tile(m: int, fp_input: bool) -> Tile:
+    """The tile for an M-row GEMM; ``fp_input``: A arrives in fp16/bf16 and is quantised in the kernel."""
+    if fp_input:
+        return WIDE_FP if m >= WIDE_FROM else SQUARE_FP
+    return WIDE if m >= WIDE_FROM else SQUARE
 
 
-def _prune(configs: list[triton.Config], named_args: dict, **kwargs: object) -> list[triton.Config]:
-    """Tune each M bucket among the tiles that can win there (halves the tunings of a cold start)."""
-    wide = [c for c in configs if c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] > 128 * 128]
-    if named_args["M_BUCKET"] >= LARGE_M:
-        return wide
-    return [c for c in configs if c not in wide] + wide[:1]  # the square tiles and one wide one
+def warm_up_lengths(budget: int) -> list[int]:
+    """Packed lengths that, run once each, compile every tile a budget's batches can pick."""
+    return sorted({64, budget} | ({WIDE_FROM} if WIDE_FROM < budget else set()))
 
 
-def _tuning_options() -> dict:
-    """Short timings per candidate, and the tunings kept in Triton's cache directory (the node's
-    compile cache), where this Triton supports it: a cold start tunes ~40 (shape, M bucket) pairs."""
-    import functools
-
-    params = inspect.signature(triton.autotune).parameters
-    options: dict = {"prune_configs_by": {"early_config_prune": _prune}}
-    if "do_bench" in params:
-        options["do_bench"] = functools.partial(triton.testing.do_bench, warmup=5, rep=20)
-    if "cache_results" in params:
-        options["cache_results"] = True
-    return options
-
-
-@triton.autotune(configs=CONFIGS, key=["M_BUCKET", "N", "K"], **_tuning_options())
 @triton.jit
-def _int8_gemm(a_desc, w_desc, c_desc, sa_ptr, sw_ptr, bias_ptr, absmax_ptr, M, N, K, M_BUCKET,
-               NUM_SMS: tl.constexpr, GELU: tl.constexpr, ROW_ABSMAX: tl.constexpr, BLOCK_M: tl.constexpr,
-               BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
+def _int8_gemm(a_desc, w_desc, c_desc, sa_ptr, sw_ptr, bias_ptr, absmax_ptr, M, N, K,
+               NUM_SMS: tl.constexpr, GELU: tl.constexpr, ROW_ABSMAX: tl.constexpr, A_FP: tl.constexpr,
+               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
     """C = gelu(A @ W.T * sa[:, None] * sw[None, :] + bias); A (M, K), W (N, K) int8 row-major.
 
     GELU: 0 none, 1 tanh form, 2 erf form. ROW_ABSMAX: also max |C| per row into absmax_ptr (zeroed
-    by the caller), so the next layer's per-token quantisation needs no reduction pass. TMA reads
-    out-of-range rows as 0 and does not write them."""
+    by the caller), so the next layer's per-token quantisation needs no reduction pass. A_FP: A is
+    fp16/bf16 and each tile is quantised here, rint(a * (1 / sa)) clamped to +-127, as
+    int8.quantize_scaled does, which saves a pass over A. TMA reads out-of-range rows as 0 and does not
+    write them."""
     start = tl.program_id(0)
     num_m, num_n = tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N)
     k_tiles = tl.cdiv(K, BLOCK_K)
@@ -80,14 +73,17 @@ def _int8_gemm(a_desc, w_desc, c_desc, sa_ptr, sw_ptr, bias_ptr, absmax_ptr, M, 
         pid_m = first_m + (tile % in_group) % size_m
         pid_n = (tile % in_group) // size_m
         off_m, off_n = pid_m * BLOCK_M, pid_n * BLOCK_N
+        rm = off_m + tl.arange(0, BLOCK_M)
+        sa = tl.load(sa_ptr + rm, mask=rm < M, other=1.0)
+        inv = tl.math.div_rn(tl.full((BLOCK_M,), 1.0, tl.float32), sa)
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
         for k in range(k_tiles):
             a = a_desc.load([off_m, k * BLOCK_K])
+            if A_FP:
+                a = tl.clamp(libdevice.rint(a.to(tl.float32) * inv[:, None]), -127.0, 127.0).to(tl.int8)
             w = w_desc.load([off_n, k * BLOCK_K])
             acc = tl.dot(a, w.T, acc, out_dtype=tl.int32)
-        rm = off_m + tl.arange(0, BLOCK_M)
         rn = off_n + tl.arange(0, BLOCK_N)
-        sa = tl.load(sa_ptr + rm, mask=rm < M, other=0.0)
         sw = tl.load(sw_ptr + rn, mask=rn < N, other=0.0)
         bias = tl.load(bias_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)
         c = acc.to(tl.float32) * sa[:, None] * sw[None, :] + bias[None, :]
@@ -102,24 +98,28 @@ def _int8_gemm(a_desc, w_desc, c_desc, sa_ptr, sw_ptr, bias_ptr, absmax_ptr, M, 
 
 
 def int8_gemm(a: torch.Tensor, a_scale: torch.Tensor, w: torch.Tensor, w_scale: torch.Tensor,
-              bias: torch.Tensor, gelu: str, row_absmax: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+              bias: torch.Tensor, gelu: str, row_absmax: bool = False, tile: Tile | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """See int8.int8_linear: (out in bias.dtype, per-row max |out| in fp32 or None).
 
-    a, w int8 with K a multiple of 16 (TMA's row alignment); scales float32."""
+    a int8, or fp16/bf16 to be quantised per row by ``a_scale`` in the kernel (int8.int8_linear_scaled);
+    w int8 with K a multiple of 16 (TMA's row alignment); scales float32. ``tile``: pick_tile's unless
+    given (benchmarks)."""
     a, w = a.contiguous(), w.contiguous()
     (M, K), N = a.shape, w.shape[0]
+    fp_input = a.dtype != torch.int8
+    tile = tile or pick_tile(M, fp_input)
     c = torch.empty((M, N), device=a.device, dtype=bias.dtype)
     absmax = torch.zeros(M if row_absmax else 1, device=a.device, dtype=torch.float32)
     if M == 0:
         return c, (absmax if row_absmax else None)
     sms = torch.cuda.get_device_properties(a.device).multi_processor_count
-    dummy = [16, 16]  # _set_block_shapes sets the real tile shapes per config
-    descs = [TensorDescriptor.from_tensor(t, dummy) for t in (a, w, c)]
-
-    def grid(meta: dict) -> tuple[int]:
-        return (min(sms, triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"])),)
-
+    descs = [TensorDescriptor.from_tensor(a, [tile.block_m, tile.block_k]),
+             TensorDescriptor.from_tensor(w, [tile.block_n, tile.block_k]),
+             TensorDescriptor.from_tensor(c, [tile.block_m, tile.block_n])]
+    grid = (min(sms, triton.cdiv(M, tile.block_m) * triton.cdiv(N, tile.block_n)),)
     _int8_gemm[grid](*descs, a_scale.float().contiguous(), w_scale, bias, absmax, M, N, K,
-                     1 << max(6, (M - 1).bit_length()), NUM_SMS=sms, GELU=GELU_CODES[gelu],
-                     ROW_ABSMAX=row_absmax)
+                     NUM_SMS=sms, GELU=GELU_CODES[gelu], ROW_ABSMAX=row_absmax, A_FP=fp_input,
+                     BLOCK_M=tile.block_m, BLOCK_N=tile.block_n, BLOCK_K=tile.block_k, GROUP_M=8,
+                     num_stages=tile.stages, num_warps=tile.warps)
     return c, (absmax if row_absmax else None)
