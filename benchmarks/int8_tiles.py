@@ -1,17 +1,17 @@
-"""Which tile the int8 GEMM should use at each packed length, and whether fc2 should quantise its input
-inside the GEMM (#18: the rule in virnuc_hpc/encoders/int8_triton.py comes from this run).
+"""Which tile the int8 GEMM should use, and how fast the standalone activation quantisation runs
+(#18: the choices in virnuc_hpc/encoders/int8_triton.py come from this run).
 
     python benchmarks/int8_tiles.py [--lengths 64,...,65536]
 
 For ESM-2 3B's four linear layers (as precision int8 runs them) at every power-of-two packed length,
-times every candidate tile on one card, in one run, and prints the best tile, the rule's pick
-(``pick_tile``) and its time relative to the best. Then, per length, the two ways to feed fc2 (and
-out_proj) their int8 input:
-  pass     the separate quantisation kernel (TorchInductor, as the compiled layer graph fuses it)
-           followed by the int8 GEMM
-  fused    the fp16 activation straight into the GEMM, quantised per tile as it is loaded
-           (int8_linear_scaled); out_proj then still needs its row maxima (a reduction kernel)
-Writes int8_tiles-<card>.json|md under --out-dir. Random values: a GEMM's speed does not depend on them.
+times every candidate tile on one card, in one run, and prints the best tile and the time of ours
+(``TILE``) relative to it. Then, per length, the two activations that no LayerNorm kernel quantises
+(fc1's output before fc2, its scales known from fc1's epilogue; the attention output before
+out_proj, scales found by a row reduction), quantised
+  inductor  by TorchInductor's kernel for int8.quantize_rows / quantize_scaled (compiled, dynamic)
+  ours      by int8.quantize (our Triton kernel)
+with their bandwidth against a device-to-device copy of the same tensor. Writes
+int8_tiles-<card>.json|md under --out-dir. Random values: a GEMM's speed does not depend on them.
 """
 
 from __future__ import annotations
@@ -25,14 +25,12 @@ import torch
 
 from common import card_slug
 from int8_gemm_probe import LAYERS, timed
-from virnuc_hpc.encoders.int8 import absmax_scale, quantize_rows, quantize_scaled
-from virnuc_hpc.encoders.int8_triton import Tile, int8_gemm, pick_tile
+from virnuc_hpc.encoders.int8 import absmax_scale, quantize, quantize_rows, quantize_scaled
+from virnuc_hpc.encoders.int8_triton import TILE, Tile, int8_gemm
 
 HERE = Path(__file__).resolve().parent
-INT8_TILES = [Tile(128, 128, 128, 4), Tile(128, 128, 128, 5), Tile(128, 256, 128, 3), Tile(128, 256, 128, 4),
-              Tile(256, 128, 128, 3), Tile(64, 128, 128, 4, 4), Tile(64, 256, 128, 4, 4)]
-FP_TILES = [Tile(128, 128, 128, 3), Tile(128, 128, 64, 5), Tile(128, 256, 64, 4), Tile(128, 256, 64, 3),
-            Tile(256, 128, 64, 3), Tile(64, 128, 128, 4, 4)]
+TILES = [Tile(128, 128, 128, 4), Tile(128, 128, 128, 5), TILE, Tile(256, 128, 128, 3), Tile(64, 128, 128, 4, 4),
+         Tile(64, 256, 128, 4, 4), Tile(128, 256, 64, 4)]
 
 
 def name(t: Tile) -> str:
@@ -55,9 +53,8 @@ def main() -> None:
     args = parser.parse_args()
     dev, card = torch.device("cuda"), torch.cuda.get_device_name(0)
     torch.manual_seed(0)
-    quant_pass = torch.compile(lambda x, s: quantize_scaled(x, s), dynamic=True)
-    quant_rows = torch.compile(quantize_rows, dynamic=True)
-    row_scale = torch.compile(lambda x: absmax_scale(x.float().abs().amax(dim=1)), dynamic=True)
+    inductor_scaled = torch.compile(quantize_scaled, dynamic=True)
+    inductor_rows = torch.compile(quantize_rows, dynamic=True)
 
     rows, feeds, started = [], [], time.perf_counter()
     for M in (int(t) for t in args.lengths.split(",")):
@@ -67,26 +64,25 @@ def main() -> None:
             bias = torch.randn(N, device=dev, dtype=torch.float16) * 0.01
             a8, sa = quantize_rows(x)
             absmax = gelu != "none"   # fc1 records its row maxima for fc2
-            for fp_input, tiles in ((False, INT8_TILES), (True, FP_TILES if layer in ("fc2", "out") else [])):
-                a = x if fp_input else a8
-                times = {name(t): time_tile(lambda t: int8_gemm(a, sa, w8, sw, bias, gelu, absmax, t), t)
-                         for t in tiles}
-                if not times:
-                    continue
-                best = min(times, key=times.get)
-                picked = name(pick_tile(M, fp_input))
-                row = {"M": M, "layer": layer, "fp_input": fp_input, "times_s": times, "best": best,
-                       "picked": picked, "picked_vs_best": times[picked] / times[best]}
-                rows.append(row)
-                print(json.dumps({k: v for k, v in row.items() if k != "times_s"}), flush=True)
-            if layer in ("fc2", "out"):
+            times = {name(t): time_tile(lambda t: int8_gemm(a8, sa, w8, sw, bias, gelu, absmax, t), t)
+                     for t in TILES}
+            best = min(times, key=times.get)
+            row = {"M": M, "layer": layer, "times_s": times, "best": best, "ours": name(TILE),
+                   "ours_vs_best": times[name(TILE)] / times[best]}
+            rows.append(row)
+            print(json.dumps({k: v for k, v in row.items() if k != "times_s"}), flush=True)
+            if layer in ("fc2", "out"):   # their inputs: fc1's output (10240 wide), the attention output
                 s = absmax_scale(x.float().abs().amax(dim=1))
-                passes = ((lambda: int8_gemm(quant_pass(x, s), s, w8, sw, bias, "none")) if layer == "fc2"
-                          else (lambda: int8_gemm(*quant_rows(x), w8, sw, bias, "none")))
-                fused = ((lambda: int8_gemm(x, s, w8, sw, bias, "none")) if layer == "fc2"
-                         else (lambda: int8_gemm(x, row_scale(x), w8, sw, bias, "none")))
-                feed = {"M": M, "layer": layer, "pass_s": timed(passes), "fused_s": timed(fused)}
-                feed["fused_vs_pass"] = feed["pass_s"] / feed["fused_s"]
+                run = ({"inductor": lambda: inductor_scaled(x, s), "ours": lambda: quantize(x, s)} if layer == "fc2"
+                       else {"inductor": lambda: inductor_rows(x), "ours": lambda: quantize(x)})
+                theirs = run["inductor"]() if layer == "fc2" else run["inductor"]()[0]
+                moved = x.numel() * 3   # fp16 in, int8 out
+                feed = {"M": M, "input_of": layer, "width": K, "copy_GBps": 2 * x.numel() * 2 / timed(x.clone) / 1e9,
+                        "values_differing": int((theirs != run["ours"]()[0]).sum())}
+                for how, fn in run.items():
+                    feed[f"{how}_s"] = timed(fn)
+                    feed[f"{how}_GBps"] = moved / feed[f"{how}_s"] / 1e9
+                feed["ours_vs_inductor"] = feed["inductor_s"] / feed["ours_s"]
                 feeds.append(feed)
                 print(json.dumps(feed), flush=True)
             del x, w8, a8
@@ -97,16 +93,20 @@ def main() -> None:
     slug = card_slug(card)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     (args.out_dir / f"int8_tiles-{slug}.json").write_text(json.dumps(payload, indent=2) + "\n")
-    lines = [f"# int8 GEMM tiles on {card}: best candidate and the rule's pick per packed length", "",
-             "| tokens | layer | A | best tile | best ms | rule's tile | rule / best time |", "|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['M']} | {r['layer']} | {'fp16' if r['fp_input'] else 'int8'} | {r['best']} | "
-                     f"{r['times_s'][r['best']] * 1e3:.3f} | {r['picked']} | {r['picked_vs_best']:.3f} |")
-    lines += ["", "Feeding fc2 and out_proj: a separate quantisation kernel + int8 GEMM (pass) against the fp16 "
-              "activation quantised inside the GEMM (fused), each with the rule's tile.", "",
-              "| tokens | layer | pass ms | fused ms | pass / fused |", "|---|---|---|---|---|"]
-    lines += [f"| {f['M']} | {f['layer']} | {f['pass_s'] * 1e3:.3f} | {f['fused_s'] * 1e3:.3f} | "
-              f"{f['fused_vs_pass']:.2f}x |" for f in feeds]
+    lines = [f"# int8 GEMM tiles on {card}: the best of {len(TILES)} candidates and ours per packed length", "",
+             "| tokens | layer | best tile | best ms | ours / best time |", "|---|---|---|---|---|"]
+    lines += [f"| {r['M']} | {r['layer']} | {r['best']} | {r['times_s'][r['best']] * 1e3:.3f} | {r['ours_vs_best']:.3f} |"
+              for r in rows]
+    lines += ["", f"Ours: {name(TILE)}. Summed over a layer's four GEMMs, ours / best per length: "
+              + ", ".join(f"{M}: {sum(r['times_s'][name(TILE)] for r in rows if r['M'] == M) / sum(r['times_s'][r['best']] for r in rows if r['M'] == M):.3f}"
+                          for M in sorted({r['M'] for r in rows})) + ".",
+              "", "The standalone quantisations (fp16 in, int8 out; GB/s counts 3 bytes per element), against a "
+              "device copy of the same tensor:", "",
+              "| tokens | input of | width | inductor ms | ours ms | ours / inductor speed | inductor GB/s | ours GB/s | copy GB/s |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {f['M']} | {f['input_of']} | {f['width']} | {f['inductor_s'] * 1e3:.3f} | {f['ours_s'] * 1e3:.3f} | "
+              f"{f['ours_vs_inductor']:.2f}x | {f['inductor_GBps']:,.0f} | {f['ours_GBps']:,.0f} | {f['copy_GBps']:,.0f} |"
+              for f in feeds]
     (args.out_dir / f"int8_tiles-{slug}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

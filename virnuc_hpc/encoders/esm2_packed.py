@@ -39,8 +39,8 @@ from .esm2 import (
     CLS, EOS, MASK, PAD, POOL_LIMIT, ESM2, ESM2Encoder, mean_residues, pad_batch, plan_batches,
     rotary_cos_sin, tokenize_many,
 )
-from .int8 import (Int8Weight, absmax_scale, concat, int8_linear, int8_linear_absmax, int8_linear_scaled,
-                   layer_norm_quantized, quantize_rows, quantize_weight)
+from .int8 import (Int8Weight, absmax_scale, concat, int8_linear, int8_linear_absmax, layer_norm_quantized,
+                   quantize, quantize_weight)
 from .layers import layer_norm_fp32
 
 # (T, H, hd) packed q/k/v and the batch's segments -> (T, H, hd): the packed form of layers.Attend
@@ -338,10 +338,10 @@ def attention_output_and_ffn_int8(x: torch.Tensor, attn: torch.Tensor, wo: torch
                                   b2: torch.Tensor, eps: float, gelu_epilogue: bool = False) -> torch.Tensor:
     """x + out_proj(attn), then x + fc2(gelu(fc1(LN2(x)))), every GEMM int8. The GELU runs in fc1's
     epilogue either way: its tanh form with `gelu_epilogue` (as fp16), else the exact erf form."""
-    x = x + int8_linear(*quantize_rows(attn.flatten(1)), wo, so, bo)
+    x = x + int8_linear(*quantize(attn.flatten(1)), wo, so, bo)
     g, g_max = int8_linear_absmax(*layer_norm_quantized(x, ln_w, ln_b, eps), w1, s1, b1,
                                   "tanh" if gelu_epilogue else "erf")
-    return x + int8_linear_scaled(g, absmax_scale(g_max), w2, s2, b2)
+    return x + int8_linear(*quantize(g, absmax_scale(g_max)), w2, s2, b2)
 
 
 def ffn_then_next_inputs_int8(x: torch.Tensor, attn: torch.Tensor, wo: torch.Tensor, so: torch.Tensor,
@@ -547,10 +547,6 @@ class PackedESM2Encoder(ESM2Encoder):
         With the node-shared compile cache a second worker on the node mostly reads the cache."""
         stats = dict(self.stats)
         sizes = [MIN_BUCKET, self.token_budget] if self.dynamic_shapes else bucket_sizes(self.token_budget)
-        if self.forward.quantized and self.device.type == "cuda":  # the int8 GEMM's tiles by packed length
-            from .int8_triton import warm_up_lengths
-
-            sizes = sorted(set(sizes) | set(warm_up_lengths(self.token_budget)))
         for size in sizes:  # 48 aa + BOS/EOS = 50 tokens each
             self.embed(["A" * 48] * max(1, size // 50))
         self.stats.update(stats)  # warm-up is not work done for the run

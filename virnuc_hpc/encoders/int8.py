@@ -4,16 +4,17 @@ Why: ESM-2 3B's linear layers are nearly all of its GPU time, and fp16 tensor co
 about 0.7 of their ceiling; Hopper's int8 tensor cores run about twice as fast. The scheme (the
 fidelity and speed measured in benchmarks/esm2_throughput.py; docs/precision.md):
 - weights are quantised once at load, symmetric, one scale per output channel (row of W);
-- activations are quantised per token (row), symmetric, by ``quantize_rows`` written as plain torch ops
-  inside the compiled layer graphs, so TorchInductor fuses it into the kernel that makes the
-  activation (the residual add + LayerNorm before q/k/v and fc1, the attention output before out_proj);
+- activations are quantised per token (row), symmetric. After a LayerNorm (before q/k/v and fc1)
+  ``quantize_rows`` is written as plain torch ops inside the compiled layer graph, so TorchInductor
+  fuses it with the residual add and the LayerNorm. The other two inputs, the attention output
+  before out_proj and fc1's output before fc2, go through ``quantize``, one bandwidth-bound kernel of
+  ours on CUDA (TorchInductor's standalone kernels for them ran at a third of the bandwidth);
 - the GEMM ``int8_linear`` multiplies int8 x int8 into int32 and dequantises in its epilogue:
   ``acc * row_scale * column_scale + bias``, optionally GELU (tanh form like the fp16 path's fused
   epilogue, or erf with exact_gelu), written in the bias's dtype; for fc1 the epilogue also records
-  each row's max |value| (``int8_linear_absmax``), so fc2 (``int8_linear_scaled``) takes fc1's fp16
-  output and its scales and quantises each tile as it loads it: no pass over the widest activation.
-  On CUDA it is our Triton kernel (encoders/int8_triton.py); elsewhere torch._int_mm with the same
-  epilogue in torch, so CPU tests check the very maths the GPU runs (integer products are exact).
+  each row's max |value| (``int8_linear_absmax``), so fc2's input is quantised without a reduction.
+  On CUDA both are our Triton kernels (encoders/int8_triton.py); elsewhere torch (torch._int_mm for
+  the GEMM), so CPU tests check the very maths the GPU runs (integer products are exact).
 Attention, LayerNorm statistics, rotary, the residual stream and pooling stay in fp16/fp32 as before.
 """
 
@@ -55,11 +56,21 @@ def concat(parts: list[Int8Weight]) -> Int8Weight:
                       torch.cat([p.scale for p in parts]).contiguous(), torch.cat([p.bias for p in parts]).contiguous())
 
 
+def absmax_scale(absmax: Tensor) -> Tensor:
+    """The per-row scale of rows whose max |x| is known: max |x| / 127, floored."""
+    return absmax.clamp_min(TINY) / QMAX
+
+
+def quantize_scaled(x: Tensor, scale: Tensor) -> Tensor:
+    """Rows of x in int8 at given scales: round-half-even of x * (1 / scale), within +-127."""
+    return torch.round(x.float() * (1.0 / scale)[:, None]).clamp(-QMAX, QMAX).to(torch.int8)
+
+
 def quantize_rows(x: Tensor) -> tuple[Tensor, Tensor]:
     """Per-row (per-token) symmetric int8 of a 2-D activation: (values int8, scale float32 (M,))."""
     xf = x.float()
-    scale = xf.abs().amax(dim=-1).clamp_min(TINY) / QMAX
-    return torch.round(xf / scale[:, None]).clamp(-QMAX, QMAX).to(torch.int8), scale
+    scale = absmax_scale(xf.abs().amax(dim=-1))
+    return quantize_scaled(xf, scale), scale
 
 
 def layer_norm_quantized(x: Tensor, weight: Tensor, bias: Tensor, eps: float) -> tuple[Tensor, Tensor]:
@@ -110,30 +121,23 @@ def _(a: Tensor, a_scale: Tensor, w: Tensor, w_scale: Tensor, bias: Tensor,
             a.new_empty((a.shape[0],), dtype=torch.float32))
 
 
-def absmax_scale(absmax: Tensor) -> Tensor:
-    """The per-row scale of rows whose max |x| is known (int8_linear_absmax)."""
-    return absmax.clamp_min(TINY) / QMAX
-
-
-def quantize_scaled(x: Tensor, scale: Tensor) -> Tensor:
-    """Rows of x in int8 at given scales: rint(x * (1 / scale)), as int8_linear_scaled's kernel does."""
-    return torch.round(x.float() * (1.0 / scale)[:, None]).clamp(-QMAX, QMAX).to(torch.int8)
-
-
-@torch.library.custom_op("virnuc_hpc::int8_linear_scaled", mutates_args=())
-def int8_linear_scaled(x: Tensor, x_scale: Tensor, w: Tensor, w_scale: Tensor, bias: Tensor) -> Tensor:
-    """int8_linear of an fp16/bf16 ``x`` quantised per row at ``x_scale`` (quantize_scaled): on CUDA
-    inside the GEMM as it loads each tile of x, so x is read once and no int8 copy is written."""
+@torch.library.custom_op("virnuc_hpc::quantize", mutates_args=())
+def quantize(x: Tensor, scale: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """quantize_rows as one kernel on CUDA: (values int8, scale float32 (M,)); ``scale``: the rows'
+    scales if already known (absmax_scale of int8_linear_absmax's maxima), else found here. The
+    scales come back as a new tensor (a custom op's outputs may not alias its inputs)."""
     if x.is_cuda:
-        from .int8_triton import int8_gemm
+        from .int8_triton import quantize_rows as quantize_cuda
 
-        return int8_gemm(x, x_scale, w, w_scale, bias, "none")[0]
-    return int8_linear(quantize_scaled(x, x_scale), x_scale, w, w_scale, bias)
+        return quantize_cuda(x, scale)
+    if scale is None:
+        return quantize_rows(x)
+    return quantize_scaled(x, scale), scale.float().clone()
 
 
-@int8_linear_scaled.register_fake
-def _(x: Tensor, x_scale: Tensor, w: Tensor, w_scale: Tensor, bias: Tensor) -> Tensor:
-    return x.new_empty((x.shape[0], w.shape[0]), dtype=bias.dtype)
+@quantize.register_fake
+def _(x: Tensor, scale: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    return x.new_empty(x.shape, dtype=torch.int8), x.new_empty((x.shape[0],), dtype=torch.float32)
 
 
 def dequantize(acc: Tensor, a_scale: Tensor, w_scale: Tensor, bias: Tensor, gelu: str = "none") -> Tensor:

@@ -6,9 +6,14 @@ dequantised tile once. It is persistent (one program per SM walking the output t
 operands with TMA descriptors, which on Hopper ran 1.16x faster than one program per tile
 (benchmarks/int8_gemm_probe.py). Imported only on CUDA (Triton ships with CUDA builds of torch).
 
-Tile shapes follow a fixed rule (``pick_tile``) measured on an H200 for every power-of-two packed
-length (benchmarks/int8_tiles.py) rather than Triton's autotuner: autotuning ~40 (shape, length)
-pairs and compiling every candidate cost a cold start 30 s, for tiles the rule picks anyway.
+One tile shape serves every packed length (``TILE``): on an H200 it was the fastest of seven
+candidates from 8,192 tokens up, where nearly all of a run's time is, and 3-13% behind from 128 to
+4,096 tokens (benchmarks/int8_tiles.py). So a cold start compiles two GEMM kernels (with and without
+fc1's GELU and row maxima) and tunes nothing; autotuning ~40 (shape, length) pairs had cost it 23-25 s.
+
+The activation quantisation that cannot fuse into a LayerNorm (the attention output before out_proj,
+fc1's output before fc2) is ``quantize_rows`` here: at 65,536 tokens it moved 2.4-3.9 TB/s where
+TorchInductor's kernels for it moved 0.8-1.2 (a device copy: 4.1-4.2), same benchmark.
 """
 
 from __future__ import annotations
@@ -21,7 +26,11 @@ import triton.language as tl
 from triton.language.extra import libdevice
 from triton.tools.tensor_descriptor import TensorDescriptor
 
+from . import int8
+
 GELU_CODES = {"none": 0, "tanh": 1, "erf": 2}
+QMAX: tl.constexpr = tl.constexpr(float(int8.QMAX))
+TINY: tl.constexpr = tl.constexpr(int8.TINY)
 
 
 @dataclass(frozen=True)
@@ -35,34 +44,18 @@ class Tile:
     warps: int = 8
 
 
-SQUARE, WIDE = Tile(128, 128, 128, 4), Tile(128, 256, 128, 3)
-SQUARE_FP, WIDE_FP = Tile(128, 128, 128, 3), Tile(128, 256, 64, 4)  # fp16 A: twice the bytes per stage
-WIDE_FROM = 16384   # packed lengths from here on use the wide tiles (benchmarks/int8_tiles.py)
-
-
-def pick_tile(m: int, fp_input: bool) -> Tile:
-    """The tile for an M-row GEMM; ``fp_input``: A arrives in fp16/bf16 and is quantised in the kernel."""
-    if fp_input:
-        return WIDE_FP if m >= WIDE_FROM else SQUARE_FP
-    return WIDE if m >= WIDE_FROM else SQUARE
-
-
-def warm_up_lengths(budget: int) -> list[int]:
-    """Packed lengths that, run once each, compile every tile a budget's batches can pick."""
-    return sorted({64, budget} | ({WIDE_FROM} if WIDE_FROM < budget else set()))
+TILE = Tile(128, 256, 128, 3)
 
 
 @triton.jit
 def _int8_gemm(a_desc, w_desc, c_desc, sa_ptr, sw_ptr, bias_ptr, absmax_ptr, M, N, K,
-               NUM_SMS: tl.constexpr, GELU: tl.constexpr, ROW_ABSMAX: tl.constexpr, A_FP: tl.constexpr,
+               NUM_SMS: tl.constexpr, GELU: tl.constexpr, ROW_ABSMAX: tl.constexpr,
                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
     """C = gelu(A @ W.T * sa[:, None] * sw[None, :] + bias); A (M, K), W (N, K) int8 row-major.
 
     GELU: 0 none, 1 tanh form, 2 erf form. ROW_ABSMAX: also max |C| per row into absmax_ptr (zeroed
-    by the caller), so the next layer's per-token quantisation needs no reduction pass. A_FP: A is
-    fp16/bf16 and each tile is quantised here, rint(a * (1 / sa)) clamped to +-127, as
-    int8.quantize_scaled does, which saves a pass over A. TMA reads out-of-range rows as 0 and does not
-    write them."""
+    by the caller), so the next layer's per-token quantisation needs no reduction pass. TMA reads
+    out-of-range rows as 0 and does not write them."""
     start = tl.program_id(0)
     num_m, num_n = tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N)
     k_tiles = tl.cdiv(K, BLOCK_K)
@@ -73,17 +66,13 @@ def _int8_gemm(a_desc, w_desc, c_desc, sa_ptr, sw_ptr, bias_ptr, absmax_ptr, M, 
         pid_m = first_m + (tile % in_group) % size_m
         pid_n = (tile % in_group) // size_m
         off_m, off_n = pid_m * BLOCK_M, pid_n * BLOCK_N
-        rm = off_m + tl.arange(0, BLOCK_M)
-        sa = tl.load(sa_ptr + rm, mask=rm < M, other=1.0)
-        inv = tl.math.div_rn(tl.full((BLOCK_M,), 1.0, tl.float32), sa)
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
         for k in range(k_tiles):
             a = a_desc.load([off_m, k * BLOCK_K])
-            if A_FP:
-                a = tl.clamp(libdevice.rint(a.to(tl.float32) * inv[:, None]), -127.0, 127.0).to(tl.int8)
             w = w_desc.load([off_n, k * BLOCK_K])
             acc = tl.dot(a, w.T, acc, out_dtype=tl.int32)
-        rn = off_n + tl.arange(0, BLOCK_N)
+        rm, rn = off_m + tl.arange(0, BLOCK_M), off_n + tl.arange(0, BLOCK_N)
+        sa = tl.load(sa_ptr + rm, mask=rm < M, other=0.0)
         sw = tl.load(sw_ptr + rn, mask=rn < N, other=0.0)
         bias = tl.load(bias_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)
         c = acc.to(tl.float32) * sa[:, None] * sw[None, :] + bias[None, :]
@@ -102,13 +91,11 @@ def int8_gemm(a: torch.Tensor, a_scale: torch.Tensor, w: torch.Tensor, w_scale: 
               ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """See int8.int8_linear: (out in bias.dtype, per-row max |out| in fp32 or None).
 
-    a int8, or fp16/bf16 to be quantised per row by ``a_scale`` in the kernel (int8.int8_linear_scaled);
-    w int8 with K a multiple of 16 (TMA's row alignment); scales float32. ``tile``: pick_tile's unless
-    given (benchmarks)."""
+    a, w int8 with K a multiple of 16 (TMA's row alignment); scales float32. ``tile``: TILE unless given
+    (benchmarks/int8_tiles.py)."""
     a, w = a.contiguous(), w.contiguous()
     (M, K), N = a.shape, w.shape[0]
-    fp_input = a.dtype != torch.int8
-    tile = tile or pick_tile(M, fp_input)
+    tile = tile or TILE
     c = torch.empty((M, N), device=a.device, dtype=bias.dtype)
     absmax = torch.zeros(M if row_absmax else 1, device=a.device, dtype=torch.float32)
     if M == 0:
@@ -119,7 +106,51 @@ def int8_gemm(a: torch.Tensor, a_scale: torch.Tensor, w: torch.Tensor, w_scale: 
              TensorDescriptor.from_tensor(c, [tile.block_m, tile.block_n])]
     grid = (min(sms, triton.cdiv(M, tile.block_m) * triton.cdiv(N, tile.block_n)),)
     _int8_gemm[grid](*descs, a_scale.float().contiguous(), w_scale, bias, absmax, M, N, K,
-                     NUM_SMS=sms, GELU=GELU_CODES[gelu], ROW_ABSMAX=row_absmax, A_FP=fp_input,
+                     NUM_SMS=sms, GELU=GELU_CODES[gelu], ROW_ABSMAX=row_absmax,
                      BLOCK_M=tile.block_m, BLOCK_N=tile.block_n, BLOCK_K=tile.block_k, GROUP_M=8,
                      num_stages=tile.stages, num_warps=tile.warps)
     return c, (absmax if row_absmax else None)
+
+
+@triton.jit
+def _quantize_rows(x_ptr, scale_in_ptr, scale_ptr, out_ptr, M, D, KNOWN_SCALE: tl.constexpr,
+                   BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
+    """BLOCK_R rows of x (M, D) to int8: rint(x * (1 / scale)) clamped to +-127, and the scales to
+    scale_ptr. KNOWN_SCALE: the scales are read from scale_in_ptr; else found first (max |x| / 127,
+    floored), the second read of the rows coming from L2. Divisions round to nearest, as torch's on
+    the CPU, so both give the same int8 values."""
+    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    inside = rows < M
+    base = rows.to(tl.int64)[:, None] * D
+    if KNOWN_SCALE:
+        scale = tl.load(scale_in_ptr + rows, mask=inside, other=1.0)
+    else:
+        amax = tl.zeros((BLOCK_R,), dtype=tl.float32)
+        for d in range(0, D, BLOCK_D):
+            cols = d + tl.arange(0, BLOCK_D)
+            x = tl.load(x_ptr + base + cols[None, :], mask=inside[:, None] & (cols[None, :] < D), other=0.0)
+            amax = tl.maximum(amax, tl.max(tl.abs(x.to(tl.float32)), axis=1))
+        scale = tl.math.div_rn(tl.maximum(amax, TINY), tl.full((BLOCK_R,), QMAX, tl.float32))
+    tl.store(scale_ptr + rows, scale, mask=inside)
+    inv = tl.math.div_rn(tl.full((BLOCK_R,), 1.0, tl.float32), scale)
+    for d in range(0, D, BLOCK_D):
+        cols = d + tl.arange(0, BLOCK_D)
+        mask = inside[:, None] & (cols[None, :] < D)
+        x = tl.load(x_ptr + base + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        q = tl.clamp(libdevice.rint(x * inv[:, None]), -QMAX, QMAX)
+        tl.store(out_ptr + base + cols[None, :], q.to(tl.int8), mask=mask)
+
+
+def quantize_rows(x: torch.Tensor, scale: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """See int8.quantize: (int8 values, float32 scales: a new tensor, found here unless given)."""
+    x = x.contiguous()
+    M, D = x.shape
+    out = torch.empty((M, D), device=x.device, dtype=torch.int8)
+    scale_out = torch.empty(M, device=x.device, dtype=torch.float32)
+    known = scale is not None
+    scale_in = scale.float().contiguous() if known else scale_out
+    if M:
+        block_r = 8
+        _quantize_rows[(triton.cdiv(M, block_r),)](x, scale_in, scale_out, out, M, D, KNOWN_SCALE=known,
+                                                    BLOCK_R=block_r, BLOCK_D=512, num_warps=4)
+    return out, scale_out
