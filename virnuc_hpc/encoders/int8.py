@@ -8,7 +8,8 @@ fidelity and speed measured in benchmarks/esm2_throughput.py; docs/precision.md)
   ``quantize_rows`` is written as plain torch ops inside the compiled layer graph, so TorchInductor
   fuses it with the residual add and the LayerNorm. The other two inputs, the attention output
   before out_proj and fc1's output before fc2, go through ``quantize``, one bandwidth-bound kernel of
-  ours on CUDA (TorchInductor's standalone kernels for them ran at a third of the bandwidth);
+  ours on CUDA (TorchInductor's standalone kernels for them moved 0.2-0.3 of the bytes per second a
+  device copy does, ours 0.6-0.9 of it: benchmarks/int8_tiles.py);
 - the GEMM ``int8_linear`` multiplies int8 x int8 into int32 and dequantises in its epilogue:
   ``acc * row_scale * column_scale + bias``, optionally GELU (tanh form like the fp16 path's fused
   epilogue, or erf with exact_gelu), written in the bias's dtype; for fc1 the epilogue also records
