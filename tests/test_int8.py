@@ -147,6 +147,9 @@ def test_triton_kernel_equals_reference(m: int, k: int, n: int, gelu: str) -> No
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("m,d", [(1, 64), (37, 2560), (4099, 10240), (300, 1000)])
 def test_triton_quantisation_equals_reference(m: int, d: int) -> None:
+    from virnuc_hpc.encoders import int8_triton
+
+    assert (int8_triton.QMAX.value, int8_triton.TINY.value) == (int8.QMAX, int8.TINY)
     torch.manual_seed(d)
     x = (torch.randn(m, d) * torch.rand(m, 1) * 8).half()
     x[0] = 0   # an all-zero row: zeros at the floor scale, not NaN
