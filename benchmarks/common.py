@@ -22,13 +22,18 @@ KERNEL_KINDS = (("int8 matmul", re.compile(r"int8_gemm", re.IGNORECASE)),
 def matmul_ceiling(n: int = 8192, reps: int = 30) -> float:
     """bf16 n^3 matmul TFLOP/s on random operands: median of timed products after warm-up."""
     a, b = (torch.randn(n, n, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    return product_ceiling(lambda: a @ b, n, reps)
+
+
+def product_ceiling(product: Callable[[], object], n: int, reps: int = 30) -> float:
+    """T(FL)OP/s of an n^3 product: the median of `reps` CUDA-event timings after 5 warm-up calls."""
     for _ in range(5):
-        a @ b
+        product()
     times = []
     for _ in range(reps):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
-        a @ b
+        product()
         end.record()
         end.synchronize()
         times.append(start.elapsed_time(end) / 1e3)

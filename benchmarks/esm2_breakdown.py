@@ -27,6 +27,7 @@ import torch
 
 from common import (card_slug, kernel_mix, kernel_times, matmul_ceiling, random_proteins,  # benchmarks/ on sys.path
                     time_interleaved)
+from virnuc_hpc.devices import activation_precision, dtype_of
 from virnuc_hpc.encoders.esm2 import ESM2
 from virnuc_hpc.encoders.esm2_packed import PackedESM2Encoder
 
@@ -53,7 +54,7 @@ def main() -> None:
     rows = []
     for precision in args.precisions.split(","):
         torch._dynamo.reset()
-        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "int8": torch.float16}[precision]
+        dtype = dtype_of(activation_precision(precision, torch.device("cuda")))  # int8: fp16 around the int8 GEMMs
         model = copy.deepcopy(base).cast(torch.device("cuda"), dtype)
         enc = PackedESM2Encoder(model, name="esm2_t36_3B_random", device=torch.device("cuda"),
                                 precision=precision, max_tokens=65536)

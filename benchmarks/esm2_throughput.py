@@ -30,7 +30,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import card_slug, cosine, matmul_ceiling, random_proteins  # benchmarks/ is on sys.path
+from common import card_slug, cosine, matmul_ceiling, product_ceiling, random_proteins  # benchmarks/ on sys.path
+from virnuc_hpc.devices import activation_precision, dtype_of
 from virnuc_hpc.encoders.esm2 import ESM2, _IGNORED_RE, mean_residues, pad_batch, plan_batches, tokenize_many
 from virnuc_hpc.encoders.esm2_packed import PackedESM2Encoder
 
@@ -82,7 +83,7 @@ def ours_from_fair(fair: torch.nn.Module, precision: str) -> PackedESM2Encoder:
     with torch.device("meta"):
         model = ESM2(LAYERS, DIM, HEADS)
     model.load_state_dict(state, strict=True, assign=True)
-    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "int8": torch.float16}[precision]
+    dtype = dtype_of(activation_precision(precision, torch.device("cuda")))  # int8: fp16 around the int8 GEMMs
     model = model.cast(torch.device("cuda"), dtype).eval().requires_grad_(False)
     return PackedESM2Encoder(model, name="esm2_t36_3B_random", device=torch.device("cuda"), precision=precision)
 
@@ -261,17 +262,7 @@ def int8_matmul_ceiling(n: int = 8192, reps: int = 30) -> float:
 
     a = torch.randint(-127, 128, (n, n), device="cuda", dtype=torch.int8)
     ones, zero = torch.ones(n, device="cuda"), torch.zeros(n, device="cuda", dtype=torch.float16)
-    for _ in range(5):
-        int8_gemm(a, ones, a, ones, zero, "none")
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        int8_gemm(a, ones, a, ones, zero, "none")
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / 1e3)
-    return 2 * n ** 3 / float(np.median(times)) / 1e12
+    return product_ceiling(lambda: int8_gemm(a, ones, a, ones, zero, "none"), n, reps)
 
 
 def mfu_int8(r: dict) -> str:

@@ -30,6 +30,7 @@ DNABERT_BASES_PER_TOKEN = 4.5  # DNABERT-S's BPE tokens are 4-5 bases on average
 OVERHEAD_BYTES_PER_FRAME = 160
 FEATURE_BYTES = {"float32": 4 * 3328, "float16": 2 * 3328, "none": 0}
 
+
 def gpu_seconds(protein_tokens: float, dna_bases: float, precision: str) -> float:
     """One H100/H200's seconds for the ESM-2 3B tokens and DNABERT-S bases (int8: ESM-2's rate)."""
     esm_rate = ESM2_3B_INT8_TOKENS_PER_S if precision == "int8" else ESM2_3B_TOKENS_PER_S
