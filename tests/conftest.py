@@ -11,10 +11,18 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_FASTA = ROOT / "examples" / "demo.fasta"
+AMINO = np.array(list("ACDEFGHIKLMNPQRSTVWY"))
+
+
+def proteins(lengths, seed: int = 0) -> list[str]:
+    """Random proteins of the given lengths (seeded), for the encoder tests."""
+    rng = np.random.default_rng(seed)
+    return ["".join(rng.choice(AMINO, int(n))) for n in lengths]
 
 
 @pytest.fixture(scope="session")

@@ -16,6 +16,7 @@ import torch
 
 esm = pytest.importorskip("esm")
 
+from conftest import proteins  # noqa: E402
 from virnuc_hpc.encoders import load_esm2  # noqa: E402
 from virnuc_hpc.encoders.esm2 import (  # noqa: E402
     ALPHABET, UNK, ESM2Encoder, is_random_checkpoint, load_esm2_model, resolve_esm2_checkpoint,
@@ -24,13 +25,8 @@ from virnuc_hpc.encoders.esm2 import (  # noqa: E402
 from virnuc_hpc.errors import ModelFileError, ModelNotFoundError  # noqa: E402
 from virnuc_hpc.models.random_weights.esm2 import write_random_esm2_checkpoint  # noqa: E402
 
-AMINO = np.array(list("ACDEFGHIKLMNPQRSTVWY"))
 TINY = dict(layers=2, embed_dim=64, heads=4)
 
-
-def proteins(lengths, seed=0) -> list[str]:
-    rng = np.random.default_rng(seed)
-    return ["".join(rng.choice(AMINO, int(n))) for n in lengths]
 
 
 def fair_esm(path: Path):

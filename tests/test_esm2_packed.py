@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import proteins
 from virnuc_hpc.encoders import load_esm2
 from virnuc_hpc.encoders.esm2 import (
     CLS, EOS, PAD, ESM2Encoder, pad_batch, tokenize, tokenize_many,
@@ -22,13 +23,8 @@ from virnuc_hpc.encoders.esm2_packed import (
 from virnuc_hpc.encoders.compile import configure_compile_cache
 from virnuc_hpc.models.random_weights.esm2 import write_random_esm2_checkpoint
 
-AMINO = np.array(list("ACDEFGHIKLMNPQRSTVWY"))
 TINY = dict(layers=2, embed_dim=64, heads=4)
 
-
-def proteins(lengths, seed=0) -> list[str]:
-    rng = np.random.default_rng(seed)
-    return ["".join(rng.choice(AMINO, int(n))) for n in lengths]
 
 
 @pytest.fixture(scope="module")

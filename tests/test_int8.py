@@ -11,17 +11,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import proteins
 from virnuc_hpc.config import RunConfig
 from virnuc_hpc.devices import activation_precision, resolve_precision
 from virnuc_hpc.encoders import int8, load_dnabert, load_esm2
 from virnuc_hpc.encoders.esm2_packed import PackedESM2Encoder
 
-AMINO = np.array(list("ACDEFGHIKLMNPQRSTVWY"))
 
-
-def proteins(lengths: list[int], seed: int = 0) -> list[str]:
-    rng = np.random.default_rng(seed)
-    return ["".join(rng.choice(AMINO, n)) for n in lengths]
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
