@@ -25,6 +25,11 @@ def proteins(lengths, seed: int = 0) -> list[str]:
     return ["".join(rng.choice(AMINO, int(n))) for n in lengths]
 
 
+def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise cosine similarity of two (N, D) feature matrices."""
+    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
 @pytest.fixture(scope="session")
 def demo_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Demo models made once per test session (workers inherit the variable)."""

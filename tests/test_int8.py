@@ -11,17 +11,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import proteins
+from conftest import cosine, proteins
 from virnuc_hpc.config import RunConfig
 from virnuc_hpc.devices import activation_precision, resolve_precision
 from virnuc_hpc.encoders import int8, load_dnabert, load_esm2
 from virnuc_hpc.encoders.esm2_packed import PackedESM2Encoder
 
 
-
-
-def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
 
 
 def test_weight_quantisation_is_per_output_channel() -> None:
