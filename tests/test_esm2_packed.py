@@ -5,21 +5,20 @@ SDPA used here (benchmarks/esm2_throughput.py checks that one against fair-esm).
 from __future__ import annotations
 
 import os
-from concurrent.futures import Future
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import cosine, proteins
+from conftest import proteins
 from virnuc_hpc.encoders import load_esm2
 from virnuc_hpc.encoders.esm2 import (
-    CLS, EOS, PAD, ESM2Encoder, build_esm2_model, pad_batch, read_esm2_checkpoint, tokenize, tokenize_many,
+    CLS, EOS, PAD, ESM2Encoder, pad_batch, tokenize, tokenize_many,
 )
 from virnuc_hpc.encoders.esm2_packed import (
     MIN_BUCKET, TAIL_CHUNK, PackedESM2Encoder, attend_masked, bucket_sizes, bucket_tokens, max_buckets, pack, packed_size,
-    placeholder_model, plan_packs, segment_labels, split_to_budget,
+    plan_packs, segment_labels, split_to_budget,
 )
 from virnuc_hpc.encoders.compile import configure_compile_cache
 from virnuc_hpc.models.random_weights.esm2 import write_random_esm2_checkpoint
@@ -188,82 +187,6 @@ def test_compiled_dynamic_graphs_equal_padded(ckpt, padded, gelu_epilogue, tmp_p
     assert enc.stats["batches"] == 3                                        # three packed lengths
     assert counters["stats"]["unique_graphs"] == 3                          # first, middle, last
     np.testing.assert_allclose(got, padded.embed(seqs), atol=1e-3 if gelu_epilogue else 2e-5, rtol=0)
-
-
-@pytest.fixture(scope="module")
-def ckpt_fp16(tmp_path_factory):
-    """A half-precision file, as the 3B benchmark's: its LayerNorms stay half precision when loaded."""
-    return write_random_esm2_checkpoint(tmp_path_factory.mktemp("esm16") / "tiny16.pt", **TINY, seed=2,
-                                        dtype=torch.float16)
-
-
-@pytest.mark.parametrize("half_file", [False, True])
-def test_placeholder_model_has_the_checkpoint_shapes(ckpt, ckpt_fp16, half_file):
-    """compile_ahead compiles on zeros of exactly the shapes and dtypes the file loads to (a compiled
-    graph guards on its inputs' dtypes: any difference would compile again at the first batch)."""
-    path = ckpt_fp16 if half_file else ckpt
-    cfg, state, inv_freq = read_esm2_checkpoint(path)
-    real = build_esm2_model(path, cfg, state, inv_freq, dtype=torch.bfloat16).state_dict()
-    zeros = placeholder_model(cfg, state, torch.device("cpu"), torch.bfloat16).state_dict()
-    assert zeros.keys() == real.keys()
-    assert {v.dtype for v in real.values()} == ({torch.bfloat16, torch.float16} if half_file
-                                                 else {torch.bfloat16, torch.float32})
-    for k, v in zeros.items():
-        assert (v.shape, v.dtype) == (real[k].shape, real[k].dtype), k
-        assert not v.any(), k
-
-
-def test_compiled_graphs_serve_another_model_of_the_same_shapes(ckpt, padded, tmp_path, monkeypatch):
-    """Graphs compiled on placeholder weights (what compile_ahead does in a thread while the real
-    weights load) embed the real model exactly and compile nothing more, whether handed over done
-    or still pending (a Future, waited for at the first batch); a failed one is compiled again."""
-    monkeypatch.setenv("VIRNUC_HPC_COMPILE_CACHE", str(tmp_path / "cc"))
-    for var in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR"):
-        monkeypatch.delenv(var, raising=False)
-    (cfg, state, _), cpu = read_esm2_checkpoint(ckpt), torch.device("cpu")
-    torch._dynamo.reset()
-    counters = torch._dynamo.utils.counters
-    counters.clear()
-    ahead = PackedESM2Encoder(placeholder_model(cfg, state, cpu, torch.float32), name="zeros", device=cpu,
-                              precision="fp32", max_tokens=1024, compile_layers=True)
-    assert np.all(ahead.embed(["A" * 48] * 5) == 0)
-    assert counters["stats"]["unique_graphs"] == 3
-    done, failed = Future(), Future()
-    done.set_result(ahead.forward.graphs)
-    failed.set_exception(RuntimeError("compiling ahead broke"))
-    seqs = proteins([5, 300, 47, 48, 120, 9, 700, 33], seed=8)
-    want = padded.embed(seqs)
-    for graphs in (ahead.forward.graphs, done):
-        real = PackedESM2Encoder(padded.model, name="tiny", device=cpu, precision="fp32", max_tokens=1024,
-                                 compile_layers=True, graphs=graphs)
-        np.testing.assert_allclose(real.embed(seqs), want, atol=2e-5, rtol=0)
-        assert counters["stats"]["unique_graphs"] == 3                      # nothing recompiled
-    torch._dynamo.reset()
-    counters.clear()
-    real = PackedESM2Encoder(padded.model, name="tiny", device=cpu, precision="fp32", max_tokens=1024,
-                             compile_layers=True, graphs=failed)
-    np.testing.assert_allclose(real.embed(seqs), want, atol=2e-5, rtol=0)
-    assert counters["stats"]["unique_graphs"] == 3                          # compiled in place
-
-
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("half_file", [False, True])
-@pytest.mark.parametrize("precision", ["fp16", "int8"])
-def test_cuda_load_compiles_ahead(ckpt, ckpt_fp16, padded, precision, half_file):
-    """On a GPU, load_esm2 compiles the encoder's graphs in a thread while it loads; the first batch
-    waits for them and compiles nothing more, and the features are the real model's."""
-    torch._dynamo.reset()
-    counters = torch._dynamo.utils.counters
-    counters.clear()
-    enc = load_esm2(str(ckpt_fp16 if half_file else ckpt), device="cuda", precision=precision, max_tokens=4096)
-    assert isinstance(enc.forward._layer_graphs, Future)                   # compiling ahead
-    enc.warm_up()
-    assert counters["stats"]["unique_graphs"] == 3, dict(counters["stats"])  # nothing compiled twice
-    seqs = proteins([1, 5, 45, 48, 60, 166, 300, 1022] * 5, seed=3)
-    cos = cosine(enc.embed(seqs), padded.embed(seqs))
-    assert counters["stats"]["unique_graphs"] == 3, dict(counters["stats"])
-    assert cos.min() > (0.999 if not half_file else 0.99), cos.min()
 
 
 def test_prepared_input_embeds_like_strings(ckpt):

@@ -400,14 +400,7 @@ def is_random_checkpoint(path: str | Path) -> bool:
 def load_esm2_model(path: str | Path, *, device: str | torch.device = "cpu",
                     dtype: torch.dtype = torch.float32) -> ESM2:
     """ESM2 module from a checkpoint file, in eval mode, weights in dtype (LayerNorms fp32)."""
-    return build_esm2_model(path, *read_esm2_checkpoint(path), device=device, dtype=dtype)
-
-
-def build_esm2_model(path: str | Path, cfg: ESM2Config, state: dict[str, torch.Tensor],
-                     stored_inv_freq: torch.Tensor | None, *, device: str | torch.device = "cpu",
-                     dtype: torch.dtype = torch.float32) -> ESM2:
-    """load_esm2_model's second half, from read_esm2_checkpoint's result: the copy to the device
-    (the slow part: gigabytes), which the factory overlaps with compiling (esm2_packed.compile_ahead)."""
+    cfg, state, stored_inv_freq = read_esm2_checkpoint(path)
     with torch.device("meta"):
         model = ESM2(cfg.num_layers, cfg.embed_dim, cfg.attention_heads, cfg.token_dropout)
     model.load_state_dict(state, strict=True, assign=True)

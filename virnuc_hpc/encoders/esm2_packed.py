@@ -25,10 +25,8 @@ kernel, so packing, positions and pooling are checked against the padded path wi
 
 from __future__ import annotations
 
-import logging
 from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,28 +36,21 @@ import torch.nn.functional as F
 
 from .batching import Harvest, InFlight, copy_to_host, pack_sizes, to_device
 from .esm2 import (
-    CLS, EOS, MASK, PAD, POOL_LIMIT, ESM2, ESM2Config, ESM2Encoder, default_inv_freq, mean_residues, pad_batch,
-    plan_batches, rotary_cos_sin, tokenize_many,
+    CLS, EOS, MASK, PAD, POOL_LIMIT, ESM2, ESM2Encoder, mean_residues, pad_batch, plan_batches,
+    rotary_cos_sin, tokenize_many,
 )
 from .int8 import (Int8Weight, absmax_scale, concat, int8_linear, int8_linear_absmax, layer_norm_quantized,
                    quantize, quantize_weight)
 from .layers import layer_norm_fp32
 
-log = logging.getLogger(__name__)
-
 # (T, H, hd) packed q/k/v and the batch's segments -> (T, H, hd): the packed form of layers.Attend
 AttentionBackend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, "DeviceProteinBatch"], torch.Tensor]
-# The first layer's input half, one layer's output half with the next one's input half, the last
-# layer's output half (compiled or plain functions; weights are arguments)
-LayerGraphs = tuple[Callable[..., tuple[torch.Tensor, ...]], Callable[..., tuple[torch.Tensor, ...]],
-                    Callable[..., torch.Tensor]]
 
 MIN_BUCKET = 256          # smallest packed length compiled
 BUDGET_QUANTUM = 512      # budgets are multiples of this, so the top bucket equals the budget
 MAX_BUDGET = 65536        # tokens per batch past which the matmuls are no faster (measured:
                           # benchmarks/esm2_throughput.py)
 MIN_BUDGET = 2048
-TOKEN_BUDGET_FRACTION = 0.5  # of the free memory after the weights are loaded, for activations
 FP32_RECOMPUTE_TOKENS = 16384  # padded fp32 sub-batches when a batch is recomputed
 TAIL_CHUNK = 128          # the tail padding attends in chunks this long (cheap, never pooled)
 DYNAMIC_ALIGN = 64        # with dynamic shapes, packed lengths are only rounded up to this
@@ -396,8 +387,7 @@ class PackedESM2:
     """Packed forward over an ESM2 module's parameters (shared, not copied; int8 copies when quantised)."""
 
     def __init__(self, model: ESM2, attention: str, compile_layers: bool, max_shapes: int = 32, *,
-                 gelu_epilogue: bool = False, dynamic: bool = False, quantized: bool = False,
-                 graphs: LayerGraphs | Future[LayerGraphs] | None = None):
+                 gelu_epilogue: bool = False, dynamic: bool = False, quantized: bool = False):
         self.model, self.attend = model, ATTENTION[attention]
         self.gelu_epilogue, self.dynamic, self.quantized = gelu_epilogue, dynamic, quantized
         self.heads = model.attention_heads
@@ -407,13 +397,6 @@ class PackedESM2:
         self._in_weights = [h[0] for h in halves]
         self._out_weights = [h[1] for h in halves]
         self._eps = [(layer.self_attn_layer_norm.eps, layer.final_layer_norm.eps) for layer in model.layers]
-        self._compile = lambda: self._graphs(attention, compile_layers, max_shapes, dynamic, quantized)
-        # given: compiled already, or being compiled (compile_ahead), for a model of the same shapes
-        self._layer_graphs = graphs or self._compile()
-
-    @staticmethod
-    def _graphs(attention: str, compile_layers: bool, max_shapes: int, dynamic: bool, quantized: bool
-                ) -> LayerGraphs:
         graphs = ((attention_inputs_int8, ffn_then_next_inputs_int8, attention_output_and_ffn_int8) if quantized
                   else (attention_inputs, ffn_then_next_inputs, attention_output_and_ffn))
         if compile_layers:
@@ -422,19 +405,7 @@ class PackedESM2:
             configure_compile_cache()
             # dynamic: one graph for every packed length T (the GEMMs are cuBLAS calls anyway)
             graphs = tuple(compile_dynamic(g) if dynamic else compile_static(g, max_shapes) for g in graphs)
-        return graphs
-
-    @property
-    def graphs(self) -> LayerGraphs:
-        """The three layer graphs (compiled or not); the weights are their arguments, not part of them.
-        Graphs still compiling ahead are waited for here, at first use."""
-        if isinstance(self._layer_graphs, Future):
-            try:
-                self._layer_graphs = self._layer_graphs.result()
-            except Exception as exc:  # compiled here instead: a real fault shows up again, in place
-                log.warning("ESM-2: compiling ahead failed (%s: %s); compiling now", type(exc).__name__, exc)
-                self._layer_graphs = self._compile()
-        return self._layer_graphs
+        self._first, self._middle, self._last = graphs
 
     @property
     def dtype(self) -> torch.dtype:
@@ -448,16 +419,15 @@ class PackedESM2:
         mark = _mark_tokens_dynamic if self.dynamic else lambda *tensors: None
         mark(x, cos, sin)
         heads, gelu, eps = self.heads, self.gelu_epilogue, self._eps
-        first, middle, last = self.graphs
-        q, k, v = first(x, cos, sin, *self._in_weights[0], heads, eps[0][0])
+        q, k, v = self._first(x, cos, sin, *self._in_weights[0], heads, eps[0][0])
         for i, w_out in enumerate(self._out_weights):
             attn = self.attend(q, k, v, batch)
             mark(x, attn)
             if i + 1 < len(self._out_weights):
-                x, q, k, v = middle(x, attn, *w_out, eps[i][1], gelu, cos, sin,
+                x, q, k, v = self._middle(x, attn, *w_out, eps[i][1], gelu, cos, sin,
                                           *self._in_weights[i + 1], heads, eps[i + 1][0])
             else:
-                x = last(x, attn, *w_out, eps[i][1], gelu)
+                x = self._last(x, attn, *w_out, eps[i][1], gelu)
         return segment_mean(model.emb_layer_norm_after, x, batch)
 
 
@@ -488,7 +458,7 @@ def bytes_per_token(embed_dim: int, dtype: torch.dtype) -> int:
 
 
 def derive_token_budget(device: torch.device, embed_dim: int, dtype: torch.dtype, *,
-                        fraction: float = TOKEN_BUDGET_FRACTION, ceiling: int = MAX_BUDGET) -> int:
+                        fraction: float = 0.5, ceiling: int = MAX_BUDGET) -> int:
     """Tokens per batch from the card's free memory (after the weights are loaded), capped where
     bigger batches stop paying: `fraction` of free memory over `bytes_per_token`."""
     if device.type != "cuda":
@@ -539,7 +509,7 @@ class PackedESM2Encoder(ESM2Encoder):
                  max_tokens: int | None = None, path: Path | None = None,
                  pool_limit: int = POOL_LIMIT, attention: str | None = None,
                  compile_layers: bool | None = None, gelu_epilogue: bool | None = None,
-                 dynamic_shapes: bool = True, graphs: LayerGraphs | Future[LayerGraphs] | None = None):
+                 dynamic_shapes: bool = True):
         super().__init__(model, name=name, device=device, precision=precision, max_tokens=max_tokens,
                          path=path, pool_limit=pool_limit)
         self.attention = attention or ("efficient" if device.type == "cuda" else "masked")
@@ -553,7 +523,7 @@ class PackedESM2Encoder(ESM2Encoder):
         self.forward = PackedESM2(model, self.attention, self.compile_layers,
                                   max_shapes=3 * max_buckets(self.token_budget),
                                   gelu_epilogue=gelu_epilogue, dynamic=dynamic_shapes,
-                                  quantized=precision == "int8", graphs=graphs)
+                                  quantized=precision == "int8")
         self.runner: Callable[[DeviceProteinBatch], torch.Tensor] = self.forward
         self.stats["oom_split_batches"] = 0
         self._copy_stream = torch.cuda.Stream(device) if device.type == "cuda" else None
@@ -653,61 +623,3 @@ class PackedESM2Encoder(ESM2Encoder):
         lowered = max(MIN_BUCKET, needed // 2 // MIN_BUCKET * MIN_BUCKET)
         self.token_budget = min(self.token_budget, lowered)
         return [index[:half], index[half:]]
-
-
-# ---------------------------------------------------------------------------------------------------
-# Compiling while the weights load
-# ---------------------------------------------------------------------------------------------------
-
-
-def placeholder_model(cfg: ESM2Config, state: dict[str, torch.Tensor], device: torch.device,
-                      dtype: torch.dtype) -> ESM2:
-    """A model built as esm2.build_esm2_model builds one from ``state`` (same shapes, same dtypes:
-    a half-precision file keeps half-precision LayerNorms), with zeros for weights, allocated on the
-    device (nothing is read or copied): what compile_ahead compiles on. Zeros keep activations finite."""
-    with torch.device("meta"):
-        model = ESM2(cfg.num_layers, cfg.embed_dim, cfg.attention_heads, cfg.token_dropout)
-    model.load_state_dict({k: torch.empty_like(v, device="meta") for k, v in state.items()}, assign=True)
-    model = model.cast(torch.device("meta"), dtype).to_empty(device=device)
-    for p in model.parameters():
-        p.detach().zero_()
-    model.inv_freq = default_inv_freq(cfg.embed_dim // cfg.attention_heads)
-    return model.eval().requires_grad_(False)
-
-
-def compile_ahead(cfg: ESM2Config, state: dict[str, torch.Tensor], *, device: torch.device,
-                  dtype: torch.dtype, precision: str, gelu_epilogue: bool) -> Future[LayerGraphs] | None:
-    """Compile the packed forward for a model of ``state``'s shapes and dtypes in a thread, on
-    placeholder weights, while the caller goes on loading (this model, the other encoder); pass the
-    result to the encoder (``graphs``), which waits for it at its first batch. The layer graphs take
-    the weights as arguments, so what was compiled for zeros serves any weights of those shapes and
-    dtypes; the first batch on zeros also builds the Triton kernels.
-
-    Why: a cold start spent about 12 s compiling ESM-2 3B's graphs after every model was loaded
-    (benchmarks/esm2_startup.py). None where nothing compiles (not CUDA), or where the card lacks the
-    room for both copies of the weights and a full token budget beside them (the budget is read from
-    free memory while the placeholder still exists): the first batch then compiles, as before."""
-    if device.type != "cuda":
-        return None
-    per_copy = sum(v.numel() for v in state.values()) * (torch.finfo(dtype).bits // 8 + (precision == "int8"))
-    spare = torch.cuda.mem_get_info(device)[0] - 2 * per_copy
-    if spare * TOKEN_BUDGET_FRACTION < MAX_BUDGET * bytes_per_token(cfg.embed_dim, dtype):
-        return None
-
-    def compile_on_zeros() -> LayerGraphs:
-        with torch.cuda.device(device):
-            encoder = PackedESM2Encoder(placeholder_model(cfg, state, device, dtype), name="placeholder",
-                                        device=device, precision=precision, max_tokens=MIN_BUDGET,
-                                        gelu_epilogue=gelu_epilogue)
-            encoder.embed(["A" * 48] * (MIN_BUCKET // 50))  # the warm-up's first packed length
-            graphs = encoder.forward.graphs
-            del encoder
-            torch.cuda.synchronize(device)
-            torch.cuda.empty_cache()
-        return graphs
-
-    pool = ThreadPoolExecutor(1, thread_name_prefix="virnuc-esm2-compile")
-    try:
-        return pool.submit(compile_on_zeros)
-    finally:
-        pool.shutdown(wait=False)

@@ -8,7 +8,6 @@ neither padded module needs to import its packed counterpart. Re-exported as
 
 from __future__ import annotations
 
-from concurrent.futures import wait
 from typing import TYPE_CHECKING
 
 import torch
@@ -16,7 +15,7 @@ import torch
 from ..devices import activation_precision, dtype_of, resolve_device, resolve_precision
 from ..errors import ConfigError
 from .dnabert import DNABERTEncoder, load_dnabert_parts
-from .esm2 import ESM2Encoder, build_esm2_model, model_name, read_esm2_checkpoint, resolve_esm2_checkpoint
+from .esm2 import ESM2Encoder, load_esm2_model, model_name, resolve_esm2_checkpoint
 
 if TYPE_CHECKING:
     from .dnabert_packed import PackedDNABERTEncoder
@@ -36,14 +35,12 @@ def load_esm2(spec: str, device: str = "auto", precision: str = "auto",
     encoders/esm2_packed.py; otherwise (CPU, fp32) the padded reference path. Both have the same
     API; `max_tokens` is then the packed token budget (default: derived from free GPU memory), and
     fc1's GELU runs in its GEMM's epilogue (tanh form) unless `exact_gelu`. Precision "int8" is
-    always the packed encoder with int8 linear layers (fp16 activations on a GPU, fp32 on CPU). On a
-    GPU the packed forward compiles on placeholder weights in a thread while the real weights are
-    copied to the card and DNABERT-S loads (esm2_packed.compile_ahead); the first batch waits for it.
+    always the packed encoder with int8 linear layers (fp16 activations on a GPU, fp32 on CPU).
 
     `host_weights` leaves the weights in host memory and takes the padded path, whose every weight
     is read through a module's forward: for an engine that fetches them layer by layer (ZeRO-3
     parameter offload) and then runs the encoder through ``with_engine``."""
-    from .esm2_packed import PackedESM2Encoder, compile_ahead, varlen_available
+    from .esm2_packed import PackedESM2Encoder, varlen_available
 
     path = resolve_esm2_checkpoint(spec, offline=offline)
     dev = resolve_device(device)
@@ -51,30 +48,21 @@ def load_esm2(spec: str, device: str = "auto", precision: str = "auto",
     if prec == "int8" and (host_weights or (dev.type == "cuda" and not varlen_available(dev))):
         raise ConfigError("precision int8 needs the native engine on a GPU of compute capability >= 8.0 "
                           "(or the CPU, for checking); use fp16 here")
-    cfg, state, inv_freq = read_esm2_checkpoint(path)
-    name, dtype = model_name(spec, path), dtype_of(activation_precision(prec, dev))
-    if prec == "int8" and dev.type == "cuda" and cfg.embed_dim % 16:
-        raise ConfigError(f"precision int8 needs a model width that is a multiple of 16 (the int8 "
-                          f"kernel's TMA rows); {name} has {cfg.embed_dim}")
-    # quantised linear layers exist only in the packed forward (on CPU: masked attention)
-    packed = prec == "int8" or (not host_weights and prec in ("fp16", "bf16") and varlen_available(dev))
-    gelu_epilogue = dev.type == "cuda" and not exact_gelu  # fc1's GELU in the GEMM epilogue, tanh form
-    compiling = compile_ahead(cfg, state, device=dev, dtype=dtype, precision=prec,
-                              gelu_epilogue=gelu_epilogue) if packed else None
-    try:
-        model = build_esm2_model(path, cfg, state, inv_freq, device="cpu" if host_weights else dev, dtype=dtype)
-    except BaseException:
-        if compiling is not None:  # not left compiling beside whatever handles the error
-            wait([compiling])
-        raise
-    if not packed:
-        return ESM2Encoder(model, name=name, device=dev, precision=prec, max_tokens=max_tokens, path=path)
-    if prec == "int8" and dev.type == "cpu":  # the CPU's masked attention is quadratic in the packed length
-        max_tokens = min(max_tokens or CPU_PACKED_TOKENS, CPU_PACKED_TOKENS)
-    # graphs still compiling: the encoder waits for them at its first batch, so the other encoder
-    # loads meanwhile
-    return PackedESM2Encoder(model, name=name, device=dev, precision=prec, max_tokens=max_tokens, path=path,
-                             gelu_epilogue=gelu_epilogue, graphs=compiling)
+    model = load_esm2_model(path, device="cpu" if host_weights else dev,
+                            dtype=dtype_of(activation_precision(prec, dev)))
+    name = model_name(spec, path)
+    if prec == "int8":  # quantised linear layers exist only in the packed forward (CPU: masked attention)
+        if dev.type == "cuda" and model.embed_dim % 16:
+            raise ConfigError(f"precision int8 needs a model width that is a multiple of 16 (the int8 "
+                              f"kernel's TMA rows); {name} has {model.embed_dim}")
+        if dev.type == "cpu":  # the CPU's masked attention is quadratic in the packed length
+            max_tokens = min(max_tokens or CPU_PACKED_TOKENS, CPU_PACKED_TOKENS)
+        return PackedESM2Encoder(model, name=name, device=dev, precision=prec, max_tokens=max_tokens,
+                                 path=path, gelu_epilogue=False if exact_gelu else None)
+    if not host_weights and prec in ("fp16", "bf16") and varlen_available(dev):
+        return PackedESM2Encoder(model, name=name, device=dev, precision=prec, max_tokens=max_tokens,
+                                 path=path, gelu_epilogue=not exact_gelu)
+    return ESM2Encoder(model, name=name, device=dev, precision=prec, max_tokens=max_tokens, path=path)
 
 
 def _use_packed_dnabert(device: torch.device, precision: str, layout: str = "auto") -> bool:
