@@ -153,6 +153,46 @@ def test_triton_quantisation_equals_reference(m: int, d: int) -> None:
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("m,d", [(1, 64), (37, 2560), (4099, 2560), (300, 1000)])
+@pytest.mark.parametrize("residual", [False, True])
+def test_triton_layer_norm_quantisation_equals_reference(m: int, d: int, residual: bool) -> None:
+    """The fused residual add + LayerNorm + quantisation against torch's three steps on the CPU: the
+    sum bit for bit, scales to fp32 rounding, int8 values within one step where the LayerNorms'
+    fp32 sums round differently (rarely)."""
+    torch.manual_seed(d + residual)
+    x = (torch.randn(m, d) * 4).half()
+    r = (torch.randn(m, d) * 4).half() if residual else None
+    w, b = torch.randn(d), torch.randn(d) * 0.1
+    total, values, scale = int8.layer_norm_quantize(x, r, w, b, 1e-5)
+    got_total, got_values, got_scale = int8.layer_norm_quantize(
+        x.cuda(), None if r is None else r.cuda(), w.cuda(), b.cuda(), 1e-5)
+    assert torch.equal(got_total.cpu(), total)   # x + r, or x itself
+    torch.testing.assert_close(got_scale.cpu(), scale, rtol=1e-5, atol=0)
+    steps = (got_values.cpu().int() - values.int()).abs()
+    assert steps.max() <= 1 and (steps > 0).float().mean() < 1e-3
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("t,heads,head_dim", [(1, 2, 8), (300, 40, 64), (4099, 20, 16)])
+def test_triton_rotary_equals_reference(t: int, heads: int, head_dim: int) -> None:
+    from virnuc_hpc.encoders.esm2 import rotary_cos_sin
+    from virnuc_hpc.encoders.esm2_packed import rotary_qk
+
+    torch.manual_seed(t)
+    qkv = (torch.randn(t, 3 * heads * head_dim) * 3).half()
+    inv_freq = 1.0 / 10000 ** (torch.arange(0, head_dim, 2).float() / head_dim)
+    cos, sin = rotary_cos_sin(torch.randint(0, 1024, (t,)), inv_freq)
+    expected = rotary_qk(qkv, cos, sin, heads)
+    got = rotary_qk(qkv.cuda(), cos.cuda(), sin.cuda(), heads)
+    for e, g in zip(expected, got):
+        assert g.shape == e.shape == (t, heads, head_dim)
+        torch.testing.assert_close(g.cpu(), e, rtol=1e-3, atol=1e-4)   # fp16: one rounding step at most
+    assert torch.equal(got[2].cpu(), expected[2])                        # v untouched
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_int8_encoder_matches_fp32(demo) -> None:
     esm2 = str(demo.esm2)
     seqs = proteins([1, 2, 5, 45, 48, 50, 60, 166, 300, 1022] * 20)

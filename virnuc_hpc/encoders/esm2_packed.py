@@ -16,9 +16,11 @@ The maths is the padded ESM2 module's (encoders/esm2.py), reading the same param
 - pooling is a segment mean on the GPU over residue positions 1..min(L, 1024);
 - one deliberate difference in fp16/bf16 on a GPU: fc1's GELU runs in the GEMM epilogue in its tanh
   form (within 5e-4 of erf, below half precision's resolution; fp32 keeps erf).
-With precision "int8" the same forward runs its linear layers as int8 GEMMs (encoders/int8.py): q, k
-and v become one GEMM, each activation is quantised per token in the graph that makes it, and fc1's
-GELU runs in the int8 kernel's epilogue (tanh form like fp16's unless exact_gelu, then erf).
+With precision "int8" the same maths runs its linear layers as int8 GEMMs (encoders/int8.py): q, k
+and v become one GEMM, each activation is quantised per token in the kernel that makes it (the
+residual add + LayerNorm + quantisation is one kernel), and fc1's GELU runs in the int8 kernel's
+epilogue (tanh form like fp16's unless exact_gelu, then erf). That forward is eager (``int8_layers``):
+every step is already one kernel of ours, so there is nothing to compile at startup.
 On CPU (tests, CI) the same packing runs with SDPA under a block-diagonal mask instead of a varlen
 kernel, so packing, positions and pooling are checked against the padded path without a GPU.
 """
@@ -39,7 +41,7 @@ from .esm2 import (
     CLS, EOS, MASK, PAD, POOL_LIMIT, ESM2, ESM2Encoder, mean_residues, pad_batch, plan_batches,
     rotary_cos_sin, tokenize_many,
 )
-from .int8 import (Int8Weight, absmax_scale, concat, int8_linear, int8_linear_absmax, layer_norm_quantized,
+from .int8 import (Int8Weight, absmax_scale, concat, int8_linear, int8_linear_absmax, layer_norm_quantize,
                    quantize, quantize_weight)
 from .layers import layer_norm_fp32
 
@@ -317,44 +319,69 @@ def ffn_then_next_inputs(x: torch.Tensor, attn: torch.Tensor, wo: torch.Tensor, 
     return (x, *attention_inputs(x, cos, sin, ln_w, ln_b, wq, bq, wk, bk, wv, bv, heads, eps1))
 
 
-# --- int8 (precision "int8"): the same two halves with quantised linear layers (encoders/int8.py) ----------
-# Same positional layout as the fp16/bf16 functions above, so PackedESM2 calls either set alike. Each
-# activation is quantised inside the graph that makes it, so the quantisation fuses into that kernel.
+# --- int8 (precision "int8"): eager, every step one kernel of ours (encoders/int8.py) -----------------
+# Nothing is left for TorchInductor to fuse (the residual add, LayerNorm and quantisation are one
+# kernel, rotary another), so the int8 forward is not compiled: a cold start spends no time compiling
+# graphs, only Triton's few kernels.
 
 
-def attention_inputs_int8(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, ln_w: torch.Tensor,
-                          ln_b: torch.Tensor, wqkv: torch.Tensor, sqkv: torch.Tensor, bqkv: torch.Tensor,
-                          heads: int, eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """LN1 quantised per token, one int8 GEMM for q, k and v together, rotary on q and k."""
-    qkv = int8_linear(*layer_norm_quantized(x, ln_w, ln_b, eps), wqkv, sqkv, bqkv)
-    shape = (x.shape[0], heads, x.shape[1] // heads)
-    q, k, v = (part.reshape(shape) for part in qkv.split(x.shape[1], dim=1))
-    return _rotate(q, cos, sin), _rotate(k, cos, sin), v
+@dataclass(frozen=True)
+class Int8Layer:
+    """One transformer layer for the int8 forward: LayerNorms as (weight, bias, eps), linear layers
+    quantised once (q, k and v stacked into one GEMM)."""
+
+    ln1: tuple[torch.Tensor, torch.Tensor, float]
+    qkv: Int8Weight
+    out: Int8Weight
+    ln2: tuple[torch.Tensor, torch.Tensor, float]
+    fc1: Int8Weight
+    fc2: Int8Weight
+
+    @classmethod
+    def of(cls, layer: torch.nn.Module, dtype: torch.dtype) -> Int8Layer:
+        attn = layer.self_attn
+
+        def q(lin: torch.nn.Linear) -> Int8Weight:
+            return quantize_weight(lin.weight, lin.bias, dtype)
+
+        def ln(norm: torch.nn.LayerNorm) -> tuple[torch.Tensor, torch.Tensor, float]:
+            return norm.weight.detach(), norm.bias.detach(), norm.eps
+
+        return cls(ln(layer.self_attn_layer_norm), concat([q(attn.q_proj), q(attn.k_proj), q(attn.v_proj)]),
+                   q(attn.out_proj), ln(layer.final_layer_norm), q(layer.fc1), q(layer.fc2))
 
 
-def attention_output_and_ffn_int8(x: torch.Tensor, attn: torch.Tensor, wo: torch.Tensor, so: torch.Tensor,
-                                  bo: torch.Tensor, ln_w: torch.Tensor, ln_b: torch.Tensor, w1: torch.Tensor,
-                                  s1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, s2: torch.Tensor,
-                                  b2: torch.Tensor, eps: float, gelu_epilogue: bool = False) -> torch.Tensor:
-    """x + out_proj(attn), then x + fc2(gelu(fc1(LN2(x)))), every GEMM int8. The GELU runs in fc1's
-    epilogue either way: its tanh form with `gelu_epilogue` (as fp16), else the exact erf form."""
-    x = x + int8_linear(*quantize(attn.flatten(1)), wo, so, bo)
-    g, g_max = int8_linear_absmax(*layer_norm_quantized(x, ln_w, ln_b, eps), w1, s1, b1,
-                                  "tanh" if gelu_epilogue else "erf")
-    return x + int8_linear(*quantize(g, absmax_scale(g_max)), w2, s2, b2)
+def rotary_qk(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+              heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(T, 3D) q/k/v rows -> (T, H, hd) q and k rotated (fp32 maths), v a view of qkv."""
+    T, D = qkv.shape[0], qkv.shape[1] // 3
+    shape = (T, heads, D // heads)
+    if qkv.is_cuda:
+        from .int8_triton import rotary_qk as rotary_qk_cuda
+
+        q, k = (part.view(shape) for part in rotary_qk_cuda(qkv, cos, sin))
+    else:
+        q, k = (_rotate(part.reshape(shape), cos, sin) for part in qkv[:, :2 * D].split(D, dim=1))
+    return q, k, qkv[:, 2 * D:].view(shape)
 
 
-def ffn_then_next_inputs_int8(x: torch.Tensor, attn: torch.Tensor, wo: torch.Tensor, so: torch.Tensor,
-                              bo: torch.Tensor, ln2_w: torch.Tensor, ln2_b: torch.Tensor, w1: torch.Tensor,
-                              s1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, s2: torch.Tensor,
-                              b2: torch.Tensor, eps2: float, gelu_epilogue: bool, cos: torch.Tensor,
-                              sin: torch.Tensor, ln_w: torch.Tensor, ln_b: torch.Tensor, wqkv: torch.Tensor,
-                              sqkv: torch.Tensor, bqkv: torch.Tensor, heads: int, eps1: float
-                              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """ffn_then_next_inputs with int8 GEMMs: the residual add, LN1 and its quantisation fuse."""
-    x = attention_output_and_ffn_int8(x, attn, wo, so, bo, ln2_w, ln2_b, w1, s1, b1, w2, s2, b2, eps2,
-                                      gelu_epilogue)
-    return (x, *attention_inputs_int8(x, cos, sin, ln_w, ln_b, wqkv, sqkv, bqkv, heads, eps1))
+def int8_layers(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, batch: DeviceProteinBatch,
+                layers: Sequence[Int8Layer], attend: AttentionBackend, heads: int, gelu: str) -> torch.Tensor:
+    """Every layer of the int8 forward over the (T, D) residual stream, as the reference's layers:
+    x += out_proj(attention(LN1(x))); x += fc2(gelu(fc1(LN2(x)))), each GEMM's input quantised per
+    token where it is made (the next LayerNorm's kernel, or fc1's row maxima)."""
+    x, *h = layer_norm_quantize(x, None, *layers[0].ln1)
+    for i, layer in enumerate(layers):
+        q, k, v = rotary_qk(int8_linear(*h, *layer.qkv.tensors()), cos, sin, heads)
+        out = int8_linear(*quantize(attend(q, k, v, batch).flatten(1)), *layer.out.tensors())
+        x, *h = layer_norm_quantize(x, out, *layer.ln2)
+        g, g_max = int8_linear_absmax(*h, *layer.fc1.tensors(), gelu)
+        ffn = int8_linear(*quantize(g, absmax_scale(g_max)), *layer.fc2.tensors())
+        if i + 1 < len(layers):
+            x, *h = layer_norm_quantize(x, ffn, *layers[i + 1].ln1)
+        else:
+            x = x + ffn
+    return x
 
 
 def _layer_weights(layer: torch.nn.Module) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
@@ -368,23 +395,10 @@ def _layer_weights(layer: torch.nn.Module) -> tuple[tuple[torch.Tensor, ...], tu
             layer.fc1.weight, layer.fc1.bias, layer.fc2.weight, layer.fc2.bias)))
 
 
-def _layer_weights_int8(layer: torch.nn.Module, dtype: torch.dtype
-                        ) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
-    """(input half, output half) arguments of one layer for the int8 graphs, quantised now."""
-    attn = layer.self_attn
-
-    def q(lin: torch.nn.Linear) -> Int8Weight:
-        return quantize_weight(lin.weight, lin.bias, dtype)
-
-    ln1, ln2 = layer.self_attn_layer_norm, layer.final_layer_norm
-    qkv = concat([q(attn.q_proj), q(attn.k_proj), q(attn.v_proj)])
-    return ((ln1.weight.detach(), ln1.bias.detach(), *qkv.tensors()),
-            (*q(attn.out_proj).tensors(), ln2.weight.detach(), ln2.bias.detach(), *q(layer.fc1).tensors(),
-             *q(layer.fc2).tensors()))
-
-
 class PackedESM2:
-    """Packed forward over an ESM2 module's parameters (shared, not copied; int8 copies when quantised)."""
+    """Packed forward over an ESM2 module's parameters (shared, not copied; int8 copies when quantised).
+
+    fp16/bf16/fp32: three layer graphs, compiled when `compile_layers`; int8: ``int8_layers``, eager."""
 
     def __init__(self, model: ESM2, attention: str, compile_layers: bool, max_shapes: int = 32, *,
                  gelu_epilogue: bool = False, dynamic: bool = False, quantized: bool = False):
@@ -392,13 +406,18 @@ class PackedESM2:
         self.gelu_epilogue, self.dynamic, self.quantized = gelu_epilogue, dynamic, quantized
         self.heads = model.attention_heads
         self._inv_freq = model.inv_freq.to(model.embed_tokens.weight.device)
-        halves = [_layer_weights_int8(layer, self.dtype) if quantized else _layer_weights(layer)
-                  for layer in model.layers]
+        if quantized:
+            self._int8 = [Int8Layer.of(layer, self.dtype) for layer in model.layers]
+            if compile_layers:  # nothing to compile but Triton's kernels: into the same node-shared cache
+                from .compile import configure_compile_cache
+
+                configure_compile_cache()
+            return
+        halves = [_layer_weights(layer) for layer in model.layers]
         self._in_weights = [h[0] for h in halves]
         self._out_weights = [h[1] for h in halves]
         self._eps = [(layer.self_attn_layer_norm.eps, layer.final_layer_norm.eps) for layer in model.layers]
-        graphs = ((attention_inputs_int8, ffn_then_next_inputs_int8, attention_output_and_ffn_int8) if quantized
-                  else (attention_inputs, ffn_then_next_inputs, attention_output_and_ffn))
+        graphs = (attention_inputs, ffn_then_next_inputs, attention_output_and_ffn)
         if compile_layers:
             from .compile import compile_dynamic, compile_static, configure_compile_cache
 
@@ -416,9 +435,13 @@ class PackedESM2:
         model = self.model
         x = model.embed_tokens(batch.tokens) * batch.token_scale[:, None].to(self.dtype)
         cos, sin = rotary_cos_sin(batch.positions, self._inv_freq)
+        heads, gelu = self.heads, self.gelu_epilogue
+        if self.quantized:
+            x = int8_layers(x, cos, sin, batch, self._int8, self.attend, heads, "tanh" if gelu else "erf")
+            return segment_mean(model.emb_layer_norm_after, x, batch)
         mark = _mark_tokens_dynamic if self.dynamic else lambda *tensors: None
         mark(x, cos, sin)
-        heads, gelu, eps = self.heads, self.gelu_epilogue, self._eps
+        eps = self._eps
         q, k, v = self._first(x, cos, sin, *self._in_weights[0], heads, eps[0][0])
         for i, w_out in enumerate(self._out_weights):
             attn = self.attend(q, k, v, batch)

@@ -5,11 +5,11 @@ about 0.7 of their ceiling; Hopper's int8 tensor cores run about twice as fast. 
 fidelity and speed measured in benchmarks/esm2_throughput.py; docs/precision.md):
 - weights are quantised once at load, symmetric, one scale per output channel (row of W);
 - activations are quantised per token (row), symmetric. After a LayerNorm (before q/k/v and fc1)
-  ``quantize_rows`` is written as plain torch ops inside the compiled layer graph, so TorchInductor
-  fuses it with the residual add and the LayerNorm. The other two inputs, the attention output
-  before out_proj and fc1's output before fc2, go through ``quantize``, one bandwidth-bound kernel of
-  ours on CUDA (TorchInductor's standalone kernels for them moved 0.2-0.3 of the bytes per second a
-  device copy does, ours 0.6-0.9 of it: benchmarks/int8_tiles.py);
+  ``layer_norm_quantize`` does the residual add, the LayerNorm and the quantisation in one pass (one
+  kernel of ours on CUDA), so the normalised row is quantised straight from fp32. The other two
+  inputs, the attention output before out_proj and fc1's output before fc2, go through ``quantize``,
+  one bandwidth-bound kernel of ours on CUDA (TorchInductor's standalone kernels for them moved
+  0.2-0.3 of the bytes per second a device copy does, ours 0.6-0.9 of it: benchmarks/int8_tiles.py);
 - the GEMM ``int8_linear`` multiplies int8 x int8 into int32 and dequantises in its epilogue:
   ``acc * row_scale * column_scale + bias``, optionally GELU (tanh form like the fp16 path's fused
   epilogue, or erf with exact_gelu), written in the bias's dtype; for fc1 the epilogue also records
@@ -74,9 +74,19 @@ def quantize_rows(x: Tensor) -> tuple[Tensor, Tensor]:
     return quantize_scaled(xf, scale), scale
 
 
-def layer_norm_quantized(x: Tensor, weight: Tensor, bias: Tensor, eps: float) -> tuple[Tensor, Tensor]:
-    """LayerNorm in fp32 (as layers.layer_norm_fp32) quantised per token straight from fp32."""
-    return quantize_rows(F.layer_norm(x.float(), (x.shape[-1],), weight, bias, eps))
+def layer_norm_quantize(x: Tensor, residual: Tensor | None, weight: Tensor, bias: Tensor,
+                        eps: float) -> tuple[Tensor, Tensor, Tensor]:
+    """The residual add (if ``residual``), the LayerNorm after it and its per-token quantisation:
+    (x + residual, or x itself; int8 values; float32 scales). On CUDA one pass of ours over the
+    rows (int8_triton.layer_norm_quantize), each row read once; elsewhere torch, the same maths."""
+    if x.is_cuda:
+        from .int8_triton import layer_norm_quantize as layer_norm_quantize_cuda
+
+        total, values, scale = layer_norm_quantize_cuda(x, residual, weight, bias, eps)
+        return (x if total is None else total), values, scale
+    total = x if residual is None else x + residual
+    # LayerNorm in fp32 (as layers.layer_norm_fp32), quantised straight from fp32
+    return (total, *quantize_rows(F.layer_norm(total.float(), (total.shape[-1],), weight, bias, eps)))
 
 
 GELUS = ("none", "tanh", "erf")
@@ -88,8 +98,8 @@ def int8_linear(a: Tensor, a_scale: Tensor, w: Tensor, w_scale: Tensor, bias: Te
     """gelu((a @ w.T) * a_scale[:, None] * w_scale + bias) in bias.dtype; gelu is "none", "tanh"
     (the approximation) or "erf" (exact).
 
-    a (M, K) int8 per-row quantised, w (N, K) int8 per-row quantised. A custom op, so torch.compile
-    keeps it as one opaque call inside the layer graphs."""
+    a (M, K) int8 per-row quantised, w (N, K) int8 per-row quantised. A custom op, so a compiled
+    graph (a benchmark's, a user's) keeps it as one opaque call."""
     if a.is_cuda:
         from .int8_triton import int8_gemm
 

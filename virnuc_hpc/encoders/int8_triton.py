@@ -14,6 +14,12 @@ fc1's GELU and row maxima) and tunes nothing; autotuning ~40 (shape, length) pai
 The activation quantisation that cannot fuse into a LayerNorm (the attention output before out_proj,
 fc1's output before fc2) is ``quantize_rows`` here: at 65,536 tokens it moved 2.4-3.9 TB/s where
 TorchInductor's kernels for it moved 0.8-1.2 (a device copy: 4.1-4.2), same benchmark.
+
+The rest of the int8 forward is two more small kernels, so that it needs no torch.compile (a cold
+start's graph compilation cost 13 s more than these few kernels): ``layer_norm_quantize`` (residual
+add, LayerNorm in fp32 and per-row quantisation, each row read once; as fast as TorchInductor's
+fusion of the same graph) and ``rotary_qk`` (q and k read out of the fused q/k/v output, rotated in
+fp32, written contiguous for the attention kernel).
 """
 
 from __future__ import annotations
@@ -155,3 +161,98 @@ def quantize_rows(x: torch.Tensor, scale: torch.Tensor | None) -> tuple[torch.Te
         _quantize_rows[(triton.cdiv(M, block_r),)](x, scale_in, scale_out, out, M, D, KNOWN_SCALE=known,
                                                     BLOCK_R=block_r, BLOCK_D=512, num_warps=4)
     return out, scale_out
+
+
+@triton.jit
+def _layer_norm_quantize(x_ptr, r_ptr, sum_ptr, w_ptr, b_ptr, scale_ptr, out_ptr, M, eps,
+                         D: tl.constexpr, RESIDUAL: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
+    """BLOCK_R rows in one pass, each row held in registers: RESIDUAL: s = x + r written to sum_ptr
+    (rounded to the residual stream's dtype, as torch's add), else s = x; then LayerNorm of s in fp32
+    and its per-row int8 quantisation (scale max |h| / 127, values rint(h * (1 / scale)))."""
+    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    cols = tl.arange(0, BLOCK_D)
+    inside = rows < M
+    mask = inside[:, None] & (cols[None, :] < D)
+    offs = rows.to(tl.int64)[:, None] * D + cols[None, :]
+    s = tl.load(x_ptr + offs, mask=mask, other=0.0)
+    if RESIDUAL:
+        s = (s.to(tl.float32) + tl.load(r_ptr + offs, mask=mask, other=0.0).to(tl.float32)).to(
+            sum_ptr.dtype.element_ty)
+        tl.store(sum_ptr + offs, s, mask=mask)
+    s = s.to(tl.float32)
+    mean = tl.sum(s, axis=1) / D
+    centred = tl.where(mask, s - mean[:, None], 0.0)
+    rstd = libdevice.rsqrt(tl.sum(centred * centred, axis=1) / D + eps)
+    w = tl.load(w_ptr + cols, mask=cols < D, other=0.0).to(tl.float32)
+    b = tl.load(b_ptr + cols, mask=cols < D, other=0.0).to(tl.float32)
+    h = centred * rstd[:, None] * w[None, :] + b[None, :]
+    amax = tl.max(tl.where(mask, tl.abs(h), 0.0), axis=1)
+    scale = tl.math.div_rn(tl.maximum(amax, TINY), tl.full((BLOCK_R,), QMAX, tl.float32))
+    tl.store(scale_ptr + rows, scale, mask=inside)
+    inv = tl.math.div_rn(tl.full((BLOCK_R,), 1.0, tl.float32), scale)
+    q = tl.clamp(libdevice.rint(h * inv[:, None]), -QMAX, QMAX)
+    tl.store(out_ptr + offs, q.to(tl.int8), mask=mask)
+
+
+def layer_norm_quantize(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor,
+                        bias: torch.Tensor, eps: float
+                        ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+    """See int8.layer_norm_quantize: (x + residual or None, int8 values, float32 scales)."""
+    x = x.contiguous()
+    M, D = x.shape
+    total = torch.empty_like(x) if residual is not None else None
+    out = torch.empty((M, D), device=x.device, dtype=torch.int8)
+    scale = torch.empty(M, device=x.device, dtype=torch.float32)
+    if M:
+        block_d = triton.next_power_of_2(D)
+        block_r = max(1, min(4, 4096 // block_d))
+        r = residual.contiguous() if residual is not None else x
+        _layer_norm_quantize[(triton.cdiv(M, block_r),)](
+            x, r, total if total is not None else x, weight, bias, scale, out, M, eps, D=D,
+            RESIDUAL=residual is not None, BLOCK_R=block_r, BLOCK_D=block_d, num_warps=8)
+    return total, out, scale
+
+
+@triton.jit
+def _rotary(qkv_ptr, cos_ptr, sin_ptr, q_ptr, k_ptr, T, D: tl.constexpr, HALF: tl.constexpr,
+            BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr):
+    """Rotate-half rotary of q (columns 0..D) or k (D..2D, program_id(2) = 1) of a (T, 3D) q/k/v
+    matrix into a contiguous (T, D) output: per head of 2 * HALF columns, (x1, x2) ->
+    (x1 cos1 - x2 sin1, x2 cos2 + x1 sin2) in fp32, with cos/sin (T, 2 * HALF) fp32."""
+    t = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
+    p = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)   # pair index over the D / 2 pairs
+    which = tl.program_id(2)
+    mask = (t < T)[:, None] & (p < D // 2)[None, :]
+    j = p % HALF
+    col = (p // HALF) * (2 * HALF) + j
+    row = t.to(tl.int64)[:, None]
+    src = qkv_ptr + row * (3 * D) + which * D + col[None, :]
+    x1 = tl.load(src, mask=mask, other=0.0).to(tl.float32)
+    x2 = tl.load(src + HALF, mask=mask, other=0.0).to(tl.float32)
+    trig = row * (2 * HALF) + j[None, :]
+    c1 = tl.load(cos_ptr + trig, mask=mask, other=0.0)
+    c2 = tl.load(cos_ptr + trig + HALF, mask=mask, other=0.0)
+    s1 = tl.load(sin_ptr + trig, mask=mask, other=0.0)
+    s2 = tl.load(sin_ptr + trig + HALF, mask=mask, other=0.0)
+    first = (x1 * c1 - x2 * s1).to(q_ptr.dtype.element_ty)
+    second = (x2 * c2 + x1 * s2).to(q_ptr.dtype.element_ty)
+    dst = row * D + col[None, :]
+    if which == 0:
+        tl.store(q_ptr + dst, first, mask=mask)
+        tl.store(q_ptr + dst + HALF, second, mask=mask)
+    else:
+        tl.store(k_ptr + dst, first, mask=mask)
+        tl.store(k_ptr + dst + HALF, second, mask=mask)
+
+
+def rotary_qk(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """See esm2_packed.rotary_qk: q and k of a (T, 3D) q/k/v matrix, rotated, each (T, D) contiguous."""
+    qkv, cos, sin = qkv.contiguous(), cos.float().contiguous(), sin.float().contiguous()
+    T, D = qkv.shape[0], qkv.shape[1] // 3
+    half = cos.shape[1] // 2
+    q, k = (torch.empty((T, D), device=qkv.device, dtype=qkv.dtype) for _ in range(2))
+    if T:
+        block_t, block_p = 16, 256
+        _rotary[(triton.cdiv(T, block_t), triton.cdiv(D // 2, block_p), 2)](
+            qkv, cos, sin, q, k, T, D=D, HALF=half, BLOCK_T=block_t, BLOCK_P=block_p, num_warps=4)
+    return q, k
