@@ -82,8 +82,7 @@ def layer_norm_quantize(x: Tensor, residual: Tensor | None, weight: Tensor, bias
     if x.is_cuda:
         from .int8_triton import layer_norm_quantize as layer_norm_quantize_cuda
 
-        total, values, scale = layer_norm_quantize_cuda(x, residual, weight, bias, eps)
-        return (x if total is None else total), values, scale
+        return layer_norm_quantize_cuda(x, residual, weight, bias, eps)
     total = x if residual is None else x + residual
     # LayerNorm in fp32 (as layers.layer_norm_fp32), quantised straight from fp32
     return (total, *quantize_rows(F.layer_norm(total.float(), (total.shape[-1],), weight, bias, eps)))

@@ -196,8 +196,8 @@ def _layer_norm_quantize(x_ptr, r_ptr, sum_ptr, w_ptr, b_ptr, scale_ptr, out_ptr
 
 def layer_norm_quantize(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor,
                         bias: torch.Tensor, eps: float
-                        ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
-    """See int8.layer_norm_quantize: (x + residual or None, int8 values, float32 scales)."""
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """See int8.layer_norm_quantize: (x + residual, or x itself; int8 values; float32 scales)."""
     x = x.contiguous()
     M, D = x.shape
     total = torch.empty_like(x) if residual is not None else None
@@ -210,15 +210,16 @@ def layer_norm_quantize(x: torch.Tensor, residual: torch.Tensor | None, weight: 
         _layer_norm_quantize[(triton.cdiv(M, block_r),)](
             x, r, total if total is not None else x, weight, bias, scale, out, M, eps, D=D,
             RESIDUAL=residual is not None, BLOCK_R=block_r, BLOCK_D=block_d, num_warps=8)
-    return total, out, scale
+    return (x if total is None else total), out, scale
 
 
 @triton.jit
-def _rotary(qkv_ptr, cos_ptr, sin_ptr, q_ptr, k_ptr, T, D: tl.constexpr, HALF: tl.constexpr,
+def _rotary(qkv_ptr, cos_ptr, sin_ptr, qk_ptr, T, D: tl.constexpr, HALF: tl.constexpr,
             BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr):
-    """Rotate-half rotary of q (columns 0..D) or k (D..2D, program_id(2) = 1) of a (T, 3D) q/k/v
-    matrix into a contiguous (T, D) output: per head of 2 * HALF columns, (x1, x2) ->
-    (x1 cos1 - x2 sin1, x2 cos2 + x1 sin2) in fp32, with cos/sin (T, 2 * HALF) fp32."""
+    """Rotate-half rotary of q (columns 0..D, program_id(2) = 0) or k (D..2D, 1) of a (T, 3D) q/k/v
+    matrix into qk[program_id(2)], a contiguous (T, D) matrix of a (2, T, D) output: per head of
+    2 * HALF columns, (x1, x2) -> (x1 cos1 - x2 sin1, x2 cos2 + x1 sin2) in fp32, with cos/sin
+    (T, 2 * HALF) fp32."""
     t = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
     p = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)   # pair index over the D / 2 pairs
     which = tl.program_id(2)
@@ -234,15 +235,9 @@ def _rotary(qkv_ptr, cos_ptr, sin_ptr, q_ptr, k_ptr, T, D: tl.constexpr, HALF: t
     c2 = tl.load(cos_ptr + trig + HALF, mask=mask, other=0.0)
     s1 = tl.load(sin_ptr + trig, mask=mask, other=0.0)
     s2 = tl.load(sin_ptr + trig + HALF, mask=mask, other=0.0)
-    first = (x1 * c1 - x2 * s1).to(q_ptr.dtype.element_ty)
-    second = (x2 * c2 + x1 * s2).to(q_ptr.dtype.element_ty)
-    dst = row * D + col[None, :]
-    if which == 0:
-        tl.store(q_ptr + dst, first, mask=mask)
-        tl.store(q_ptr + dst + HALF, second, mask=mask)
-    else:
-        tl.store(k_ptr + dst, first, mask=mask)
-        tl.store(k_ptr + dst + HALF, second, mask=mask)
+    dst = qk_ptr + which.to(tl.int64) * T * D + row * D + col[None, :]
+    tl.store(dst, (x1 * c1 - x2 * s1).to(qk_ptr.dtype.element_ty), mask=mask)
+    tl.store(dst + HALF, (x2 * c2 + x1 * s2).to(qk_ptr.dtype.element_ty), mask=mask)
 
 
 def rotary_qk(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -250,9 +245,9 @@ def rotary_qk(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[
     qkv, cos, sin = qkv.contiguous(), cos.float().contiguous(), sin.float().contiguous()
     T, D = qkv.shape[0], qkv.shape[1] // 3
     half = cos.shape[1] // 2
-    q, k = (torch.empty((T, D), device=qkv.device, dtype=qkv.dtype) for _ in range(2))
+    qk = torch.empty((2, T, D), device=qkv.device, dtype=qkv.dtype)
     if T:
         block_t, block_p = 16, 256
         _rotary[(triton.cdiv(T, block_t), triton.cdiv(D // 2, block_p), 2)](
-            qkv, cos, sin, q, k, T, D=D, HALF=half, BLOCK_T=block_t, BLOCK_P=block_p, num_warps=4)
-    return q, k
+            qkv, cos, sin, qk, T, D=D, HALF=half, BLOCK_T=block_t, BLOCK_P=block_p, num_warps=4)
+    return qk[0], qk[1]
