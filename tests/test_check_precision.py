@@ -185,3 +185,21 @@ def test_table_shows_refused_rows_and_random_weights() -> None:
     assert "recommended: fp32" in printed
     quiet = format_report(PrecisionReport(**{**report.__dict__, "random_weights": False}))
     assert "RANDOM WEIGHTS" not in quiet
+
+
+def test_check_warns_about_a_classifier_named_for_another_chunk_size(demo_cache: Path, tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 34 item 9: a 500_model classifier on 300-bp chunks gets predict's warning here too."""
+    from virnuc_hpc.models.demo import ensure_demo_models
+    from virnuc_hpc.models.resolve import locate_models
+    from virnuc_hpc.runtime.pipeline import _chunk_size_warnings
+
+    named = tmp_path / "500_model.pth"
+    named.write_bytes(ensure_demo_models().classifier.read_bytes())
+    config = load_config(preset="demo").model_copy(update={"classifier": str(named), "expected_length": 300})
+    report = check_precision([str(DEMO_FASTA)], config, sample=4, precisions=["bf16"])
+    predicted = _chunk_size_warnings(config, locate_models(config, classify=True))
+    assert report.warnings == tuple(predicted) and len(predicted) == 1
+    assert "500_model.pth" in predicted[0] and "chunk size is 300" in predicted[0]
+    assert f"warning: {predicted[0]}" in format_report(report).splitlines()
+    assert report.classifier and report.rows[0].equal_labels == 100.0  # the renamed file is still used

@@ -251,7 +251,7 @@ def test_missing_hub_model_offline(monkeypatch, tmp_path: Path) -> None:
         load_dnabert("zhihan1996/DNABERT-S", device="cpu", offline=True)
     text = str(info.value)
     assert str(cache) in text and "models--zhihan1996--DNABERT-S" in text
-    assert "huggingface-cli download zhihan1996/DNABERT-S" in text and "offline" in text
+    assert "virnuc-hpc models fetch --dnabert zhihan1996/DNABERT-S" in text and "offline" in text
     with pytest.raises(ModelNotFoundError, match="not a directory"):
         resolve_dnabert_dir(str(tmp_path / "no" / "such" / "dir"))
 

@@ -352,5 +352,5 @@ def test_status_shows_the_holder(tmp_path: Path):
     proc = cli("status", str(outdir), timeout=60)
     assert "STALE" in proc.stdout and f"pid {dead} " in proc.stdout, proc.stdout
     (outdir / LOCK_NAME).unlink()
-    proc = cli("status", str(outdir), timeout=60)  # no lock, no jobs: as before
-    assert proc.returncode == 0 and "no jobs recorded" in proc.stdout and "lock" not in proc.stdout
+    proc = cli("status", str(outdir), timeout=60)  # no lock, nothing else: not an output directory
+    assert proc.returncode == 2 and "not an output directory" in proc.stderr and "lock" not in proc.stdout

@@ -6,8 +6,10 @@ crash could, and checks the outputs equal an undisturbed run or nothing finished
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -200,3 +202,91 @@ def test_owned_files_lists_each_file_once(reference: Path, tmp_path: Path):
     sidecars = [p for p in owned if p.name.endswith(store.CHECKSUM_SUFFIX)]
     assert sorted(sidecars) == sorted([store.checksum_path(p) for p in bags] + [orphan])
     assert set(bags) <= set(owned) and outdir / "run.json" in owned
+
+
+# --- links inside OUTDIR: refused, never followed (issue 34, item 3) ------------------------------
+
+def _tree(folder: Path) -> dict[str, tuple[bytes, int]]:
+    """Every file's bytes and mtime: 'byte-identical afterwards', and not even rewritten."""
+    return {str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns)
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("linked", ["bags", "bags/bag-000000.nc", "reads.tsv", "run.json"])
+def test_a_link_inside_outdir_is_refused_by_resume_and_overwrite(linked: str, reference: Path, tmp_path: Path,
+                                                                 demo_cache: Path):
+    """OUTDIR/bags linked to another folder of bag files (or one file of ours linked elsewhere):
+    neither a resume nor --overwrite removes, rewrites or reads what the link points to."""
+    outdir, elsewhere = tmp_path / "ours", tmp_path / "elsewhere"
+    shutil.copytree(reference, outdir)
+    elsewhere.mkdir()
+    target = elsewhere / Path(linked).name
+    shutil.move(outdir / linked, target)
+    (outdir / linked).symlink_to(target, target_is_directory=target.is_dir())
+    before, inside = _tree(elsewhere), sorted(p.name for p in outdir.rglob("*"))
+    for extra in ([], ["--overwrite", "--skip-invalid"]):  # the same run resumed; another run replacing it
+        proc = cli("predict", str(DEMO_FASTA), "-o", str(outdir), *DEMO, *extra)
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.startswith("virnuc-hpc: error: ") and "Traceback" not in proc.stderr, proc.stderr
+        assert "symbolic link" in proc.stderr and linked in proc.stderr, proc.stderr
+        assert _tree(elsewhere) == before
+        assert (outdir / linked).is_symlink() and sorted(p.name for p in outdir.rglob("*")) == inside
+
+
+def test_a_linked_lock_file_is_refused(tmp_path: Path):
+    from virnuc_hpc.outputs.lock import LOCK_NAME, locked
+    outdir, target = tmp_path / "out", tmp_path / "someone-elses-file"
+    outdir.mkdir()
+    target.write_text("not a lock\n")
+    (outdir / LOCK_NAME).symlink_to(target)
+    with pytest.raises(store.OutputError, match="symbolic link"):
+        with locked(outdir, command="test", stale_after_s=0.0):
+            pass
+    assert target.read_text() == "not a lock\n" and (outdir / LOCK_NAME).is_symlink()
+
+
+def test_store_helpers_follow_no_link(reference: Path, tmp_path: Path):
+    """Even called without the run's up-front check, the clearing helpers leave a linked bags/ alone."""
+    outdir, elsewhere = tmp_path / "ours", tmp_path / "elsewhere"
+    shutil.copytree(reference, outdir)
+    shutil.move(outdir / "bags", elsewhere)
+    (outdir / "bags").symlink_to(elsewhere, target_is_directory=True)
+    (elsewhere / ".bag-000000.nc.tmp-1-abcdef12").write_text("a temporary of someone else's\n")
+    before = _tree(elsewhere)
+    assert store.bag_files(outdir) == [] and all("bags" not in p.parts for p in store.owned_files(outdir))
+    store.clear_outputs(outdir, bags=True)
+    store.remove_bags_beyond(outdir, 0)
+    store.remove_stale_temporaries(outdir)
+    assert _tree(elsewhere) == before
+    assert store.linked_entries(outdir) == [outdir / "bags"]
+
+
+# --- a full disk during the finish leaves no run.json (issue 34, item 7) --------------------------
+
+def test_a_full_disk_while_the_report_is_written_leaves_no_run_json(reference: Path, tmp_path: Path):
+    """A real, full filesystem: room for run.json and the MultiQC table, not for report.html. The
+    report comes before run.json, so the run fails (exit 2: an OutputError) and nothing finished
+    stands; with run.json first, this disk kept a run.json and tables."""
+    from conftest import small_tmpfs
+    names = ["prediction_results.txt", "prediction_results_highestscore.csv", "reads.tsv"]
+    payload = json.loads((reference / "run.json").read_text())
+    with small_tmpfs(tmp_path, "1m") as disk:
+        page = os.statvfs(disk).f_bsize  # tmpfs counts whole pages
+        pages = {name: -(-(reference / name).stat().st_size // page)
+                 for name in ("run.json", "report.html", "virnuc_mqc.json")}
+        spare = (pages["run.json"] + pages["virnuc_mqc.json"]) * page  # run.json first would fit
+        assert spare < (pages["report.html"] + pages["virnuc_mqc.json"]) * page
+        outdir, stage = disk / "out", disk / "out" / ".merge-stage"
+        stage.mkdir(parents=True)
+        for name in names:
+            shutil.copy(reference / name, stage / name)
+        (disk / "spare").write_bytes(b"s" * spare)
+        with open(disk / "filler", "wb", buffering=0) as fh:  # the disk full to the last page
+            with pytest.raises(OSError) as full:
+                while True:
+                    fh.write(b"f" * page)
+            assert full.value.errno == errno.ENOSPC
+        (disk / "spare").unlink()
+        with pytest.raises(store.OutputError, match="No space left on device"):
+            _publish(stage, outdir, names, payload)
+        assert sorted(p.name for p in outdir.iterdir()) == [".merge-stage"], "something finished-looking stands"

@@ -233,12 +233,17 @@ def test_report_module_imports_no_torch():
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 
-def test_every_run_writes_the_report(reference: Path):
-    """The run itself writes both files (the hook in runtime/pipeline.py, after run.json)."""
+def test_every_run_writes_the_report(reference: Path, tmp_path: Path):
+    """The run itself writes both files, before run.json (which marks a finished run, so it comes last)."""
     page = parse(reference / REPORT)
     want = expected_counts(reference)
     assert all(page.cells[("demo", k)].replace(",", "") == str(v) for k, v in want.items())
     assert json.loads((reference / MQC_JSON).read_text())["data"] == {"demo": want}
+    written = {name: (reference / name).stat().st_mtime_ns for name in (MQC_JSON, REPORT, "run.json")}
+    assert written[MQC_JSON] <= written[REPORT] <= written["run.json"], written
+    remade = tmp_path / "remade"
+    shutil.copytree(reference, remade)
+    assert write_report(remade).read_bytes() == (reference / REPORT).read_bytes()  # run.json remakes it
 
 
 def test_a_real_browser_renders_the_counts(reference: Path, tmp_path: Path):
@@ -256,3 +261,36 @@ def test_a_real_browser_renders_the_counts(reference: Path, tmp_path: Path):
     page = parse(rendered)
     want = expected_counts(reference)
     assert all(page.cells[("demo", k)].replace(",", "") == str(v) for k, v in want.items()), page.cells
+
+
+HOSTILE = "<script>alert(1)</script> & </script><img src=x onerror=alert(2)> \"q\" 'a'"
+
+
+def test_text_from_run_json_is_escaped_in_the_report_and_multiqc(finished: Path):
+    """Issue 34 item 9: a version, sample name, command, path, setting, warning, worker or stage
+    name holding markup shows as text: escaped in report.html, escaped in MultiQC's description."""
+    import html
+    run = json.loads((finished / "run.json").read_text())
+    run.update(version=HOSTILE, started=HOSTILE, command="predict " + HOSTILE, warnings=[HOSTILE])
+    run["samples"][0]["name"] = run["samples"][0]["files"][0] = HOSTILE
+    run["inputs"][0]["path"] = run["command_line"] = run["models"]["classifier"]["spec"] = HOSTILE
+    run["config"].update(device=HOSTILE, precision=HOSTILE, engine=HOSTILE, features=HOSTILE)
+    run["seconds"] = {HOSTILE: 1.0, "plan": 2.0}
+    run["milestones_s"] = {HOSTILE: 0.5}
+    run["workers"] = {HOSTILE: {**next(iter(run["workers"].values()), {}), "seconds": {HOSTILE: 1.0}}}
+    run["bag_timeline"] = [{"bag": 0, "worker": HOSTILE, "start": 1.0, "end": 2.0}]
+    run["gpu_utilization"] = {HOSTILE: [[1.0, 50.0], [2.0, 60.0]]}
+    (finished / "run.json").write_text(json.dumps(run))
+    path = write_report(finished)
+    text = path.read_text(encoding="utf-8")
+    assert "<script" not in text.lower() and "<img" not in text.lower() and "</script" not in text.lower()
+    assert html.escape(HOSTILE, quote=True) in text
+    page = parse(path)
+    assert not {tag for tag, _ in page.tags} & {"script", "img"}
+    shown = "".join(page.text)
+    assert HOSTILE in shown and f"classifier: {HOSTILE}" in shown  # shown as the text it is
+    assert page.cells[(HOSTILE, "reads")]  # the sample's row, named by its escaped attribute
+    doc = json.loads((finished / MQC_JSON).read_text())
+    assert "<" not in doc["description"] and html.escape(HOSTILE, quote=True) in doc["description"]
+    assert "<" not in json.dumps({k: v for k, v in doc.items() if k != "data"})
+    assert list(doc["data"]) == [HOSTILE]  # the sample's name as MultiQC matches it, not rewritten

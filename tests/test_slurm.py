@@ -148,6 +148,7 @@ def _big_reference(jobs: Jobs) -> Path:
     return jobs.tmp / "big-reference"
 
 
+@pytest.mark.timeout(900)  # the first test carries the module fixture: six submissions, each checking its models
 def test_submitted_job_matches_local_run(jobs: Jobs, reference: Path):
     sub = jobs.plain
     (state,) = _wait(sub)

@@ -1,4 +1,5 @@
-"""Command line: ``virnuc-hpc predict | embed | validate | check-precision | submit | status | worker``.
+"""Command line: ``virnuc-hpc predict | embed | validate | check-precision | submit | status | worker
+| models``.
 
 Every RunConfig field is an option of predict and embed, generated from the field (its name, type
 and description: one definition, see ``config_option``); anything not given on the command line
@@ -9,6 +10,7 @@ exit with status 2 and one clear message, never a traceback.
 from __future__ import annotations
 
 import logging
+import shlex
 import signal
 import sys
 import threading
@@ -21,8 +23,9 @@ import click
 from pydantic import ValidationError
 from pydantic.fields import FieldInfo
 
-from virnuc_hpc.config import RunConfig, describe_errors, load_config
+from virnuc_hpc.config import ENVIRONMENT, RunConfig, describe_errors, load_config
 from virnuc_hpc.errors import BagsFailedError, FastaError, SampleError, UserError
+from virnuc_hpc.models.sources import CLASSIFIER_LENGTHS, DEFAULT_DNABERT, DEFAULT_ESM2
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a Ctrl-C
@@ -122,7 +125,7 @@ def _execute(command: str, inputs: tuple[str, ...], outdir: str, preset: str | N
             return
         from virnuc_hpc.runtime import pipeline
         result = pipeline.run(list(inputs), outdir, config=config, classify=command == "predict",
-                              samplesheet=samplesheet)
+                              samplesheet=samplesheet, command_line=shlex.join(sys.argv))
     except FastaError as err:
         _fail(f"invalid input; the run stopped and left no final tables (finished bags are kept for a "
               f"rerun; `virnuc-hpc validate` lists every problem):\n{err}")
@@ -265,6 +268,15 @@ def validate(inputs: tuple[str, ...], samplesheet: str | None, workers: int | No
 @click.option("--slurm-opt", "slurm_opts", multiple=True, metavar="KEY=VALUE",
               help="Any other sbatch option, passed through (repeatable): reservation=maint, "
                    "comment=x, or KEY alone for a flag.")
+@click.option("--wckey", help="Slurm workload characterization key (sbatch --wckey); none unless given.")
+@click.option("--setup", multiple=True, metavar="LINE",
+              help="A shell line the job runs before the command (repeatable): 'module load cuda', "
+                   "'source env.sh'.")
+@click.option("--python", metavar="PATH",
+              help="The Python the job runs (default: the one running submit); with --launcher, the "
+                   "path inside the container.")
+@click.option("--launcher", metavar="PREFIX",
+              help="A command prefix for the job's Python, e.g. 'apptainer exec --nv img.sif'.")
 @click.option("--show-script", is_flag=True, help="Print the job script that would be submitted; submit nothing.")
 @click.option("--interface", help="Network interface for multi-node Dask (e.g. ib0).")
 @click.option("--embed", "embed_only", is_flag=True, help="Features only (virnuc-hpc embed).")
@@ -279,10 +291,15 @@ def submit(run_args: tuple[str, ...], folder: str | None, time_limit: str, per_i
     """
     from pathlib import Path
 
-    from virnuc_hpc.runtime import slurm
+    from virnuc_hpc.runtime import job_checks, slurm
+    from virnuc_hpc.runtime.job_script import check_run_args
 
     command = embed if embed_only else predict
     params = command.make_context("virnuc-hpc submit [SLURM OPTIONS] --", list(run_args)).params
+    try:
+        check_run_args(run_args)  # OUTDIR and other paths reach the job script
+    except UserError as err:
+        _fail(str(err))
     inputs, outdir = params.pop("inputs"), params.pop("outdir")
     preset, config_file = params.pop("preset"), params.pop("config_file")
     samplesheet, dry_run = params.pop("samplesheet"), params.pop("dry_run")
@@ -301,16 +318,20 @@ def submit(run_args: tuple[str, ...], folder: str | None, time_limit: str, per_i
     missing = [p for p in inputs if not Path(p).is_file()]
     if missing:
         _fail(f"input file(s) not found: {', '.join(missing)}")
-    try:
+    try:  # every value the job script gets, then what the job will need: before anything is written
         config = load_config(preset=preset, config_file=config_file, overrides=params)
-        slurm.time_minutes(time_limit)
         extra = slurm.parse_slurm_opts(slurm_opts)
+        options = slurm.SlurmOptions(folder=Path(folder or Path(outdir) / "slurm").resolve(),
+                                     time=time_limit, extra=extra, **sbatch)
+        slurm.check_options(options)
+        slurm.time_minutes(time_limit)
+        outdirs = slurm.job_outdirs(inputs, outdir, per_input=per_input, samplesheet=samplesheet)
+        job_checks.check_job(inputs, samplesheet, outdirs, options.folder, config, classify=not embed_only,
+                             python=options.python, launcher=options.launcher)
     except ValidationError as err:
         _fail(f"invalid configuration: {describe_errors(err)}")
     except UserError as err:
         _fail(str(err))
-    options = slurm.SlurmOptions(folder=Path(folder or Path(outdir) / "slurm").resolve(),
-                                 time=time_limit, extra=extra, **sbatch)
     if show_script:
         click.echo(slurm.job_script(slurm.build_executor(options, create=False)), nl=False)
         return
@@ -335,37 +356,23 @@ def submit(run_args: tuple[str, ...], folder: str | None, time_limit: str, per_i
 
 @main.command()
 @click.argument("folder", type=click.Path(exists=True, file_okay=False))
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per job.")
+@click.option("--json", "as_json", is_flag=True, help="The same facts as one JSON object.")
 def status(folder: str, as_json: bool) -> None:
-    """List the jobs submitted into FOLDER: state, finished bags, output and log files; for an
-    output directory, the run holding its lock (pid, host, user, command, last heartbeat)."""
-    import dataclasses
+    """Where the run in an output directory stands: running (bags done/total, rate, ETA, who holds
+    its lock), finished (counts, % virus, wall time, tables), failed (the error), resumable (bags
+    kept); for a Slurm job folder, its jobs (state, bags, ETA, logs)."""
     import json
 
-    from virnuc_hpc.runtime import slurm
-    from pathlib import Path
+    from virnuc_hpc.runtime.status import folder_status, render
 
-    from virnuc_hpc.outputs.lock import describe_holder, read_lock
-    from virnuc_hpc.outputs.store import PROGRESS
-    from virnuc_hpc.runtime.progress import describe, read_progress
-
-    lock = read_lock(folder)
-    states = slurm.job_status(folder)
-    if as_json:
-        if lock is not None:
-            click.echo(json.dumps({"lock": lock}))
-        for s in states:
-            click.echo(json.dumps(dataclasses.asdict(s)))
+    try:
+        facts = folder_status(folder)
+    except UserError as err:
+        _fail(str(err))
         return
-    if lock is not None:
-        holder = describe_holder(None if lock.get("unreadable") else lock, lock["age_s"])
-        state = f"STALE ({lock['stale_reason']}; the next run takes it over)" if lock["stale"] else "live"
-        click.echo(f"lock {lock['path']}: {state}\n  held by {holder}")
-        snap = None if lock["stale"] else read_progress(Path(folder) / PROGRESS)
-        if snap is not None:
-            click.echo(f"  progress: {describe(snap)}")
-    if states or lock is None:
-        click.echo(slurm.format_status(states))
+    for problem in facts["problems"]:  # damaged records, left out of the answer
+        click.echo(f"virnuc-hpc: warning: {problem}", err=True)
+    click.echo(json.dumps(facts) if as_json else render(facts))
 
 
 @main.command()
@@ -373,6 +380,7 @@ def status(folder: str, as_json: bool) -> None:
 @click.option("--scheduler-file", type=click.Path(dir_okay=False),
               help="Join the scheduler named in this Dask scheduler file (waits up to --death-timeout "
                    "seconds for it to appear).")
+@config_option("scheduler_timeout")
 @config_option("device")
 @config_option("workers")
 @click.option("--host", help="Address to listen on (default: 127.0.0.1 for a local scheduler, "
@@ -396,7 +404,9 @@ def worker(scheduler_address: str | None, scheduler_file: str | None, host: str 
     if bool(scheduler_address) == bool(scheduler_file):
         _fail("give --scheduler-address or --scheduler-file (one of them)")
     try:
-        config = load_config(preset=preset, config_file=config_file, overrides=overrides)
+        # the address is checked as predict's is (its form; then that a scheduler answers in time)
+        config = load_config(preset=preset, config_file=config_file,
+                             overrides={**overrides, "scheduler_address": scheduler_address})
         if scheduler_file:
             scheduler_address = read_scheduler_file(scheduler_file, death_timeout)
     except ValidationError as err:
@@ -416,7 +426,8 @@ def worker(scheduler_address: str | None, scheduler_file: str | None, host: str 
 #: The RunConfig fields that change what check-precision embeds or how (models, device, engine, chunks).
 _CHECK_PRECISION_FIELDS = ("classifier", "expected_length", "esm2_model", "dnabert_model", "device", "engine",
                            "exact_gelu", "esm2_max_tokens", "dnabert_max_tokens", "dnabert_layout",
-                           "threads_per_worker", "skip_invalid", "offline", "cache_dir", "compile_cache")
+                           "threads_per_worker", "skip_invalid", "offline", "models_dir", "cache_dir",
+                           "compile_cache")
 
 
 def _check_precision_options(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -454,6 +465,130 @@ def check_precision(inputs: tuple[str, ...], sample: int, precisions: str, confi
         _fail(f"{err.strerror or err}: {err.filename or ''}".rstrip(": "))
     else:
         click.echo(check.format_report(report))
+
+
+# --- models: staged once on a login node, verified on the compute nodes ----------------------------
+
+def _models_dir(given: str | None) -> Any:
+    """--models-dir, else the configured one (its environment variable), else the per-user default."""
+    from pathlib import Path
+
+    from virnuc_hpc.models.sources import default_models_dir
+    if given:
+        return Path(given).expanduser()
+    try:
+        configured = load_config().models_dir
+    except UserError as err:
+        _fail(str(err))
+    return Path(configured).expanduser() if configured else default_models_dir()
+
+
+def _models_dir_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    variable = next(v for v, k in ENVIRONMENT.items() if k == "models_dir")
+    help_text = (f"The models directory  [default: ${variable}, else $XDG_DATA_HOME/virnuc-hpc/models, "
+                 "else ~/.local/share/virnuc-hpc/models]")
+    return click.option("--models-dir", type=click.Path(file_okay=False), help=help_text)(fn)
+
+
+@main.group(cls=_Commands)
+def models() -> None:
+    """Stage the models in one directory (fetch, where there is network), check them where they
+    run (verify, offline), and show what is staged (list)."""
+
+
+@models.command("fetch")
+@_models_dir_option
+@click.option("--esm2", "esm2", default=DEFAULT_ESM2, show_default=True,
+              help="fair-esm ESM-2 model name (none: skip).")
+@click.option("--dnabert", "dnabert", default=DEFAULT_DNABERT, show_default=True,
+              help="DNABERT hub id; only the files a run reads are fetched (none: skip).")
+@click.option("--classifiers", default=",".join(map(str, CLASSIFIER_LENGTHS)), show_default=True,
+              help="VirNucPro classifiers by chunk length, comma-separated (none: skip).")
+@click.option("--mirror", metavar="URL",
+              help="Fetch every file from URL/<upstream path> (the upstream URL without scheme and host), "
+                   "e.g. a site mirror or `python -m http.server` over a copied folder.")
+@click.option("--retries", type=click.IntRange(min=0), default=3, show_default=True,
+              help="Resumed attempts per file after a dropped connection.")
+def models_fetch(models_dir: str | None, esm2: str, dnabert: str, classifiers: str, mirror: str | None,
+                 retries: int) -> None:
+    """Download the models into the models directory: resumable, atomic, with a manifest."""
+    from virnuc_hpc.models import sources, staging
+
+    directory = _models_dir(models_dir)
+    if mirror is not None and not mirror.startswith(("http://", "https://")):
+        _fail(f"--mirror {mirror!r}: expected an http:// or https:// URL")
+    skip = {"", "none"}
+    try:
+        wanted = [*([] if esm2.lower() in skip else sources.esm2_sources(esm2)),
+                  *([] if dnabert.lower() in skip else sources.dnabert_sources(dnabert)),
+                  *([] if classifiers.lower() in skip else sources.classifier_sources(classifiers))]
+        if not wanted:
+            _fail("nothing to fetch: --esm2, --dnabert and --classifiers are all none")
+        done = staging.fetch(directory, wanted, mirror=mirror, retries=retries)
+    except UserError as err:
+        _fail(str(err))
+    for item in done:
+        e = item.entry
+        how = f"fetched from {e.fetched_from}" if item.downloaded else "already staged"
+        click.echo(f"{e.file}  {e.size:,} bytes  sha256 {e.sha256}  ({how})")
+    variable = next(v for v, k in ENVIRONMENT.items() if k == "models_dir")
+    click.echo(f"models in {directory}; on the compute nodes: `virnuc-hpc models verify --models-dir {directory}`, "
+               f"then runs with --models-dir {directory} (or {variable}={directory})")
+
+
+@models.command("verify")
+@_models_dir_option
+def models_verify(models_dir: str | None) -> None:
+    """Re-hash every staged file against the manifest and open each model (offline); exit 2 on any
+    missing, truncated or altered file."""
+    from virnuc_hpc.models.inventory import partial_downloads, verify
+
+    directory = _models_dir(models_dir)
+    try:
+        checks = verify(directory)
+    except UserError as err:
+        _fail(str(err))
+    for check in checks:
+        click.echo(f"{'ok' if check.ok else 'FAILED':<7} {check.file}: {check.detail}")
+    for part in partial_downloads(directory):
+        click.echo(f"note    {part.relative_to(directory)}: an unfinished download (`models fetch` resumes it)")
+    failed = [c for c in checks if not c.ok]
+    if failed:
+        _fail(f"{len(failed)} problem(s) in the models directory {directory}: "
+              + "; ".join(f"{c.file}: {c.detail}" for c in failed)
+              + " (fetch again with `virnuc-hpc models fetch`, or copy the files again)")
+    click.echo(f"all {len(checks)} checks passed in {directory}")
+
+
+@models.command("list")
+@_models_dir_option
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per staged file.")
+def models_list(models_dir: str | None, as_json: bool) -> None:
+    """What is staged: file, role, model, size, sha256, random-weight flag (no re-hashing)."""
+    import dataclasses
+    import json
+
+    from virnuc_hpc.models.inventory import partial_downloads, staged
+
+    directory = _models_dir(models_dir)
+    try:
+        items = staged(directory)
+    except UserError as err:
+        _fail(str(err))
+    flag = {True: "yes", False: "no", None: "-"}
+    if as_json:
+        for item in items:
+            click.echo(json.dumps({**dataclasses.asdict(item.entry), "present": item.present,
+                                   "random_weights": item.random_weights}))
+        return
+    click.echo(f"models directory {directory}")
+    click.echo(f"{'role':<11}{'model':<24}{'size':>15}  {'random':<7}{'sha256':<66}file")
+    for item in items:
+        e = item.entry
+        size = f"{e.size:,}" if item.present else "MISSING"
+        click.echo(f"{e.role:<11}{e.model:<24}{size:>15}  {flag[item.random_weights]:<7}{e.sha256:<66}{e.file}")
+    for part in partial_downloads(directory):
+        click.echo(f"unfinished download: {part.relative_to(directory)} ({part.stat().st_size:,} bytes)")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -25,6 +25,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from virnuc_hpc.errors import ConfigError
+from virnuc_hpc.yaml_files import read_yaml
 
 #: The shipped presets, inside the package (a wheel has no files beside it).
 CONFIG_DIR: Traversable = resources.files("virnuc_hpc") / "configs"
@@ -32,7 +33,7 @@ CONFIG_DIR: Traversable = resources.files("virnuc_hpc") / "configs"
 #: Environment variables accepted as defaults of RunConfig fields (below presets, files and options).
 ENVIRONMENT = {"VIRNUC_HPC_HOST": "host", "VIRNUC_HPC_CACHE": "cache_dir",
                "VIRNUC_HPC_OFFLINE": "offline", "VIRNUC_HPC_COMPILE_CACHE": "compile_cache",
-               "VIRNUC_HPC_DNABERT_PATH": "dnabert_layout"}
+               "VIRNUC_HPC_DNABERT_PATH": "dnabert_layout", "VIRNUC_HPC_MODELS": "models_dir"}
 #: Hugging Face's own offline switch counts as ours too (the same models come from its hub).
 _OFFLINE_ALIASES = ("VIRNUC_HPC_OFFLINE", "HF_HUB_OFFLINE")
 _TRUE = {"1", "true", "yes", "on"}
@@ -59,7 +60,9 @@ class RunConfig(BaseModel):
     expected_length: Literal[300, 500] = Field(
         500, description="chunk size; must match the classifier (300_model / 500_model)")
     classifier: str | None = Field(None, description="VirNucPro classifier (.pth); none for embed-only runs")
-    esm2_model: str = Field("esm2_t36_3B_UR50D", description="ESM-2 checkpoint path or fair-esm name")
+    esm2_model: str = Field(
+        "esm2_t36_3B_UR50D", description="ESM-2: fair-esm .pt path or name, or a Hugging Face directory / "
+                                         "hub id (facebook/esm2_*)")
     dnabert_model: str = Field("zhihan1996/DNABERT-S", description="DNABERT-S directory or hub id")
     precision: Literal["auto", "fp32", "fp16", "bf16", "int8"] = Field(
         "auto", description="auto (fp32 on CPU, fp16 on GPU), fp32, fp16, bf16 or int8 (ESM-2's linear "
@@ -80,8 +83,14 @@ class RunConfig(BaseModel):
                     "README, 'Precision and inference engines')")
     workers: int | None = Field(None, ge=1, strict=True,
                                 description="Dask workers (default: one per GPU, or 1 on CPU)")
+    threads: int | None = Field(
+        None, ge=1, strict=True,
+        description="CPU threads the run may use in all on a node: each worker gets threads / workers "
+                    "torch threads, the client's file hashing a few (default: the CPUs this process may "
+                    "run on, which follows Slurm's allocation and cgroups)")
     threads_per_worker: int | None = Field(None, ge=1, strict=True,
-                                           description="torch threads per CPU worker (default: cores / workers)")
+                                           description="torch threads per worker; wins over threads "
+                                                       "(default: threads / workers)")
     bag_size: int = Field(20000, ge=1, strict=True,
                           description="frames per bag, about (unit of scheduling and output)")
     features: Literal["float32", "float16", "none"] = Field(
@@ -120,6 +129,11 @@ class RunConfig(BaseModel):
                                             "as in a batch job's log file; 0: none")
     host: str | None = Field(None, description="address other nodes reach this one at in multi-node "
                                                "Dask (default: this node's address; env VIRNUC_HPC_HOST)")
+    models_dir: str | None = Field(
+        None, description="directory of the models staged by `virnuc-hpc models fetch`: model names are "
+                          "looked up there first, and nothing is downloaded at run time (env "
+                          "VIRNUC_HPC_MODELS; unset: names are also looked up in "
+                          "$XDG_DATA_HOME/virnuc-hpc/models, else ~/.local/share/virnuc-hpc/models)")
     cache_dir: str | None = Field(None, description="directory of the demo models (default: "
                                                     "~/.cache/virnuc-hpc; env VIRNUC_HPC_CACHE)")
     offline: bool = Field(False, strict=True,
@@ -132,7 +146,7 @@ class RunConfig(BaseModel):
         "auto", description="DNABERT-S batches: auto (packed on GPU in fp16/bf16, else padded), packed, "
                             "or padded (the SDPA path, an escape hatch; env VIRNUC_HPC_DNABERT_PATH)")
 
-    @field_validator("classifier", "esm2_model", "dnabert_model", mode="before")
+    @field_validator("classifier", "esm2_model", "dnabert_model", "models_dir", mode="before")
     @classmethod
     def _paths_as_text(cls, value: Any) -> Any:
         return str(value) if isinstance(value, Path) else value
@@ -181,12 +195,13 @@ class RunConfig(BaseModel):
 
 
 def _read_yaml(path: Path | Traversable) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as err:
-        raise ConfigError(f"cannot read configuration {path}: {err}") from err
+    """A configuration file's options (read with limits: yaml_files)."""
+    data = read_yaml(path) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"configuration {path} must be a mapping of option: value")
+    named = [key for key in data if not isinstance(key, str)]
+    if named:
+        raise ConfigError(f"configuration {path}: option names are text, got {str(named[0])[:80]}")
     return data
 
 
@@ -251,15 +266,26 @@ _EXPECTED = {"int_type": "expected a whole number", "bool_type": "expected true 
 
 def describe_errors(err: ValidationError) -> str:
     """One line per problem, ``option: what is wrong, got VALUE`` in YAML's spelling (pydantic's own
-    text names Python types: ``True`` from a YAML ``true`` would be puzzling)."""
+    text names Python types: ``True`` from a YAML ``true`` would be puzzling). Values are cut to 80
+    characters, lines to 300, and 5 problems are listed: a hostile file gets a short answer too."""
     lines = []
-    for problem in err.errors(include_url=False):
-        where = ".".join(str(part) for part in problem["loc"])
+    problems = err.errors(include_url=False)
+    for problem in problems[:_LISTED]:
+        where = _clip(".".join(str(part) for part in problem["loc"]), 80)
         what = _EXPECTED.get(problem["type"], problem["msg"].removeprefix("Value error, "))
         if problem["type"] in _EXPECTED and problem["type"] != "extra_forbidden":
-            what += f", got {json.dumps(problem['input'], default=repr)}"
-        lines.append(f"{where}: {what}" if where else what)
+            what += f", got {_clip(json.dumps(problem['input'], default=repr), 80)}"
+        lines.append(_clip(f"{where}: {what}" if where else what, 300))
+    if len(problems) > _LISTED:
+        lines.append(f"... and {len(problems) - _LISTED} more")
     return "\n".join(lines)
+
+
+_LISTED = 5  # problems spelled out by describe_errors
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
 
 
 def dump_config(config: RunConfig) -> str:

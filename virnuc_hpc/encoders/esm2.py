@@ -22,7 +22,6 @@ import pickle
 import re
 import zipfile
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
@@ -35,17 +34,14 @@ from virnuc_hpc.errors import ModelFileError, ModelNotFoundError
 
 from .batching import Fp32Weights, plan_padded
 from .contract import EngineHook
-from .files import RANDOM_WEIGHTS_FLAG, file_sha256
+from .esm2_config import ALPHABET, CLS, EOS, MASK, PAD, UNK, ESM2Config  # noqa: F401 (re-exported)
+from .files import RANDOM_WEIGHTS_FLAG, hf_is_random, looks_like_hub_id, resolve_esm2_hub, weights_sha256
 from .layers import LayerNorm
 
 # ---------------------------------------------------------------------------------------------------
-# Alphabet (ESM-1b, as esm.Alphabet.from_architecture("ESM-1b")) and tokenisation
+# Tokenisation (the alphabet, ESM-1b's, is in esm2_config.py)
 # ---------------------------------------------------------------------------------------------------
 
-ALPHABET: tuple[str, ...] = (
-    "<cls>", "<pad>", "<eos>", "<unk>", *"LAGVSERTIDPKQNFYMHWCXBUZO.-", "<null_1>", "<mask>",
-)
-CLS, PAD, EOS, UNK, MASK = 0, 1, 2, 3, 32
 POOL_LIMIT = 1024  # residues averaged at most (original VirNucPro: truncation_seq_length=1024)
 
 _SPECIAL_IDS = {tok: i for i, tok in enumerate(ALPHABET) if len(tok) > 1}
@@ -121,9 +117,9 @@ def pad_batch(ids: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
 # ---------------------------------------------------------------------------------------------------
 
 
-def default_inv_freq(head_dim: int) -> torch.Tensor:
+def default_inv_freq(head_dim: int, base: float = 10000.0) -> torch.Tensor:
     """Rotary inverse frequencies, base 10000, fp32 (in half precision the rotation angles drift)."""
-    return 1.0 / (10000 ** (torch.arange(0, head_dim, 2, device="cpu").float() / head_dim))
+    return 1.0 / (base ** (torch.arange(0, head_dim, 2, device="cpu").float() / head_dim))
 
 
 def rotary_cos_sin(positions: torch.Tensor, inv_freq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -263,29 +259,44 @@ _IGNORED_RE = re.compile(r"^(lm_head|contact_head)\.|\.rot_emb\.inv_freq$")
 
 
 def model_name(spec: str | Path, path: Path) -> str:
-    """An encoder's name in outputs: the released model's name when given by name, else the file's stem."""
-    return str(spec) if str(spec) in KNOWN_MODELS else path.stem
+    """An encoder's name in outputs: the released model's name when given by name, else the file's stem,
+    a Hugging Face directory's name, or the hub id of a snapshot in the Hugging Face cache."""
+    if str(spec) in KNOWN_MODELS:
+        return str(spec)
+    if not path.is_dir():
+        return path.stem
+    repo = path.parent.parent.name  # <cache>/models--facebook--esm2_t36_3B_UR50D/snapshots/<commit>
+    if path.parent.name == "snapshots" and repo.startswith("models--"):
+        return repo.removeprefix("models--").replace("--", "/")
+    return path.name
 
 
 def resolve_esm2_checkpoint(spec: str | Path, *, offline: bool = False) -> Path:
-    """An existing file is used as is; a released model name is looked up in (or fetched to) the
-    torch-hub cache, `<torch.hub.get_dir()>/checkpoints/<name>.pt`, the place fair-esm uses."""
+    """An existing file is used as is, and so is a Hugging Face ESM-2 directory (config.json checked
+    here, before any worker starts); a released model name is looked up in (or fetched to) the
+    torch-hub cache, `<torch.hub.get_dir()>/checkpoints/<name>.pt`, the place fair-esm uses; a hub id
+    (`facebook/esm2_t36_3B_UR50D`) in (or to) the Hugging Face cache."""
     spec = str(spec)
     path = Path(spec).expanduser()
     if path.is_file():
         return path
+    if path.is_dir() or (looks_like_hub_id(spec) and not path.exists()):
+        from .esm2_hf import check_hf_directory
+        directory = path if path.is_dir() else resolve_esm2_hub(spec, offline=offline)
+        check_hf_directory(directory)
+        return directory
     name = spec[:-3] if spec.endswith(".pt") and spec[:-3] in KNOWN_MODELS else spec
     if name not in KNOWN_MODELS:
         raise ModelNotFoundError(
-            f"ESM-2 model {spec!r}: no such file ({path.resolve()}), and not a released model name "
-            f"({', '.join(KNOWN_MODELS)})"
+            f"ESM-2 model {spec!r}: no such file or directory ({path.resolve()}), and not a released model "
+            f"name ({', '.join(KNOWN_MODELS)}) or a Hugging Face hub id (facebook/esm2_t36_3B_UR50D)"
         )
     target = Path(torch.hub.get_dir()) / "checkpoints" / f"{name}.pt"
     if target.is_file():
         return target
     url = MODEL_URL.format(name=name)
-    how = (f"download it with `wget -P {target.parent} {url}` on a machine with network access and copy "
-           f"it to {target}, or pass the path of the .pt file instead of the name")
+    how = (f"stage it with `virnuc-hpc models fetch --esm2 {name}` (from {url}) on a machine with network "
+           "access, or pass the path of the .pt file instead of the name")
     if offline:
         raise ModelNotFoundError(f"ESM-2 model {name}: {target} does not exist and offline mode is set; {how}")
     try:
@@ -296,14 +307,6 @@ def resolve_esm2_checkpoint(spec: str | Path, *, offline: bool = False) -> Path:
             f"ESM-2 model {name}: {target} does not exist and downloading {url} failed ({exc}); {how}"
         ) from exc
     return target
-
-
-@dataclass(frozen=True)
-class ESM2Config:
-    num_layers: int
-    embed_dim: int
-    attention_heads: int
-    token_dropout: bool = True
 
 
 def _torch_load(path: Path) -> object:
@@ -342,30 +345,16 @@ def _config(path: Path, args: object) -> ESM2Config:
 
 
 def read_esm2_checkpoint(path: str | Path) -> tuple[ESM2Config, dict[str, torch.Tensor], torch.Tensor | None]:
-    """Config, state dict renamed to our parameter names, and the stored rotary inv_freq (or None).
+    """Config, state dict renamed to our parameter names, and the stored rotary inv_freq (or None),
+    from a fair-esm .pt file or a Hugging Face directory (encoders/esm2_hf.py).
 
     Validated against the config: missing, unexpected or misshapen weights raise ModelFileError."""
     path = Path(path)
-    if not path.is_file():
-        raise ModelNotFoundError(f"ESM-2 checkpoint {path} does not exist")
-    data = _torch_load(path)
-    if not isinstance(data, Mapping) or not isinstance(data.get("model"), Mapping) \
-            or not isinstance(data.get("cfg"), Mapping) or "model" not in data["cfg"]:
-        raise ModelFileError(
-            f"{path}: not an ESM-2 checkpoint: expected a dict with 'model' (state dict) and 'cfg' "
-            f"(with cfg['model'] holding encoder_layers, ...); got {type(data).__name__}"
-            + (f" with keys {sorted(map(str, data))[:8]}" if isinstance(data, Mapping) else "")
-        )
-    cfg = _config(path, data["cfg"]["model"])
-    state, inv_freq = {}, None
-    for key, value in data["model"].items():
-        name = _PREFIX_RE.sub("", str(key), count=1)
-        if not isinstance(value, torch.Tensor):
-            raise ModelFileError(f"{path}: state dict entry {key!r} is a {type(value).__name__}, not a tensor")
-        if name == "layers.0.self_attn.rot_emb.inv_freq":
-            inv_freq = value
-        if not _IGNORED_RE.search(name):
-            state[name] = value
+    if path.is_dir():
+        from .esm2_hf import read_hf_esm2
+        cfg, state, inv_freq = read_hf_esm2(path)
+    else:
+        cfg, state, inv_freq = _read_fair_esm(path)
     with torch.device("meta"):
         reference = ESM2(cfg.num_layers, cfg.embed_dim, cfg.attention_heads)
     expected = {k: v.shape for k, v in reference.state_dict().items()}
@@ -386,9 +375,37 @@ def read_esm2_checkpoint(path: str | Path) -> tuple[ESM2Config, dict[str, torch.
     return cfg, state, inv_freq
 
 
+def _read_fair_esm(path: Path) -> tuple[ESM2Config, dict[str, torch.Tensor], torch.Tensor | None]:
+    """A fair-esm .pt file's config, renamed state dict and stored inv_freq (not yet validated)."""
+    if not path.is_file():
+        raise ModelNotFoundError(f"ESM-2 checkpoint {path} does not exist")
+    data = _torch_load(path)
+    if not isinstance(data, Mapping) or not isinstance(data.get("model"), Mapping) \
+            or not isinstance(data.get("cfg"), Mapping) or "model" not in data["cfg"]:
+        raise ModelFileError(
+            f"{path}: not an ESM-2 checkpoint: expected a dict with 'model' (state dict) and 'cfg' "
+            f"(with cfg['model'] holding encoder_layers, ...); got {type(data).__name__}"
+            + (f" with keys {sorted(map(str, data))[:8]}" if isinstance(data, Mapping) else "")
+        )
+    cfg = _config(path, data["cfg"]["model"])
+    state, inv_freq = {}, None
+    for key, value in data["model"].items():
+        name = _PREFIX_RE.sub("", str(key), count=1)
+        if not isinstance(value, torch.Tensor):
+            raise ModelFileError(f"{path}: state dict entry {key!r} is a {type(value).__name__}, not a tensor")
+        if name == "layers.0.self_attn.rot_emb.inv_freq":
+            inv_freq = value
+        if not _IGNORED_RE.search(name):
+            state[name] = value
+    return cfg, state, inv_freq
+
+
 def is_random_checkpoint(path: str | Path) -> bool:
     """True for files written by models.random_weights.esm2 (cfg['model'].virnuc_hpc_random_weights), so runs
-    on demo weights are labelled as such. Cheap for zip-format files: tensors are mmapped, not read."""
+    on demo weights are labelled as such. Cheap for zip-format files: tensors are mmapped, not read.
+    A Hugging Face directory carries the flag in its config.json."""
+    if Path(path).is_dir():
+        return hf_is_random(Path(path))
     data = _torch_load(Path(path))
     cfg = data.get("cfg") if isinstance(data, Mapping) else None
     args = cfg.get("model") if isinstance(cfg, Mapping) else None
@@ -399,14 +416,18 @@ def is_random_checkpoint(path: str | Path) -> bool:
 
 def load_esm2_model(path: str | Path, *, device: str | torch.device = "cpu",
                     dtype: torch.dtype = torch.float32) -> ESM2:
-    """ESM2 module from a checkpoint file, in eval mode, weights in dtype (LayerNorms fp32)."""
+    """ESM2 module from a checkpoint file (or Hugging Face directory), in eval mode, weights in dtype
+    (LayerNorms fp32)."""
     cfg, state, stored_inv_freq = read_esm2_checkpoint(path)
     with torch.device("meta"):
         model = ESM2(cfg.num_layers, cfg.embed_dim, cfg.attention_heads, cfg.token_dropout)
     model.load_state_dict(state, strict=True, assign=True)
+    for norm in model.modules():  # the padded and packed forwards both read each LayerNorm's eps
+        if isinstance(norm, nn.LayerNorm):
+            norm.eps = cfg.layer_norm_eps
     # fair-esm copies the stored inv_freq into its fp32 buffer: if a file stores it rounded (an fp16
     # file), fair-esm rotates with the rounded values, and so must we to give the same features.
-    model.inv_freq = default_inv_freq(cfg.embed_dim // cfg.attention_heads)
+    model.inv_freq = default_inv_freq(cfg.embed_dim // cfg.attention_heads, cfg.rope_theta)
     if stored_inv_freq is not None and not torch.equal(stored_inv_freq.float(), model.inv_freq):
         model.inv_freq = stored_inv_freq.float().clone()
     model = model.cast(torch.device(device), dtype).eval().requires_grad_(False)
@@ -472,10 +493,11 @@ class ESM2Encoder(EngineHook):
 
     @cached_property
     def sha256(self) -> str:
-        """Hex digest of the checkpoint file, computed on first use (seconds for the 3B file)."""
+        """Hex digest of the checkpoint file (or a Hugging Face directory's identity: files.weights_sha256),
+        computed on first use (seconds for the 3B file)."""
         if self.path is None:
             raise ValueError("sha256 unknown: the encoder was not built from a file")
-        return file_sha256(Path(self.path))
+        return weights_sha256(Path(self.path))
 
     def prepare(self, proteins: Sequence[str]) -> list[str]:
         """The padded path tokenises inside ``embed``: nothing to do ahead, the strings are the input."""

@@ -29,7 +29,8 @@ CPU_PACKED_TOKENS = 1024  # packed batch on CPU (int8 checks): its block-diagona
 def load_esm2(spec: str, device: str = "auto", precision: str = "auto",
               max_tokens: int | None = None, exact_gelu: bool = False, *,
               host_weights: bool = False, offline: bool = False) -> ESM2Encoder:
-    """ESM2Encoder from a checkpoint path or a released model name (see resolve_esm2_checkpoint).
+    """ESM2Encoder from a fair-esm checkpoint path or released model name, or a Hugging Face ESM-2
+    directory or hub id (see resolve_esm2_checkpoint; both formats give the same module).
 
     On a GPU in fp16/bf16 (with varlen attention available) the packed, compiled encoder of
     encoders/esm2_packed.py; otherwise (CPU, fp32) the padded reference path. Both have the same

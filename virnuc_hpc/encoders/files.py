@@ -49,10 +49,7 @@ def dnabert_weights_file(directory: Path) -> Path:
 
 def dnabert_is_random(directory: Path) -> bool:
     """True for directories written by models.random_weights.dnabert (the flag in config.json)."""
-    try:
-        return bool(json.loads((directory / "config.json").read_text()).get(RANDOM_WEIGHTS_FLAG))
-    except (OSError, ValueError):
-        return False
+    return hf_is_random(directory)
 
 
 def hf_cache_dir() -> Path:
@@ -65,6 +62,26 @@ def hf_cache_dir() -> Path:
     return Path(home).expanduser() / "hub"
 
 
+def hub_snapshot(spec: str, patterns: list[str], *, offline: bool) -> tuple[Path | None, str]:
+    """The local snapshot of hub repository ``spec`` (only files matching ``patterns``): from the HF
+    cache, else downloaded (never when ``offline``); or None and the reason there is none."""
+    from huggingface_hub import snapshot_download
+    cache = hf_cache_dir()
+    try:
+        return Path(snapshot_download(spec, allow_patterns=patterns, cache_dir=cache,
+                                      local_files_only=True)), ""
+    except Exception as exc:
+        reason = f"{type(exc).__name__}: {exc}"
+    if not offline:
+        try:
+            return Path(snapshot_download(spec, allow_patterns=patterns, cache_dir=cache)), ""
+        except Exception as exc:
+            reason = f"download failed ({type(exc).__name__}: {exc})"
+    else:
+        reason += "; offline mode (the offline setting), no download tried"
+    return None, reason
+
+
 def resolve_dnabert_dir(spec: str, *, offline: bool = False) -> Path:
     """A directory as is; a hub id (``zhihan1996/DNABERT-S``) from the HF cache, else downloaded
     (never when ``offline``: RunConfig.offline)."""
@@ -74,23 +91,91 @@ def resolve_dnabert_dir(spec: str, *, offline: bool = False) -> Path:
     if path.exists() or not re.fullmatch(r"[\w.-]+/[\w.-]+", spec):
         raise ModelNotFoundError(f"DNABERT model {spec!r}: not a directory (expected one holding "
                                  "config.json, model.safetensors or pytorch_model.bin, and tokenizer.json)")
-    from huggingface_hub import snapshot_download
+    snapshot, reason = hub_snapshot(spec, DNABERT_HUB_FILES, offline=offline)
+    if snapshot is not None:
+        return snapshot
     cache = hf_cache_dir()
-    try:
-        return Path(snapshot_download(spec, allow_patterns=DNABERT_HUB_FILES, cache_dir=cache,
-                                      local_files_only=True))
-    except Exception as exc:
-        reason = f"{type(exc).__name__}: {exc}"
-    if not offline:
-        try:
-            return Path(snapshot_download(spec, allow_patterns=DNABERT_HUB_FILES, cache_dir=cache))
-        except Exception as exc:
-            reason = f"download failed ({type(exc).__name__}: {exc})"
-    else:
-        reason += "; offline mode (the offline setting), no download tried"
     raise ModelNotFoundError(
         f"DNABERT model {spec!r} not found: no such directory, and no copy in the Hugging Face cache "
         f"{cache} (looked for {cache / ('models--' + spec.replace('/', '--'))}); {reason}. "
-        f"Get the files with `huggingface-cli download {spec}` on a machine with network access "
-        "(and copy the cache here, or set HF_HOME / HF_HUB_CACHE to it), or pass a directory holding "
-        "config.json, model.safetensors or pytorch_model.bin, and tokenizer.json.")
+        f"Stage it with `virnuc-hpc models fetch --dnabert {spec}` on a machine with network access, "
+        "or pass a directory holding config.json, model.safetensors or pytorch_model.bin, and tokenizer.json.")
+
+
+# --------------------------------------------------------------------------- ESM-2 in the Hugging Face format
+
+HF_CONFIG = "config.json"
+HF_SAFETENSORS = "model.safetensors"
+HF_SAFETENSORS_INDEX = "model.safetensors.index.json"  # sharded files: model-00001-of-0000N.safetensors
+ESM2_HUB_FILES = [HF_CONFIG, HF_SAFETENSORS, HF_SAFETENSORS_INDEX, "model-*-of-*.safetensors", "vocab.txt"]
+_HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
+_FILE_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".json")
+
+
+def looks_like_hub_id(spec: str) -> bool:
+    """``owner/name`` that names no local file type (``facebook/esm2_t36_3B_UR50D``, not ``dir/x.pt``)."""
+    return bool(_HUB_ID.fullmatch(spec)) and not spec.lower().endswith(_FILE_SUFFIXES)
+
+
+def hf_safetensors_files(directory: Path) -> list[Path]:
+    """The safetensors file(s) of a Hugging Face model directory: model.safetensors, or the shards that
+    model.safetensors.index.json names (large models are saved in shards). Pickle weights
+    (pytorch_model.bin) are not read: ModelFileError says how to convert them."""
+    if (directory / HF_SAFETENSORS).is_file():
+        return [directory / HF_SAFETENSORS]
+    index = directory / HF_SAFETENSORS_INDEX
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+            names = sorted(set(weight_map.values()))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ModelFileError(f"{index}: not a readable safetensors index ({type(exc).__name__}: {exc})") from exc
+        if not names or not all(isinstance(n, str) and Path(n).name == n for n in names):
+            raise ModelFileError(f"{index}: its weight_map names no shard files in the directory")
+        if missing := [n for n in names if not (directory / n).is_file()]:
+            raise ModelFileError(f"{directory}: shard(s) named in {index.name} are missing: {', '.join(missing[:4])}")
+        return [directory / n for n in names]
+    pickles = sorted(p.name for p in directory.glob("*.bin"))
+    hint = (f" It holds only {', '.join(pickles)} (a pickle, not read); convert it once with transformers: "
+            f"`EsmModel.from_pretrained(DIR).save_pretrained(NEWDIR)` writes model.safetensors") if pickles else ""
+    raise ModelFileError(f"{directory}: no {HF_SAFETENSORS} (or {HF_SAFETENSORS_INDEX} with its shards).{hint}")
+
+
+def hf_identity_files(directory: Path) -> list[Path]:
+    """The files whose bytes make a Hugging Face ESM-2 directory's identity: config.json (it sets
+    sizes, LayerNorm eps and token dropout) and the safetensors weights."""
+    return [directory / HF_CONFIG, *hf_safetensors_files(directory)]
+
+
+def weights_sha256(path: Path) -> str:
+    """A model's identity. A file: its sha256. A Hugging Face ESM-2 directory: the sha256 of the
+    ``sha256sum`` listing of config.json and its safetensors file(s), so that
+    ``cd DIR && sha256sum config.json model.safetensors | sha256sum`` reproduces it."""
+    if not path.is_dir():
+        return file_sha256(path)
+    listing = "".join(f"{file_sha256(f)}  {f.name}\n" for f in hf_identity_files(path))
+    return hashlib.sha256(listing.encode()).hexdigest()
+
+
+def hf_is_random(directory: Path) -> bool:
+    """True for model directories whose config.json carries the random-weights flag."""
+    try:
+        return bool(json.loads((directory / HF_CONFIG).read_text()).get(RANDOM_WEIGHTS_FLAG))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def resolve_esm2_hub(spec: str, *, offline: bool = False) -> Path:
+    """A hub id (``facebook/esm2_t36_3B_UR50D``) from the HF cache, else downloaded (never when
+    ``offline``); only config.json, the safetensors weights and vocab.txt, never modelling code."""
+    snapshot, reason = hub_snapshot(spec, ESM2_HUB_FILES, offline=offline)
+    if snapshot is not None:
+        return snapshot
+    cache = hf_cache_dir()
+    raise ModelNotFoundError(
+        f"ESM-2 model {spec!r} not found: no such file or directory, and no copy in the Hugging Face "
+        f"cache {cache} (looked for {cache / ('models--' + spec.replace('/', '--'))}); {reason}. "
+        f"Get it with `hf download {spec} --include config.json --include '*.safetensors*' --include "
+        "vocab.txt` on a machine with "
+        "network access (and copy the cache here, or set HF_HOME / HF_HUB_CACHE to it), or pass a "
+        "directory holding config.json and model.safetensors, or a fair-esm .pt file.")

@@ -349,3 +349,12 @@ def check_chunk_size(path: str | Path, chunk_size: int) -> str | None:
         f"classifier {Path(path).name} looks trained for chunk size {'/'.join(map(str, sorted(said)))}, "
         f"but chunk size is {chunk_size}; predictions may be unreliable"
     )
+
+
+def chunk_size_warnings(models: Mapping[str, Any], chunk_size: int) -> list[str]:
+    """``check_chunk_size`` for the located models' classifier (none without one, or for the demo
+    one): what ``predict`` and ``check-precision`` both warn about."""
+    classifier = models.get("classifier")
+    if classifier is None or classifier.spec == "demo":
+        return []
+    return [w for w in [check_chunk_size(classifier.path, chunk_size)] if w]

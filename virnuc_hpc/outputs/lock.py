@@ -25,6 +25,7 @@ import logging
 import os
 import secrets
 import socket
+import stat
 import threading
 import time
 from collections.abc import Iterator
@@ -42,6 +43,7 @@ STALE_INFIX = ".stale-"  # a stale lock is renamed to LOCK_NAME + STALE_INFIX + 
 TAKEOVER_SUFFIX = ".takeover"  # the O_EXCL mutex that serialises takeovers of a stale lock
 TAKEOVER_WAIT_S = 10.0  # how long a contender waits for another one's takeover (milliseconds, normally)
 SLURM_VARS = ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_RESTART_COUNT")
+MAX_LOCK_BYTES = 64 << 10  # ours are a few hundred bytes
 
 
 @dataclass
@@ -98,19 +100,22 @@ def _pid_alive(pid: int) -> bool:
 
 
 def _read(path: Path) -> _Seen | None:
-    """The lock file as it is now, or None when there is none."""
+    """The lock file as it is now, or None when there is none. Whatever is found in its place is
+    read without blocking (a FIFO), at most MAX_LOCK_BYTES of it, and only a JSON object with a
+    token counts as a lock's content."""
     try:
-        with open(path, "rb") as fh:
-            mtime = os.fstat(fh.fileno()).st_mtime
-            raw = fh.read()
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except FileNotFoundError:
         return None
+    with open(fd, "rb") as fh:
+        meta = os.fstat(fh.fileno())
+        raw = fh.read(MAX_LOCK_BYTES) if stat.S_ISREG(meta.st_mode) else b""
     try:
         info = json.loads(raw)
         info = info if isinstance(info, dict) and "token" in info else None
-    except ValueError:
+    except (ValueError, RecursionError):
         info = None
-    return _Seen(raw, info, mtime)
+    return _Seen(raw, info, meta.st_mtime)
 
 
 def _stale_reason(seen: _Seen, stale_after_s: float) -> str | None:
@@ -280,6 +285,9 @@ def locked(outdir: str | Path, *, command: str, heartbeat_s: float = 10.0,
     except OSError as err:
         raise OutputError(f"output directory {outdir} is not writable: cannot create it ({err.strerror or err})") from err
     path = lock_path(outdir)
+    if path.is_symlink():  # never judged, renamed or removed through a link
+        raise OutputError(f"lock file {path} is a symbolic link; a run follows no link inside its "
+                          "output directory: remove it")
     info = _holder_info(command, heartbeat_s)
     deadline = time.monotonic() + TAKEOVER_WAIT_S
     while True:
@@ -321,11 +329,29 @@ def read_lock(outdir: str | Path, *, stale_after_s: float = 60.0) -> dict[str, A
     """The lock's holder (host, pid, user, start, command, Slurm ids) plus ``path``, ``age_s``
     (since the last heartbeat), ``stale`` and ``stale_reason``; None when OUTDIR has no lock."""
     path = lock_path(outdir)
-    seen = _read(path)
+    try:
+        seen = _read(path)
+    except OSError as err:  # e.g. no permission to read it
+        return {"unreadable": True, "problem": f"{path}: cannot be read ({err.strerror or err})",
+                "path": str(path), "age_s": None, "stale": False, "stale_reason": None}
     if seen is None:
         return None
     reason = _stale_reason(seen, stale_after_s)
-    info = dict(seen.info) if seen.info is not None else {"unreadable": True}
-    info.pop("token", None)
+    if seen.info is None:
+        kind = "not a regular file" if path.is_symlink() or not path.is_file() else "not a lock record of ours"
+        info: dict[str, Any] = {"unreadable": True, "problem": f"{path}: {kind} (being written, or damaged)"}
+    else:  # shown to people and printed as JSON: short values, nothing JSON cannot carry
+        info = {k: _shown(v) for k, v in list(seen.info.items())[:40] if len(k) <= 40 and k != "token"}
     return {**info, "path": str(path), "age_s": round(seen.age_s, 1), "stale": reason is not None,
             "stale_reason": reason}
+
+
+def _shown(value: Any, limit: int = 200) -> Any:
+    """A lock value as status shows it: numbers, switches and short text as they are; anything
+    else (a list, a huge or non-finite number, a long text) as short text."""
+    if value is None or isinstance(value, (bool, int)) and abs(value) < 1 << 63:
+        return value
+    if isinstance(value, float) and value == value and abs(value) != float("inf"):
+        return value
+    text = value if isinstance(value, str) else json.dumps(value)[:limit + 1]
+    return text if len(text) <= limit else text[:limit] + "..."

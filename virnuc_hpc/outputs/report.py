@@ -142,28 +142,36 @@ def summarise_sample(folder: Path, name: str, classify: bool) -> SampleSummary:
 
 # --- the files --------------------------------------------------------------------------------
 
-def write_report(outdir: str | Path) -> Path:
-    """Write report.html and virnuc_mqc.json into a finished OUTDIR (atomically, like every output);
-    returns the report's path."""
+def write_report(outdir: str | Path, run: dict[str, Any] | None = None) -> Path:
+    """Write report.html and virnuc_mqc.json into OUTDIR (atomically, like every output); returns
+    the report's path.
+
+    ``run`` is the content of run.json: a run passes the one it is about to write (run.json comes
+    last, marking the run finished), ``write_report(OUTDIR)`` reads it back from a finished run."""
     outdir = Path(outdir)
-    run = read_run(outdir)
+    run = read_run(outdir) if run is None else run
     classify = run.get("command") != "embed"
     names = [s["name"] for s in run.get("samples", [])]
     samples = [summarise_sample(sample_folder(outdir, run, name), name, classify) for name in names]
-    store.write_text_atomic(outdir / MQC_JSON, json.dumps(multiqc_table(run, samples), indent=1) + "\n")
-    path = outdir / REPORT
-    store.write_text_atomic(path, render(run, samples))
+    table, page = json.dumps(multiqc_table(run, samples), indent=1) + "\n", render(run, samples)
+    path = outdir / REPORT  # both made before either is written: a drawing error writes neither
+    store.write_text_atomic(outdir / MQC_JSON, table)
+    store.write_text_atomic(path, page)
     return path
 
 
 def multiqc_table(run: dict[str, Any], samples: list[SampleSummary]) -> dict[str, Any]:
-    """MultiQC custom content (plot_type table): one row per sample, one column per count."""
+    """MultiQC custom content (plot_type table): one row per sample, one column per count.
+
+    MultiQC renders the descriptions as HTML, so every value taken from run.json is escaped there.
+    The sample names (the rows' keys) stay as they are: they are the names MultiQC matches across
+    tools, which escaping would change."""
     random_note = " RANDOM WEIGHTS: not a biological result." if run.get("random_weights") else ""
     keys = [k for k in COLUMNS if any(s.counts.get(k) is not None for s in samples)]
     return {
         "id": "virnuc_hpc",
         "section_name": "virnuc-hpc",
-        "description": f"Reads and calls per sample (virnuc-hpc {run.get('version', '')}).{random_note}",
+        "description": f"Reads and calls per sample (virnuc-hpc {esc(run.get('version', ''))}).{random_note}",
         "plot_type": "table",
         "pconfig": {"id": "virnuc_hpc_table", "title": "virnuc-hpc: reads and calls", "col1_header": "Sample"},
         "headers": {k: {"title": k, "description": COLUMNS[k], "format": "{:,.0f}"} for k in keys},
@@ -239,6 +247,12 @@ def _run_facts(run: dict[str, Any]) -> str:
         ("features", config.get("features")), ("bags (total / computed now / reused)",
                                                f"{bags.get('total')} / {bags.get('computed_now')} / {bags.get('reused')}"),
     ]
+    models = run.get("models", {})
+    paths = [str(f.get("path")) for f in run.get("inputs", []) if isinstance(f, dict)]
+    facts += [(name, value) for name, value in (
+        ("models", "; ".join(f"{role}: {m.get('spec')}" for role, m in models.items() if isinstance(m, dict))),
+        ("inputs", ", ".join(paths[:10]) + (f", ... ({len(paths)} files)" if len(paths) > 10 else "")),
+        ("command line", run.get("command_line"))) if value]
     rows = [[f"<th>{esc(k)}</th>", f"<td>{esc(_number(v))}</td>"] for k, v in facts]
     warnings = "".join(f"<p class=\"note\">warning: {esc(w)}</p>" for w in run.get("warnings", []))
     return "<h2>Run</h2>" + _table([], rows) + warnings

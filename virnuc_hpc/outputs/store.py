@@ -9,7 +9,7 @@ Layout of OUTDIR:
     reads.tsv                             one row per input record: chunks, calls, what was missing
     run.json                              provenance and counts; written last, marks a finished run
     report.html, virnuc_mqc.json          a page to look at and a MultiQC table (report.py), made
-                                          from the finished run's tables and run.json
+                                          from the tables and run.json's content, just before it
 
 Every file is written to a temporary name in the same directory and renamed into place, so a file
 that exists is whole. Final outputs are removed when a run starts and written only when every bag
@@ -23,7 +23,6 @@ import io
 import json
 import logging
 import os
-import re
 import shutil
 import uuid
 from collections.abc import Iterable, Sequence
@@ -40,21 +39,20 @@ import xarray as xr
 
 from virnuc_hpc.outputs.calls import LABELS as CLASSES, labels_from_proba
 from virnuc_hpc.errors import OutputError
+from virnuc_hpc.outputs.layout import (BAG_NAME, BAGS_DIR, FAILED_BAGS, MANIFEST, PROGRESS, RUN_JSON,
+                                       SAMPLES_DIR, bag_files)
 from virnuc_hpc.outputs.lock import LOCK_NAME
+from virnuc_hpc.outputs.records import read_json_object
 
 ENGINE = "h5netcdf"
-BAGS_DIR = "bags"
-MANIFEST = "manifest.json"
 PREDICTIONS = "prediction_results.txt"
 HIGHEST = "prediction_results_highestscore.csv"
 READS = "reads.tsv"
-RUN_JSON = "run.json"
 CONFIG = "config.yaml"
-FAILED_BAGS = "failed_bags.tsv"  # only after bags that kept killing their worker
+RUN_LOG = "run.log"              # what a run logged (runtime/runlog.py), appended by each attempt
 PAIRS = "pairs.tsv"              # paired samples: one call per read pair
-SAMPLES_DIR = "samples"          # several samples: one folder of tables each
 SAMPLES_TSV = "samples.tsv"      # several samples: one row of counts each
-REPORT = "report.html"           # report.py, after run.json
+REPORT = "report.html"           # report.py, just before run.json
 MQC_JSON = "virnuc_mqc.json"     # report.py: MultiQC custom content, one row per sample
 SAMPLE_OUTPUTS = (PREDICTIONS, HIGHEST, READS, PAIRS)
 FINAL_OUTPUTS = (PREDICTIONS, HIGHEST, READS, PAIRS, SAMPLES_TSV, RUN_JSON, FAILED_BAGS, REPORT, MQC_JSON)
@@ -75,8 +73,9 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
     tmp = tmp_name(path)
-    try:
-        with open(tmp, "wb") as fh:
+    try:  # a new file (O_EXCL), never through a link placed at the temporary's name
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o666)
+        with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
@@ -89,6 +88,8 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
 def remove_stale_temporaries(outdir: Path) -> None:
     """Temporaries of an earlier run that was killed (the lock says no run is writing now)."""
     for folder in (outdir, outdir / BAGS_DIR):
+        if folder != outdir and not _own_dir(folder):  # OUTDIR itself may be a link; nothing in it is followed
+            continue
         for tmp in folder.glob(".*.tmp-*"):
             tmp.unlink(missing_ok=True)
     for stage in outdir.glob(".merge-*"):
@@ -110,46 +111,34 @@ def check_writable(outdir: Path) -> None:
 # --- manifest -------------------------------------------------------------------------------
 
 def read_manifest(outdir: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads((outdir / MANIFEST).read_text())
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError):
+    """The manifest of the run OUTDIR holds; None when there is none; ``{}`` when it is damaged
+    (not one JSON object): said in a warning naming the file and line, it counts as another run's."""
+    manifest, problem = read_json_object(outdir / MANIFEST)
+    if problem is not None:
+        log.warning("warning: %s", problem)
         return {}
+    return manifest
 
 
 def write_json(path: Path, payload: dict[str, Any]) -> None:
     write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=False, default=str) + "\n")
 
 
-BAG_NAME = re.compile(r"bag-\d{6}\.nc")
 CHECKSUM_SUFFIX = ".sha256"  # bags/bag-000001.nc.sha256: the sha256 of the bag file's bytes
 LOCK = LOCK_NAME  # held by a running run (lock.py)
-PROGRESS = LOCK_NAME + ".progress"  # a running run's progress, for `virnuc-hpc status` (runtime/progress.py)
-
-
-def bag_files(outdir: str | Path) -> list[Path]:
-    """The bag files in OUTDIR, in bag order (written atomically: each one present is whole).
-
-    Only regular files named exactly like ours (bag-NNNNNN.nc): a user's bags/bag-notes.nc or a
-    folder named bag-x.nc is neither read nor removed."""
-    folder = Path(outdir) / BAGS_DIR
-    if not folder.is_dir():
-        return []
-    return sorted(p for p in folder.iterdir()
-                  if BAG_NAME.fullmatch(p.name) and p.is_file() and not p.is_symlink())
+JOB_REGISTRY = "virnuc-jobs.jsonl"  # marks a job folder of `virnuc-hpc submit` (runtime/slurm.REGISTRY)
 
 
 def owned_files(outdir: Path) -> list[Path]:
     """Every file virnuc-hpc writes in OUTDIR (told by name) that exists now: what --overwrite removes."""
-    found = [outdir / name for name in (*FINAL_OUTPUTS, CONFIG, MANIFEST)]
+    found = [outdir / name for name in (*FINAL_OUTPUTS, CONFIG, MANIFEST, RUN_LOG)]
     samples = outdir / SAMPLES_DIR
     if samples.is_dir() and not samples.is_symlink():
         found += [folder / name for folder in samples.iterdir() if folder.is_dir() and not folder.is_symlink()
                   for name in SAMPLE_OUTPUTS]
     found += bag_files(outdir)
     folder = outdir / BAGS_DIR
-    if folder.is_dir():  # every checksum named like ours, also one whose bag is gone (a kill between the writes)
+    if _own_dir(folder):  # every checksum named like ours, also one whose bag is gone (a kill between the writes)
         found += [p for p in folder.iterdir()
                   if p.name.endswith(CHECKSUM_SUFFIX) and BAG_NAME.fullmatch(p.name[:-len(CHECKSUM_SUFFIX)])]
     return sorted(p for p in found if p.is_file() and not p.is_symlink())
@@ -158,20 +147,27 @@ def owned_files(outdir: Path) -> list[Path]:
 def foreign_entries(outdir: Path) -> list[Path]:
     """What OUTDIR holds that virnuc-hpc would not have written there: the user's own files.
 
-    Ours: the names in ``owned_files``, the lock, our temporaries and merge folders, and the
-    (possibly empty) bags/ and samples/ folders."""
+    Ours: the names in ``owned_files``, the lock, our temporaries and merge folders, the
+    (possibly empty) bags/ and samples/ folders, and a job folder of ``virnuc-hpc submit`` (its
+    default is OUTDIR/slurm: the logs and scripts of the job writing here), told by its job
+    registry; --overwrite never removes it."""
     if not outdir.is_dir():
         return []
     ours = set(owned_files(outdir))
     found: list[Path] = []
     for entry in sorted(outdir.iterdir()):
-        if entry.name == LOCK or _is_temporary(entry.name):
+        if entry.name == LOCK or _is_temporary(entry.name) or is_job_folder(entry):
             continue
         if entry.name in (BAGS_DIR, SAMPLES_DIR) and entry.is_dir() and not entry.is_symlink():
             found += [p for p in _walk(entry) if p not in ours and not _is_temporary(p.name)]
         elif entry not in ours:
             found.append(entry)
     return found
+
+
+def is_job_folder(path: Path) -> bool:
+    """A folder (not a link) holding the job registry that `virnuc-hpc submit` writes first."""
+    return path.is_dir() and not path.is_symlink() and (path / JOB_REGISTRY).is_file()
 
 
 def _walk(folder: Path) -> list[Path]:
@@ -189,12 +185,53 @@ def _is_temporary(name: str) -> bool:
     return (name.startswith(".") and ".tmp-" in name) or name.startswith((".merge-", LOCK + "."))
 
 
+def _own_dir(folder: Path) -> bool:
+    """A real folder, not a link to one: the only kind a run reads, writes or clears inside OUTDIR."""
+    return folder.is_dir() and not folder.is_symlink()
+
+
+def _named_like_a_bag(name: str) -> bool:
+    stem = name[:-len(CHECKSUM_SUFFIX)] if name.endswith(CHECKSUM_SUFFIX) else name
+    return BAG_NAME.fullmatch(stem) is not None
+
+
+def linked_entries(outdir: Path) -> list[Path]:
+    """Symbolic links inside OUTDIR where a run would read, write or remove its own files.
+
+    A run follows no link inside OUTDIR: through ``bags`` linked elsewhere, --overwrite would
+    remove and rewrite another folder's files, and a resume would take them for its own bags."""
+    found = [outdir / name for name in (BAGS_DIR, SAMPLES_DIR, *FINAL_OUTPUTS, CONFIG, MANIFEST, RUN_LOG)
+             if (outdir / name).is_symlink()]
+    bags, samples = outdir / BAGS_DIR, outdir / SAMPLES_DIR
+    if _own_dir(bags):
+        found += [p for p in bags.iterdir() if _named_like_a_bag(p.name) and p.is_symlink()]
+    if _own_dir(samples):
+        for folder in samples.iterdir():
+            if folder.is_symlink():
+                found.append(folder)
+            elif folder.is_dir():
+                found += [folder / name for name in SAMPLE_OUTPUTS if (folder / name).is_symlink()]
+    return sorted(found)
+
+
+def refuse_links(outdir: Path) -> None:
+    """Refuse an OUTDIR where a run would follow a symbolic link (``linked_entries``): nothing is
+    written, removed or read outside OUTDIR."""
+    found = linked_entries(outdir)
+    if found:
+        shown = ", ".join(str(p.relative_to(outdir)) for p in found[:5]) + (", ..." if len(found) > 5 else "")
+        raise OutputError(
+            f"{outdir} holds symbolic links where virnuc-hpc keeps its own files ({shown}); a run "
+            "writes only inside its output directory and follows no link there: remove the links "
+            "or give another output directory")
+
+
 def clear_outputs(outdir: Path, *, bags: bool) -> None:
     """Remove our final tables; with ``bags``, every file we write (bags, checksums, manifest,
     config). The user's own files stay, also inside our folders."""
     for name in FINAL_OUTPUTS:
         path = outdir / name
-        if path.is_file() or path.is_symlink():
+        if path.is_file() and not path.is_symlink():
             path.unlink()
     samples = outdir / SAMPLES_DIR
     if samples.is_dir() and not samples.is_symlink():
@@ -202,7 +239,7 @@ def clear_outputs(outdir: Path, *, bags: bool) -> None:
             if not folder.is_dir() or folder.is_symlink():
                 continue
             for name in SAMPLE_OUTPUTS:
-                if (folder / name).is_file():
+                if (folder / name).is_file() and not (folder / name).is_symlink():
                     (folder / name).unlink()
             if not any(folder.iterdir()):
                 folder.rmdir()

@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from virnuc_hpc.reads.reading import Block, iter_blocks
+from virnuc_hpc.reads.reading import Block, ReadDigest, iter_blocks
 from virnuc_hpc.reads.samples import InputFile
 
 PIECES_PER_BAG = 16
@@ -115,18 +115,19 @@ def join_blocks(blocks: list[Block]) -> Block:
 
 
 def plan_bags(files: list[InputFile], records_per_bag: Callable[[InputFile], int], run_key: str,
-              *, read_size: int = 1 << 22) -> Iterator[Bag]:
+              *, read_size: int = 1 << 22, digests: dict[InputFile, ReadDigest] | None = None) -> Iterator[Bag]:
     """Bags of every input file, in input order, cut while the files are read.
 
     ``records_per_bag(file)`` sizes the bags of each file (a pure function of its content). A bag
     never spans two files. Of the last file, up to ``TAIL_BAGS + 1`` bags' worth of pieces are
-    held back to recognise the run's tail; other files end in one smaller bag.
+    held back to recognise the run's tail; other files end in one smaller bag. ``digests`` gets
+    each file's ReadDigest: the size and sha256 of the very bytes its bags were cut from.
     """
-    with ThreadPoolExecutor(1, thread_name_prefix="virnuc-bag-digest") as digests:
+    with ThreadPoolExecutor(1, thread_name_prefix="virnuc-bag-digest") as pool:
         # Joining a bag's pieces and hashing them (hashlib releases the GIL) run on a thread while
         # the next bag is cut: one bag of look-ahead.
         ready: deque[Future[Bag]] = deque()
-        for future in _bag_futures(files, records_per_bag, run_key, read_size, digests):
+        for future in _bag_futures(files, records_per_bag, run_key, read_size, pool, digests):
             ready.append(future)
             if len(ready) > 1:
                 yield ready.popleft().result()
@@ -135,7 +136,8 @@ def plan_bags(files: list[InputFile], records_per_bag: Callable[[InputFile], int
 
 
 def _bag_futures(files: list[InputFile], records_per_bag: Callable[[InputFile], int], run_key: str,
-                 read_size: int, pool: ThreadPoolExecutor) -> Iterator[Future[Bag]]:
+                 read_size: int, pool: ThreadPoolExecutor,
+                 digests: dict[InputFile, ReadDigest] | None) -> Iterator[Future[Bag]]:
     index = 0
     for number, file in enumerate(files):
         last_file = number == len(files) - 1
@@ -144,7 +146,8 @@ def _bag_futures(files: list[InputFile], records_per_bag: Callable[[InputFile], 
         per_piece = wanted // per_bag
         hold = (TAIL_BAGS + 1) * per_bag if last_file else per_bag
         held: deque[Block] = deque()
-        for piece in iter_blocks(file, per_piece, read_size=read_size):
+        digest = None if digests is None else digests.setdefault(file, ReadDigest())
+        for piece in iter_blocks(file, per_piece, read_size=read_size, digest=digest):
             held.append(piece)
             if len(held) >= hold:  # the oldest pieces are surely not the tail: a full bag
                 yield pool.submit(_bag, index, run_key, [held.popleft() for _ in range(per_bag)])

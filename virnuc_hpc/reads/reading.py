@@ -10,18 +10,39 @@ bytes of the file, never by its name. Line ends: LF, CRLF or CR, as Python text 
 (which VirNucPro used) reads them. CRLF stays in the blocks (the parsers accept it); a read
 buffer holding a lone CR (an old Mac file) is rewritten with LF, so that counting LF always
 counts lines.
+
+Compressed input is held to one rule in every format: a file is one or more whole streams
+(gzip members, bzip2, xz or zstd streams) of the format its first bytes name, and zero bytes
+between or after them are padding (as gzip has always allowed). Anything else after a stream,
+or a stream cut short, is an error naming the file: never silently dropped, as Python's bz2 and
+lzma readers drop trailing data they cannot decode.
+
+A read can record what it took from the disk (`ReadDigest`): the count and sha256 of exactly the
+bytes it consumed, hashed as they are read, so that provenance describes the bytes the run cut
+its blocks from, even when the file grows or changes while it is read.
 """
 
 from __future__ import annotations
 
+import bz2
+import hashlib
 import io
+import lzma
 import re
-from collections.abc import Iterable, Iterator
+import sys
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import BinaryIO, cast
+from typing import Any, BinaryIO, cast
 
 import numpy as np
 from xopen import xopen
+
+if sys.version_info >= (3, 14):
+    from compression import zstd
+else:  # pragma: no cover - depends on the Python version
+    from backports import zstd
 
 from virnuc_hpc.reads import fasta, fastq
 from virnuc_hpc.reads.fasta import (
@@ -45,7 +66,21 @@ _MAGIC = ((b"\x1f\x8b", "gz", "gzip"), (b"BZh", "bz2", "bzip2"), (b"\xfd7zXZ\x00
           (b"\x28\xb5\x2f\xfd", "zst", "zstd"))
 _NOT_SPACE = re.compile(rb"\S")
 _LF = ord("\n")
-__all__ = ["FASTA", "FASTQ", "Block", "Parsed", "iter_blocks", "open_binary", "parse_block", "sniff"]
+_RAW_READ = 1 << 20  # compressed bytes handed to a bzip2/xz/zstd decompressor at a time
+_HASH_AHEAD = 4  # raw reads queued for the hashing thread before the reader waits for it
+__all__ = ["FASTA", "FASTQ", "Block", "Parsed", "ReadDigest", "iter_blocks", "open_binary", "parse_block",
+           "sniff"]
+
+
+@dataclass(slots=True)
+class ReadDigest:
+    """What one read of a file took from the disk: the byte count and sha256 of exactly those bytes.
+
+    Filled in when the read's stream closes; `sha256` is None until then.
+    """
+
+    size: int = 0
+    sha256: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,23 +102,32 @@ class Block:
     data: bytes
 
 
-def open_binary(path: str) -> BinaryIO:
+def open_binary(path: str, digest: ReadDigest | None = None) -> BinaryIO:
     """The decompressed bytes of a file; compression is told by content, not name.
 
     Any failure to open or decompress, now or on a later read, raises FastaError with one
-    UNREADABLE Problem.
+    UNREADABLE Problem; so does anything after the last whole compressed stream but zero
+    padding (see the module's rule). `digest`, when given, receives the size and sha256 of the
+    bytes read from the disk once the stream is closed.
     """
     try:
-        with open(path, "rb") as raw:
-            magic = raw.read(6)
+        raw: BinaryIO = open(path, "rb")
+    except Exception as error:
+        raise _unreadable(path, error, None) from error
+    try:
+        magic = raw.read(6)
+        raw.seek(0)
         kind = next(((fmt, name) for prefix, fmt, name in _MAGIC if magic.startswith(prefix)), None)
+        source = raw if digest is None else cast(BinaryIO, _Tap(raw, digest))
         if kind is None:
-            return cast(BinaryIO, _Checked(open(path, "rb"), path, None))
-        threads = GZIP_THREADS if kind[0] == "gz" else 0
-        return cast(BinaryIO, _Checked(xopen(path, "rb", format=kind[0], threads=threads), path, kind[1]))
-    except FastaError:
-        raise
+            return cast(BinaryIO, _Checked(source, path, None, ()))
+        if kind[0] == "gz":  # ISA-L's reader: whole members, zero padding, anything else refused
+            stream = cast(BinaryIO, xopen(source, "rb", format="gz", threads=GZIP_THREADS))
+        else:
+            stream = cast(BinaryIO, _Streams(source, _DECOMPRESSORS[kind[0]], kind[1]))
+        return cast(BinaryIO, _Checked(stream, path, kind[1], (source,)))
     except Exception as error:  # decompressors raise OSError, EOFError and their own errors
+        raw.close()
         raise _unreadable(path, error, None) from error
 
 
@@ -116,19 +160,21 @@ def sniff(path: str) -> str:
 
 
 def iter_blocks(file: InputFile, records_per_block: int, *, read_size: int = 1 << 22,
-                fmt: str | None = None) -> Iterator[Block]:
+                fmt: str | None = None, digest: ReadDigest | None = None) -> Iterator[Block]:
     """Cut a file into blocks of `records_per_block` records (the last may hold fewer).
 
     The file is read once, `read_size` bytes at a time; memory stays near one block plus one
-    read. `fmt` skips the sniff when the caller already knows the format. Raises FastaError
-    (see `sniff`, and UNREADABLE for data that stops decompressing midway).
+    read. `fmt` skips the sniff when the caller already knows the format. `digest` receives
+    the size and sha256 of the bytes the blocks were cut from, once the last block is out.
+    Raises FastaError (see `sniff`, and UNREADABLE for data that stops decompressing midway
+    or does not end as the module's rule says).
     """
     if records_per_block < 1:
         raise ValueError(f"records_per_block must be >= 1, not {records_per_block}")
     fmt = fmt or sniff(file.path)
     cut = _fasta_blocks if fmt == FASTA else _fastq_blocks
     first_record, first_line = 0, 1
-    with open_binary(file.path) as stream:
+    with open_binary(file.path, digest) as stream:
         pieces = cut(_text_buffers(stream, read_size), records_per_block)
         for index, (n_records, n_lines, data) in enumerate(pieces):
             yield Block(file, fmt, index, first_record, first_line, n_records, data)
@@ -153,11 +199,16 @@ def parse_block(block: Block) -> Parsed:
 
 
 class _Checked(io.RawIOBase):
-    """A byte stream whose read errors become FastaError(UNREADABLE), named for the user."""
+    """A byte stream whose read errors become FastaError(UNREADABLE), named for the user.
 
-    def __init__(self, stream: BinaryIO, path: str, compression: str | None) -> None:
+    `below` are the streams under `stream` that closing it does not close (the raw file that a
+    decompressor was handed), closed after it in order.
+    """
+
+    def __init__(self, stream: BinaryIO, path: str, compression: str | None,
+                 below: tuple[BinaryIO, ...]) -> None:
         super().__init__()
-        self._stream, self._path, self._compression = stream, path, compression
+        self._stream, self._path, self._compression, self._below = stream, path, compression, below
 
     def readable(self) -> bool:
         return True
@@ -177,13 +228,171 @@ class _Checked(io.RawIOBase):
         if not self.closed:
             try:
                 self._stream.close()
+                for stream in self._below:
+                    stream.close()
             finally:
                 super().close()
 
 
 def _unreadable(path: str, error: BaseException, compression: str | None) -> FastaError:
-    hint = f" (corrupt or truncated {compression} data?)" if compression else ""
+    said = isinstance(error, _LaterStreamError)  # its message says what is wrong already
+    hint = f" (corrupt or truncated {compression} data?)" if compression and not said else ""
     return FastaError([Problem(path, None, None, UNREADABLE, f"cannot read file: {error}{hint}")])
+
+
+class _LaterStreamError(ValueError):
+    """Bytes after a whole compressed stream that are neither padding nor a whole stream."""
+
+
+def _zstd_decompressor() -> Any:
+    # the largest window zstd allows, as the zstd tool's --long=31: files made with --long read too
+    window = zstd.DecompressionParameter.window_log_max
+    return zstd.ZstdDecompressor(options={window: window.bounds()[1]})
+
+
+_DECOMPRESSORS: dict[str, Callable[[], Any]] = {
+    "bz2": bz2.BZ2Decompressor,
+    "xz": lambda: lzma.LZMADecompressor(format=lzma.FORMAT_XZ),
+    "zst": _zstd_decompressor,
+}
+
+
+class _Streams(io.RawIOBase):
+    """The decompressed bytes of one or more concatenated bzip2, xz or zstd streams.
+
+    The module's rule, which gzip's reader keeps already: after a stream ends, only zero bytes
+    (padding) and further whole streams of the same format may follow. Python's own readers stop
+    quietly at the first bytes that do not decode, so a damaged file would pass as a short one.
+    """
+
+    def __init__(self, raw: BinaryIO, new: Callable[[], Any], name: str) -> None:
+        super().__init__()
+        self._raw, self._new, self._name = raw, new, name
+        self._decompressor = new()
+        self._read_bytes = 0  # compressed bytes taken from raw
+        self._streams = 0  # whole streams decoded
+        self._stream_at = 0  # offset of the stream being decoded
+        self._done = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def readall(self) -> bytes:
+        return b"".join(iter(lambda: self.read(4 * _RAW_READ), b""))
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is None or size < 0:
+            return self.readall()
+        if self._done or size == 0:
+            return b""
+        try:
+            return self._decoded(size)
+        except Exception as error:
+            if not self._streams or isinstance(error, _LaterStreamError):
+                raise
+            raise _LaterStreamError(
+                f"the bytes from offset {self._stream_at} on, after {self._streams} whole {self._name} "
+                f"stream(s), are not a whole {self._name} stream (trailing garbage, or a damaged or "
+                f"truncated later stream): {error}") from error
+
+    def _decoded(self, size: int) -> bytes:
+        while True:
+            decompressor = self._decompressor
+            if decompressor.eof:
+                self._streams += 1
+                start = self._next_stream(decompressor.unused_data)
+                if start is None:
+                    self._done = True
+                    return b""
+                decompressor = self._decompressor = self._new()
+                data = decompressor.decompress(start, size)
+            elif decompressor.needs_input:
+                chunk = self._raw_read()
+                if not chunk:
+                    raise EOFError("compressed file ended before the end-of-stream marker was reached")
+                data = decompressor.decompress(chunk, size)
+            else:
+                data = decompressor.decompress(b"", size)
+            if data:
+                return data
+
+    def _raw_read(self) -> bytes:
+        chunk = self._raw.read(_RAW_READ)
+        self._read_bytes += len(chunk)
+        return chunk
+
+    def _next_stream(self, rest: bytes) -> bytes | None:
+        """The first bytes of the next stream, zero padding skipped; None at the end of the file."""
+        while not (start := rest.lstrip(b"\0")):
+            rest = self._raw_read()
+            if not rest:
+                return None
+        self._stream_at = self._read_bytes - len(start)
+        return start
+
+    def close(self) -> None:
+        self._decompressor = None
+        super().close()
+
+
+class _Tap(io.RawIOBase):
+    """A raw file that counts and hashes every byte read from it, into a ReadDigest on close.
+
+    Hashing runs on a helper thread (hashlib releases the GIL), a few reads behind, so the
+    reader does not wait for it.
+    """
+
+    def __init__(self, raw: BinaryIO, digest: ReadDigest) -> None:
+        super().__init__()
+        self._raw, self._digest = raw, digest
+        self._hash = hashlib.sha256()
+        self._size = 0
+        self._pool: ThreadPoolExecutor | None = None
+        self._pending: deque[Future[None]] = deque()
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int | None = -1) -> bytes:
+        data = self._raw.read(-1 if size is None else size)
+        self._feed(data)
+        return data
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def readall(self) -> bytes:
+        return self.read(-1)
+
+    def _feed(self, data: bytes) -> None:
+        if not data:
+            return
+        self._size += len(data)
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="virnuc-input-sha256")
+        self._pending.append(self._pool.submit(self._hash.update, data))
+        while len(self._pending) > _HASH_AHEAD:
+            self._pending.popleft().result()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        try:
+            self._raw.close()
+            while self._pending:
+                self._pending.popleft().result()
+            self._digest.size, self._digest.sha256 = self._size, self._hash.hexdigest()
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown()
+            super().close()
 
 
 def _text_buffers(stream: BinaryIO, read_size: int) -> Iterator[bytes]:

@@ -4,6 +4,19 @@ A sample is a set of reads classified together and reported under one name (a di
 name in the output, hence the strict spelling rule). Most runs give one file per sample;
 paired-end data gives two files, mate 1 and mate 2, through a samplesheet.
 
+Name rule, checked before anything is read or computed, so that a name is a folder name on
+every filesystem (OUTDIR/samples/<name>/ is made at the very end of a run): 1 to 200 of the
+characters A-Z a-z 0-9 . _ - (so no '/', '\\', ':', '*', '?', '"', '<', '>', '|', spaces, control
+characters or non-ASCII letters), starting with a letter, a digit or '_' (a leading '.' hides
+the folder and makes '.' and '..'; a leading '-' reads as an option to shell tools), not ending
+with '.' (Windows drops it), and not a Windows device name (CON, PRN, AUX, NUL, COM1-9, LPT1-9,
+with or without an extension). 200 leaves room under the usual 255-byte limit for the names
+made from a sample's (temporary siblings of its folder). Two names that differ only in case
+are refused: they would be one folder on macOS and Windows.
+
+One file is one file however it is reached: files are told apart by (device, inode), so a
+hard link, a symlink or another spelling of a path listed already is refused.
+
 Paired rule: each mate is classified as its own read. A read from a mate file keeps its id
 with one trailing "/1" or "/2" removed (if present) and the file's suffix, "/1" or "/2",
 appended; so "r1/1" and "r1" in the mate-1 file both become "r1/1", and the same read in the
@@ -22,7 +35,11 @@ from virnuc_hpc.errors import SampleError
 
 COMPRESSION_EXTENSIONS = (".gz", ".bgz", ".bz2", ".xz", ".zst", ".zstd")
 SEQUENCE_EXTENSIONS = (".fastq", ".fq", ".fasta", ".fa", ".fna", ".ffn", ".fas", ".fsa", ".seq")
-_SAFE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
+MAX_NAME_LENGTH = 200
+NAME_RULE = ("use 1 to 200 letters, digits, '.', '_' and '-', starting with a letter, a digit or '_', "
+             "not ending with '.'")
+_SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*(?<!\.)")
+_DEVICE_NAME = re.compile(r"(con|prn|aux|nul|com[1-9]|lpt[1-9])(\..*)?", re.IGNORECASE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,37 +96,64 @@ def sample_name(path: str) -> str:
     return name
 
 
+def name_problem(name: str) -> str | None:
+    """What keeps a sample name from being a folder name everywhere (the module's rule), or None."""
+    if len(name.encode()) > MAX_NAME_LENGTH:
+        return f"is {len(name.encode())} bytes long, more than the {MAX_NAME_LENGTH} a folder name can take"
+    if not _SAFE_NAME.fullmatch(name):
+        return f"is not a safe directory name ({NAME_RULE})"
+    if _DEVICE_NAME.fullmatch(name):
+        return "is a device name on Windows, not a safe directory name"
+    return None
+
+
 def is_safe_name(name: str) -> bool:
-    """A sample name usable as a directory name anywhere: [A-Za-z0-9._-], no leading dot."""
-    return _SAFE_NAME.fullmatch(name) is not None
+    """A sample name usable as a directory name on every filesystem (the module's rule)."""
+    return name_problem(name) is None
 
 
 def samples_from_paths(paths: Sequence[str]) -> list[Sample]:
     """One single-file sample per path, named after the file, in the order given."""
-    by_name: dict[str, str] = {}
+    by_name: dict[str, str] = {}  # case-folded name -> path
+    by_file: dict[tuple[int, int] | str, str] = {}
     samples: list[Sample] = []
     for path in paths:
         if any(c in path for c in "\t\n\r"):
             raise SampleError(f"input file {path!r}: its path holds a tab or a line break, which the "
                               "tab-separated outputs cannot hold; rename it (or link it under another name)")
+        key = file_key(path)
+        if key in by_file:
+            other = by_file[key]
+            raise SampleError(f"{path}: the same input file is given twice ({other!r} and {path!r} are one "
+                              "file, through a hard link, a symlink or another spelling of its path)")
         name = sample_name(path)
-        if not is_safe_name(name):
-            raise SampleError(
-                f"{path}: sample name {name!r} (from the file name) is not a safe directory name "
-                "(use letters, digits, '.', '_' and '-', not starting with '.'); "
-                "name the sample in a --samplesheet instead"
-            )
-        if name in by_name:
-            other = by_name[name]
-            if _same_file(other, path):
-                raise SampleError(f"{path}: the same input file is given twice")
-            raise SampleError(
-                f"{other} and {path} both give sample name {name!r}; "
-                "rename one, or list them in a --samplesheet"
-            )
-        by_name[name] = path
+        problem = name_problem(name)
+        if problem:
+            raise SampleError(f"{path}: sample name {_shown(name)} (from the file name) {problem}; "
+                              "name the sample in a --samplesheet instead")
+        if name.casefold() in by_name:
+            other = by_name[name.casefold()]
+            clash = (f"sample name {name!r}" if sample_name(other) == name else
+                     f"sample names {sample_name(other)!r} and {name!r}, one folder on a case-insensitive filesystem")
+            raise SampleError(f"{other} and {path} both give {clash}; rename one, or list them in a --samplesheet")
+        by_file[key] = by_name[name.casefold()] = path
         samples.append(Sample(name, (InputFile(path, name, None),)))
     return samples
+
+
+def file_key(path: str) -> tuple[int, int] | str:
+    """One key per file however it is reached: (device, inode), so that a hard link, a symlink
+    and another spelling of a path are the same file; the absolute path where it cannot be stat'ed."""
+    try:
+        status = os.stat(path)
+    except (OSError, ValueError):
+        return os.path.abspath(path)
+    return status.st_dev, status.st_ino
+
+
+def _shown(name: str) -> str:
+    """A name for a message: a very long one is cut (its length is in the message)."""
+    return repr(name) if len(name) <= 60 else repr(name[:40]) + "..."
 
 
 def read_samplesheet(path: str) -> list[Sample]:
@@ -143,14 +187,6 @@ def read_samplesheet(path: str) -> list[Sample]:
 _Entry = tuple[int, str, str, int | None]
 
 
-def _same_file(a: str, b: str) -> bool:
-    """Two spellings of one file (the file need not exist)."""
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return os.path.abspath(a) == os.path.abspath(b)
-
-
 def _sheet_entries(sheet: str, header_line: int, columns: dict[str, int],
                    body: list[tuple[int, list[str]]]) -> list[_Entry]:
     """Rows to entries, for whichever of the two layouts the header names."""
@@ -171,11 +207,9 @@ def _sheet_entries(sheet: str, header_line: int, columns: dict[str, int],
         name = cell(row, "sample")
         if not name:
             raise SampleError(f"{sheet}:{line}: empty sample name")
-        if not is_safe_name(name):
-            raise SampleError(
-                f"{sheet}:{line}: sample name {name!r} is not a safe directory name "
-                "(use letters, digits, '.', '_' and '-', not starting with '.')"
-            )
+        problem = name_problem(name)
+        if problem:
+            raise SampleError(f"{sheet}:{line}: sample name {_shown(name)} {problem}")
         if nf_core:
             second = cell(row, "fastq_2")
             files = [(cell(row, "fastq_1"), 1 if second else None)] + ([(second, 2)] if second else [])
@@ -208,12 +242,19 @@ def _grouped(sheet: str, entries: list[_Entry]) -> list[Sample]:
     """Entries grouped into samples, checking files are listed once and mates come in pairs."""
     files: dict[str, list[InputFile]] = {}
     first_line: dict[str, int] = {}
-    seen: dict[str, int] = {}
+    seen: dict[tuple[int, int] | str, tuple[int, str]] = {}  # file -> (line, path as listed)
+    folded: dict[str, str] = {}  # case-folded sample name -> name
     for line, name, path, mate in entries:
-        key = os.path.realpath(path)
+        key = file_key(path)
         if key in seen:
-            raise SampleError(f"{sheet}:{line}: file {path!r} is already listed at line {seen[key]}")
-        seen[key] = line
+            at, listed = seen[key]
+            how = "" if listed == path else (f" (as {listed!r}: one file, through a hard link, a symlink "
+                                              "or another spelling)")
+            raise SampleError(f"{sheet}:{line}: file {path!r} is already listed at line {at}{how}")
+        seen[key] = (line, path)
+        if folded.setdefault(name.casefold(), name) != name:
+            raise SampleError(f"{sheet}:{line}: sample names {folded[name.casefold()]!r} and {name!r} differ only "
+                              "in case: one folder on a case-insensitive filesystem; rename one")
         first_line.setdefault(name, line)
         files.setdefault(name, []).append(InputFile(path, name, mate))
     for name, group in files.items():

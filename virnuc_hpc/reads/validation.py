@@ -145,7 +145,8 @@ def validate_samples(samples: list[Sample], *, workers: int | None = None, paral
         parallel = sum(os.path.getsize(f.path) for f in readable) >= SMALL_INPUT_BYTES
     spool = Path(tempfile.mkdtemp(prefix="virnuc-validate-"))
     try:
-        results = _check_all(readable, spool, workers=workers, parallel=parallel, block_records=block_records)
+        results = _check_all(readable, spool, workers=workers, parallel=parallel, block_records=block_records,
+                             unreadable=problems)
         by_sample: dict[str, list[tuple[int, str]]] = {}
         where: dict[int, str] = {}
         for number, (path, block_problems, ids) in enumerate(results):
@@ -165,11 +166,21 @@ def validate_samples(samples: list[Sample], *, workers: int | None = None, paral
     return problems
 
 
+def _readable_blocks(files: list[Any], block_records: int, unreadable: list[Problem]) -> Iterator[Block]:
+    """Every block of every file; a file that stops decompressing midway (or ends in bytes that are
+    no whole stream) adds its problem to ``unreadable`` and ends there, and the next file is read."""
+    for f in files:
+        try:
+            yield from iter_blocks(f, block_records)
+        except FastaError as err:
+            unreadable.extend(err.problems)
+
+
 def _check_all(files: list[Any], spool: Path, *, workers: int | None, parallel: bool,
-               block_records: int) -> list[tuple[str, list[Problem], str]]:
+               block_records: int, unreadable: list[Problem]) -> list[tuple[str, list[Problem], str]]:
     """(path, problems, ids file) per block, in input order: in this process, or on a local Dask
     cluster of one process per core with a bounded number of blocks in flight."""
-    blocks = (block for f in files for block in iter_blocks(f, block_records))
+    blocks = _readable_blocks(files, block_records, unreadable)
     if not parallel:
         return [(block.file.path, *check_block(block, number, str(spool))) for number, block in enumerate(blocks)]
     from distributed import Client, LocalCluster, as_completed

@@ -12,12 +12,15 @@ import importlib.util
 import json
 import logging
 import os
+import re
 import signal
+import socket
+import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import dask
 from distributed import Client, LocalCluster
@@ -25,6 +28,7 @@ from distributed import Client, LocalCluster
 from virnuc_hpc.config import RunConfig
 from virnuc_hpc.errors import SetupError
 
+log = logging.getLogger(__name__)
 
 # Task threads per worker. A GPU worker has two: one bag holds the device (worker.py's lock) while
 # another bag's classification and NetCDF writing run. A CPU worker computes with torch threads.
@@ -98,6 +102,7 @@ def preflight(config: RunConfig, client: Client | None = None) -> None:
         check_scheduler(address, config.scheduler_timeout)
     else:
         check_local_workers(config)
+        check_dashboard(config.dashboard_address, config.scheduler_timeout)
 
 
 def scheduler_address(config: RunConfig) -> str | None:
@@ -149,6 +154,61 @@ def check_local_workers(config: RunConfig) -> None:
                          "or use --engine native (the same results)")
 
 
+def check_dashboard(address: str, timeout: float) -> None:
+    """A SetupError unless the dashboard's ``HOST:PORT`` names an address of this machine: Dask
+    would fail to start the cluster with a traceback. A taken port is Dask's to handle (it serves
+    the dashboard on another one and says so)."""
+    failure = _bind_failure(address.rpartition(":")[0], timeout)
+    if failure is not None:
+        raise SetupError(f"cannot serve the Dask dashboard at {_one_line(address, 80)}: {failure}; give "
+                         "[HOST]:PORT with a host of this machine, e.g. 127.0.0.1:8787 (this machine only) "
+                         "or 0.0.0.0:8787 (every interface)")
+
+
+def _bind_failure(host: str, timeout: float) -> str | None:
+    """None if ``host`` (a name or address, IPv6 in brackets or not) can be listened on here, with a
+    free port, its name looked up within ``timeout`` seconds; else why not."""
+    host = host.strip("[]")
+    shown = _one_line(repr(host), 80)
+    try:
+        infos = _bounded(lambda: socket.getaddrinfo(host, 0, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE),
+                         timeout)
+    except TimeoutError:
+        return f"looking up {shown} took longer than {timeout:g} s"
+    except (OSError, UnicodeError) as err:
+        return f"cannot look up {shown}: {err.strerror if isinstance(err, OSError) and err.strerror else err}"
+    failure = f"{shown} has no address"
+    for family, kind, proto, _, sockaddr in infos:
+        try:
+            with socket.socket(family, kind, proto) as sock:
+                sock.bind((sockaddr[0], 0, *sockaddr[2:]))
+            return None
+        except OSError as err:
+            failure = f"{shown} is not an address of this machine ({err.strerror or err})"
+    return failure
+
+
+def _bounded(call: Any, timeout: float) -> Any:
+    """``call()``'s result, or TimeoutError after ``timeout`` seconds; run in a daemon thread that is
+    left behind at the deadline (a stuck name lookup cannot be cancelled, nor hold the exit)."""
+    outcome: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            outcome["value"] = call()
+        except BaseException as err:  # re-raised in the caller
+            outcome["error"] = err
+
+    thread = threading.Thread(target=target, name="virnuc-lookup", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        raise TimeoutError
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
 @contextmanager
 def _sigint_blocked() -> Iterator[None]:
     """Block SIGINT in this thread while a cluster starts.
@@ -181,6 +241,7 @@ def local_cluster(config: RunConfig, host: str = "127.0.0.1") -> Iterator[LocalC
     ``config.dashboard_address`` says (127.0.0.1 unless it names a host).
     """
     check_local_workers(config)
+    check_dashboard(config.dashboard_address, config.scheduler_timeout)
     common = dict(host=host, dashboard_address=config.dashboard_address,
                   silence_logs=logging.CRITICAL)  # task errors reach the client
     cluster: LocalCluster | None = None
@@ -198,7 +259,16 @@ def local_cluster(config: RunConfig, host: str = "127.0.0.1") -> Iterator[LocalC
         yield cluster
     finally:
         if cluster is not None:
-            cluster.close()
+            _close(cluster)
+
+
+def _close(cluster: LocalCluster) -> None:
+    """Shut the cluster down. A worker process slow to exit (a loaded node) is no failure of the
+    run, whose outputs are complete by now: Dask has already sent it the signal to stop."""
+    try:
+        cluster.close()
+    except TimeoutError:
+        log.warning("a Dask worker process did not exit in time at shutdown; it was told to stop")
 
 
 def join_scheduler(address: str, timeout: float) -> Client:
@@ -228,20 +298,52 @@ def _unreachable(address: str, timeout: float, failure: str) -> SetupError:
 
 
 def _probe_scheduler(address: str, timeout: float) -> str | None:
-    """None if a Dask scheduler answers at ``address`` (a connection and Dask's handshake), else why not."""
-    from distributed.comm import connect as comm_connect
-    from distributed.security import Security
+    """None if a Dask scheduler answers at ``address`` within ``timeout`` seconds, else why not.
 
-    async def handshake() -> None:
+    A connection, Dask's handshake and an ``identity`` call, all under one deadline: Dask's own
+    ``connect`` bounds only the connection, so a server that accepts and never speaks (or an HTTP
+    server, a dashboard) would keep it waiting. The probe runs in a thread of its own (asyncio.run
+    also where an event loop runs, as in Jupyter), left behind should a name lookup get stuck.
+    """
+    stage = ["nothing answered as a Dask scheduler"]  # connect() includes Dask's handshake
+
+    async def identity() -> dict[str, Any]:
+        from distributed.comm import connect as comm_connect
+        from distributed.security import Security
+
         comm = await comm_connect(address, timeout=timeout, **Security().get_connection_args("client"))
-        await comm.close()
+        stage[0] = "a Dask server answered, but not its identity"
+        try:
+            await comm.write({"op": "identity", "reply": True})
+            return await comm.read()
+        finally:
+            comm.abort()
 
-    try:  # in a thread of its own: asyncio.run also where an event loop runs (Jupyter)
-        with ThreadPoolExecutor(1, thread_name_prefix="virnuc-probe") as pool:
-            pool.submit(asyncio.run, handshake()).result()
+    async def bounded() -> dict[str, Any]:
+        # a little past connect()'s own deadline, so that its reason (refused, no route) is kept
+        return await asyncio.wait_for(identity(), timeout + 0.5)
+
+    try:
+        reply = _bounded(lambda: asyncio.run(bounded()), timeout + 1.5)
+    except TimeoutError:  # asyncio's too
+        return stage[0]
+    except MemoryError:  # a frame length read from a server that does not speak Dask
+        return "a server that does not speak Dask's protocol answers there"
     except Exception as err:
-        return str(err) or type(err).__name__
+        # connect()'s "Timed out trying to connect ..." says less than the last attempt's reason
+        reason = str(err.__cause__ or "") or str(err) or type(err).__name__
+        return _one_line(re.sub(r"^in <[^>]*>: ", "", reason))
+    kind = reply.get("type") if isinstance(reply, dict) else None
+    if not isinstance(kind, str) or "Scheduler" not in kind:
+        what = f"a Dask {kind}" if isinstance(kind, str) else "a server that does not speak Dask's protocol"
+        return _one_line(f"{what} answers there, not a Dask scheduler")
     return None
+
+
+def _one_line(text: str, limit: int = 200) -> str:
+    """``text`` cut to ``limit`` characters: whatever a server says must not make a long message."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 @contextmanager
@@ -277,6 +379,10 @@ def serve_workers(scheduler_address: str, config: RunConfig, *, host: str | None
     scheduler is applied to workers that join later too. With ``handle_signals``, SIGINT/SIGTERM
     close the workers cleanly (their processes are not daemonic, so they must not be orphaned).
     """
+    if host is not None and (failure := _bind_failure(host, config.scheduler_timeout)) is not None:
+        raise SetupError(f"the workers cannot listen at host {_one_line(host, 80)}: {failure}; give an "
+                         "address of this machine (or none: this node's own)")
+    check_scheduler(scheduler_address, config.scheduler_timeout)  # Dask's workers would retry for death_timeout
     check_local_workers(config)
     asyncio.run(_serve_workers(scheduler_address, config, host, name, death_timeout, handle_signals))
 

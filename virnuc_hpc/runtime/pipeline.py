@@ -6,12 +6,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import itertools
 import json
 import logging
 import os
 import platform
+import shlex
 import socket
 import sys
 import threading
@@ -25,7 +27,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from distributed import Client, as_completed
 
 from virnuc_hpc import __version__
@@ -35,13 +36,17 @@ from virnuc_hpc.reads.bags import Bag, BagRef, HeadStats, head_stats, plan_bags,
 from virnuc_hpc.runtime.cluster import connect, dashboard_link, preflight
 from virnuc_hpc.config import RESULT_FIELDS, RunConfig, dump_config, fingerprint, load_config, with_environment
 from virnuc_hpc.errors import BagsFailedError, ConfigError, SampleError
+from virnuc_hpc.yaml_files import read_yaml
 from virnuc_hpc.runtime.gpu_monitor import mean_utilization
 from virnuc_hpc.outputs.lock import locked
 from virnuc_hpc.outputs.report import REPORT_FILES, write_report
 from virnuc_hpc.reads.sizing import FileEstimate, decompressed_size, estimated_bags
 from virnuc_hpc.runtime.progress import Progress, ProgressLog
-from virnuc_hpc.models.resolve import ModelFile, file_sha256, hash_models, locate_models
-from virnuc_hpc.reads.reading import sniff
+from virnuc_hpc.runtime.runlog import RunLog
+from virnuc_hpc.runtime.threads import (ThreadPlan, available_cpus, busiest_node, io_threads, plan_threads,
+                                        warn_if_oversubscribed)
+from virnuc_hpc.models.resolve import ModelFile, hash_models, locate_models
+from virnuc_hpc.reads.reading import ReadDigest, sniff
 from virnuc_hpc.reads.samples import InputFile, Sample, read_samplesheet, samples_from_paths
 from virnuc_hpc.outputs.tables import SampleTables, new_tmpdir, remove_tmpdir
 from virnuc_hpc.timing import StageTimer, peak_rss_mb
@@ -99,17 +104,20 @@ def resolve_samples(inputs: Sequence[str | Path] | str | Path, samplesheet: str 
 
 def run(inputs: Sequence[str | Path] | str | Path, outdir: str | Path, *, client: Client | None = None,
         config: RunConfig | None = None, classify: bool = True, samplesheet: str | Path | None = None,
-        **overrides: Any) -> RunResult:
+        command_line: str | None = None, **overrides: Any) -> RunResult:
     """The whole run. OUTDIR's lock (lock.py) is held from before its manifest is read until
-    run.json is written: a second run into the same OUTDIR is refused instead of mixing files."""
-    with ExitStack() as held:  # the lock, released when _run returns or raises
+    run.json is written: a second run into the same OUTDIR is refused instead of mixing files.
+    ``command_line`` goes into run.json and run.log (default: this process's ``sys.argv``)."""
+    command_line = shlex.join(sys.argv) if command_line is None else command_line
+    # the run log closes first, while OUTDIR is still locked (runlog.py)
+    with ExitStack() as held, RunLog(command_line) as run_log:  # the lock, released when _run ends
         return _run(held, inputs, outdir, client=client, config=config, classify=classify,
-                    samplesheet=samplesheet, **overrides)
+                    samplesheet=samplesheet, run_log=run_log, **overrides)
 
 
 def _run(held: ExitStack, inputs: Sequence[str | Path] | str | Path, outdir: str | Path, *,
          client: Client | None = None, config: RunConfig | None = None, classify: bool = True,
-         samplesheet: str | Path | None = None, **overrides: Any) -> RunResult:
+         samplesheet: str | Path | None = None, run_log: RunLog, **overrides: Any) -> RunResult:
     timer = StageTimer()
     started, t_start = _dt.datetime.now(_dt.timezone.utc), time.perf_counter()
     marks: dict[str, float] = {}  # seconds from the start to milestones (first bag submitted, done)
@@ -125,7 +133,7 @@ def _run(held: ExitStack, inputs: Sequence[str | Path] | str | Path, outdir: str
         for f in files:  # empty, binary or not FASTA/FASTQ: refused before anything starts
             sniff(f.path)
         outdir = Path(outdir)
-        held.enter_context(locked(outdir, command=" ".join(sys.argv)))
+        held.enter_context(locked(outdir, command=run_log.command_line))
         previous = _previous_run(outdir)
         located = locate_models(config, classify=classify)  # fast: a missing model fails right away
         spec = _model_spec(config, located)
@@ -137,11 +145,10 @@ def _run(held: ExitStack, inputs: Sequence[str | Path] | str | Path, outdir: str
     refs: list[BagRef] = []
     try:
         with ThreadPoolExecutor(2, thread_name_prefix="virnuc-sha256") as hasher:
-            # Checksums (gigabytes for ESM-2 3B and for big inputs) are read beside the planning;
-            # hashlib and file reads release the GIL. Inputs are hashed for provenance only: each
-            # bag's digest covers its own text.
+            # Model checksums (gigabytes for ESM-2 3B) are read beside the planning; hashlib and
+            # file reads release the GIL. Inputs are hashed while the bags are cut from them
+            # (plan_bags' digests), so run.json describes the very bytes that were classified.
             hashed_models = hasher.submit(hash_models, located)
-            hashed_inputs = hasher.submit(_inputs_meta, files, True)
             workers: _Workers | None = None
             if previous is None:  # a fresh run: workers start and load models while the client plans
                 workers = _start_workers(stack, timer, config, client, spec)
@@ -149,7 +156,7 @@ def _run(held: ExitStack, inputs: Sequence[str | Path] | str | Path, outdir: str
                 store.check_writable(outdir)
                 models = hashed_models.result()
             with timer("plan"):
-                inputs_meta = _inputs_meta(files, False)
+                inputs_meta = _inputs_meta(files)
                 run_key = fingerprint({
                     "format": FORMAT_VERSION, "classify": classify,
                     "samples": [[s.name, [[f.path, f.mate] for f in s.files]] for s in samples],
@@ -157,13 +164,16 @@ def _run(held: ExitStack, inputs: Sequence[str | Path] | str | Path, outdir: str
                     "models": {role: m.sha256 for role, m in models.items()},
                 })
                 _claim_outdir(outdir, previous, run_key, config, models, inputs_meta, classify)
+                run_log.open(outdir / store.RUN_LOG)  # OUTDIR is ours now
                 heads = {f: head_stats(f, config.expected_length) for f in files}
                 warnings = _chunk_size_warnings(config, models)
                 random_weights = any(m.random_weights for m in models.values())
                 attrs = _bag_attributes(run_key, config, models, random_weights)
                 rules = BagRules(chunk_size=config.expected_length, skip_invalid=config.skip_invalid,
                                  classify=classify, features=config.features, compression=config.compression)
-            bags = plan_bags(files, lambda f: records_per_bag(heads[f], config.bag_size), run_key)
+            read: dict[InputFile, ReadDigest] = {}  # what the bags were cut from, file by file
+            bags = plan_bags(files, lambda f: records_per_bag(heads[f], config.bag_size), run_key,
+                             digests=read)
 
             reused: dict[int, str] = {}  # bag index -> numerics, of bags kept from an earlier run
 
@@ -173,7 +183,8 @@ def _run(held: ExitStack, inputs: Sequence[str | Path] | str | Path, outdir: str
                 def check(bag: Bag) -> str | None:
                     return store.reusable_bag(outdir, bag.ref, with_probability=classify)
                 # only a resume can find kept bags; their checksums are read in threads
-                checked = _checked_ahead(bags, check) if previous is not None else ((b, None) for b in bags)
+                checked = (_checked_ahead(bags, check, io_threads(config)) if previous is not None
+                           else ((b, None) for b in bags))
                 for bag, kept in checked:
                     refs.append(bag.ref)
                     progress.bag_cut()
@@ -230,7 +241,7 @@ def _run(held: ExitStack, inputs: Sequence[str | Path] | str | Path, outdir: str
                 counts, files_written = write_tables(outdir, samples, refs, classify=classify,
                                                      skip_invalid=config.skip_invalid,
                                                      random_weights=random_weights, stage=stage)
-            inputs_meta = hashed_inputs.result()
+            inputs_meta = _inputs_meta(files, read)
     finally:
         if stopping is None:
             stack.close()
@@ -240,6 +251,7 @@ def _run(held: ExitStack, inputs: Sequence[str | Path] | str | Path, outdir: str
     counts["bags"] = len(refs)
     payload = {
         "tool": "virnuc-hpc", "version": __version__, "command": "predict" if classify else "embed",
+        "command_line": run_log.command_line,
         "random_weights": random_weights,
         **({"warning": store.RANDOM_WEIGHTS_WARNING} if random_weights else {}),
         "started": started.isoformat(), "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(),
@@ -258,10 +270,11 @@ def _run(held: ExitStack, inputs: Sequence[str | Path] | str | Path, outdir: str
         "bags": {"total": len(refs), "computed_now": len(reports), "reused": len(refs) - len(reports)},
         "warnings": warnings, "guards": _guard_totals(reports),
         "workers": _worker_summary(reports), "environment": _environment(),
+        # torch threads per worker (none when every bag was kept from an earlier run: no worker ran)
+        "threads": workers.threads.as_dict() if workers is not None else None,
         **_timeline(reports, started.timestamp()),
     }
-    _publish(stage, outdir, files_written, payload)
-    report_files = _write_report(outdir)
+    report_files = _publish(stage, outdir, files_written, payload)
     return RunResult(outdir=outdir, counts=counts, seconds=timer.seconds,
                      random_weights=random_weights, dashboard=dashboard,
                      files=files_written + [store.RUN_JSON, *report_files],
@@ -270,7 +283,7 @@ def _run(held: ExitStack, inputs: Sequence[str | Path] | str | Path, outdir: str
 
 
 #: Kept bags whose checksums are read at once on a resume (hashlib and file reads release the GIL).
-RESUME_HASH_THREADS = max(1, min(4, os.cpu_count() or 1))
+RESUME_HASH_THREADS = max(1, min(4, available_cpus()))
 
 
 def _checked_ahead(bags: Iterable[Bag], check: Callable[[Bag], str | None],
@@ -291,13 +304,20 @@ def _checked_ahead(bags: Iterable[Bag], check: Callable[[Bag], str | None],
             yield first, result.result()
 
 
-def _inputs_meta(files: list[InputFile], with_sha256: bool) -> list[dict[str, Any]]:
+def _inputs_meta(files: list[InputFile],
+                 read: dict[InputFile, ReadDigest] | None = None) -> list[dict[str, Any]]:
+    """Each input's sample, path, size and (given ``read``, once its bags are cut) sha256: with
+    ``read``, size and sha256 are those of exactly the bytes read, even if the file grew meanwhile."""
     meta = []
     for f in files:
-        entry: dict[str, Any] = {"sample": f.sample, "path": f.path, "mate": f.mate,
-                                 "size": Path(f.path).stat().st_size}
-        if with_sha256:
-            entry["sha256"] = file_sha256(Path(f.path))
+        entry: dict[str, Any] = {"sample": f.sample, "path": f.path, "mate": f.mate}
+        digest = (read or {}).get(f)
+        if read is None:
+            entry["size"] = Path(f.path).stat().st_size
+        elif digest is None or digest.sha256 is None:  # every bag is cut before the tables are written
+            raise RuntimeError(f"{f.path} was not read to its end")
+        else:
+            entry.update(size=digest.size, sha256=digest.sha256)
         meta.append(entry)
     return meta
 
@@ -309,16 +329,20 @@ def _bytes_per_frame(outdir: Path, frames: int) -> float | None:
     return sum(p.stat().st_size for p in store.bag_files(outdir)) / frames
 
 
-def _publish(stage: Path, outdir: Path, names: list[str], payload: dict[str, Any]) -> None:
-    """Move the staged tables into OUTDIR, then write run.json: the tables never stand without it.
-    Any failure removes what was moved (a kill in between leaves tables that the next run clears)."""
-    moved: list[Path] = []
+def _publish(stage: Path, outdir: Path, names: list[str], payload: dict[str, Any]) -> list[str]:
+    """Move the staged tables into OUTDIR, write the report and MultiQC table, then run.json: the
+    tables never stand without it, and a run.json that stands says everything was written. Any
+    failure removes what was written (a kill in between leaves tables that the next run clears).
+    Returns the report files written."""
+    store.refuse_links(outdir)  # none placed while the run went on: the tables go into OUTDIR only
+    moved: list[Path] = [outdir / name for name in REPORT_FILES]  # removed on failure: this run's own
     try:
         for name in names:
             target = outdir / name
             target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(stage / name, target)
             moved.append(target)
+        report_files = _write_report(outdir, payload)
         store.write_json(outdir / store.RUN_JSON, payload)  # last: marks the run finished
     except BaseException as err:
         for path in moved:
@@ -326,6 +350,7 @@ def _publish(stage: Path, outdir: Path, names: list[str], payload: dict[str, Any
         if isinstance(err, OSError):
             raise store.OutputError(f"cannot write the final tables in {outdir}: {err.strerror or err}") from err
         raise
+    return report_files
 
 
 def write_tables(outdir: Path, samples: list[Sample], refs: list[BagRef], *, classify: bool,
@@ -382,11 +407,10 @@ def _model_spec(config: RunConfig, located: dict[str, ModelFile]) -> ModelSpec:
 
 def _chunk_size_warnings(config: RunConfig, models: dict[str, ModelFile]) -> list[str]:
     """A classifier file named for the other chunk size (300_model vs 500) is almost surely a mistake."""
-    classifier = models.get("classifier")
-    if classifier is None or classifier.spec == "demo":
-        return []
-    from virnuc_hpc.models.classifier import check_chunk_size
-    warnings = [w for w in [check_chunk_size(classifier.path, config.expected_length)] if w]
+    if models.get("classifier") is None or models["classifier"].spec == "demo":
+        return []  # classifier.py (torch) is imported only when there is a file to check
+    from virnuc_hpc.models.classifier import chunk_size_warnings
+    warnings = chunk_size_warnings(models, config.expected_length)
     for warning in warnings:
         log.warning("warning: %s", warning)
     return warnings
@@ -412,6 +436,7 @@ def _previous_run(outdir: Path) -> dict[str, Any] | None:
     its manifest): we never write over files we did not write. A manifest without any bag is a
     start that failed (a wrong model file, say): there are no results to protect, so it is
     treated as fresh and the corrected rerun goes ahead."""
+    store.refuse_links(outdir)  # before anything in OUTDIR is read, removed or written
     previous = store.read_manifest(outdir)
     if previous is None:
         found = sorted(set(store.foreign_entries(outdir)) | set(store.owned_files(outdir)))
@@ -451,8 +476,8 @@ def _claim_outdir(outdir: Path, previous: dict[str, Any] | None, run_key: str, c
 def _previous_config(outdir: Path) -> dict[str, Any]:
     """The settings the run in OUTDIR recorded (``{}`` where unreadable: its changes go unnamed)."""
     try:
-        loaded = yaml.safe_load((outdir / store.CONFIG).read_text())
-    except (OSError, yaml.YAMLError):
+        loaded = read_yaml(outdir / store.CONFIG)  # with limits: OUTDIR may hold anything
+    except ConfigError:
         return {}
     return loaded if isinstance(loaded, dict) else {}
 
@@ -497,6 +522,7 @@ class _Workers:
     client: Client
     warm_up: list[Any]            # futures: each worker's seconds to load and compile, per phase
     dashboard: str | None
+    threads: ThreadPlan           # torch threads per worker, as told to every worker
 
 
 def _start_workers(stack: ExitStack, timer: StageTimer, config: RunConfig, client: Client | None,
@@ -511,13 +537,18 @@ def _start_workers(stack: ExitStack, timer: StageTimer, config: RunConfig, clien
                  "--scheduler-address ...)", dask_client.scheduler.address)
         if dashboard:
             log.info("Dask dashboard: %s", dashboard)
+        found = dask_client.scheduler_info(n_workers=-1).get("workers", {})
+        threads = plan_threads(config, busiest_node(str(w.get("host")) for w in found.values()))
+        warn_if_oversubscribed(threads)
+        log.debug("threads: %s", threads.as_dict())
+        spec = dataclasses.replace(spec, threads=threads.per_worker)
         dask_client.register_plugin(EncoderPlugin(spec), name=EncoderPlugin.name)  # waits for setup()
         stack.callback(_remove_plugin, dask_client)  # the caller's workers do not keep our models
         addresses = list(dask_client.scheduler_info(n_workers=-1).get("workers", {}))
         futures = [dask_client.submit(warm_up, workers=[w], allow_other_workers=False, pure=False,
                                       key=f"virnuc-warm-up-{i}") for i, w in enumerate(addresses)]
         stack.callback(dask_client.cancel, futures)  # an input error while they load: stop them
-    return _Workers(dask_client, futures, dashboard)
+    return _Workers(dask_client, futures, dashboard, threads)
 
 
 def _remove_plugin(client: Client) -> None:
@@ -669,12 +700,14 @@ def _estimated_bags(files: Sequence[InputFile], heads: dict[InputFile, HeadStats
         return None
 
 
-def _write_report(outdir: Path) -> list[str]:
-    """report.html and the MultiQC table, made from the finished tables and run.json. The results
-    stand without them: a failure is a warning (``write_report(OUTDIR)`` makes them again)."""
+def _write_report(outdir: Path, payload: dict[str, Any]) -> list[str]:
+    """report.html and the MultiQC table, made from the published tables and the run.json about to
+    be written (as it will read back). A report that cannot be drawn is a warning: the results
+    stand without it (``write_report(OUTDIR)`` makes it again). One that cannot be written (a full
+    disk) fails the run like any other output, before run.json could say it finished."""
     try:
-        write_report(outdir)
-    except (OSError, ValueError) as err:
+        write_report(outdir, run=json.loads(json.dumps(payload, default=str)))
+    except ValueError as err:
         log.warning("report not written: %s (the results are complete; "
                     "virnuc_hpc.outputs.report.write_report(OUTDIR) makes it again)", err)
         return []

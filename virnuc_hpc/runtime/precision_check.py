@@ -79,6 +79,7 @@ class PrecisionReport:
     classifier: bool
     random_weights: bool
     recommended: str
+    warnings: tuple[str, ...] = ()  # what predict would warn about these models (chunk size)
 
 
 # --- pure maths -----------------------------------------------------------------------------------
@@ -180,6 +181,7 @@ def format_report(report: PrecisionReport) -> str:
         lines += ["!" * 78, f"!! {RANDOM_WEIGHTS_WARNING}",
                   "!! Random weights tell nothing about real activations: run this check on your real "
                   "models.", "!" * 78, ""]
+    lines += [f"warning: {w}" for w in report.warnings] + ([""] if report.warnings else [])
     lines.append(f"{report.reads:,} reads, {report.frames:,} frames, on {report.device}; "
                  f"each precision against fp32 (cosine per frame; labels: the classifier's argmax)")
     reference = next((r.frames_per_s for r in report.rows if r.precision == REFERENCE), None)
@@ -323,11 +325,15 @@ def check_precision(inputs: Sequence[str], config: RunConfig, sample: int = DEFA
     import torch
 
     from virnuc_hpc.devices import resolve_device
+    from virnuc_hpc.models.classifier import chunk_size_warnings
     from virnuc_hpc.models.resolve import locate_models
 
     wanted = parse_precisions(",".join(precisions))
     frames = sample_frames(inputs, config, sample)
     located = locate_models(config, classify=config.classifier is not None)
+    warnings = tuple(chunk_size_warnings(located, config.expected_length))
+    for warning in warnings:
+        log.warning("warning: %s", warning)
     device = resolve_device(config.device)
     threads = torch.get_num_threads()
     if config.threads_per_worker and device.type == "cpu":
@@ -339,7 +345,7 @@ def check_precision(inputs: Sequence[str], config: RunConfig, sample: int = DEFA
     return PrecisionReport(rows=rows, reads=frames.reads, frames=len(frames.protein), device=str(device),
                            configured=config.precision, classifier=classifier,
                            random_weights=any(m.random_weights for m in located.values()),
-                           recommended=recommend(rows))
+                           recommended=recommend(rows), warnings=warnings)
 
 
 def _rows(wanted: Sequence[str], device: Any, config: RunConfig, located: dict[str, Any],

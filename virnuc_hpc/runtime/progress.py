@@ -5,6 +5,10 @@ itself. When no bar is shown, a line goes to the ``virnuc_hpc`` logger every ``l
 seconds, from a thread of its own, so a line comes also while no bag finishes (models loading, a
 slow bag). The input is cut into bags while it is read, so the total is an estimate (``~``) from
 the head of each file until the whole input has been cut.
+
+The same snapshot goes to OUTDIR's progress file for ``virnuc-hpc status``. A run that ends with an
+error leaves its last snapshot there with the error (``error``, ``error_type``, ``ended``): the one
+record of why it stopped, replaced when the next run starts; a run that finishes removes the file.
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from virnuc_hpc.outputs.store import write_text_atomic
+from virnuc_hpc.errors import UserError, shorten
+from virnuc_hpc.outputs.records import int_field, number_field, read_json_object
 
 log = logging.getLogger("virnuc_hpc")
 
@@ -117,36 +122,95 @@ class ProgressLog:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="virnuc-progress", daemon=True)
 
+    def _write(self, snap: dict[str, Any]) -> None:
+        from virnuc_hpc.outputs.store import write_text_atomic  # the NetCDF stack: not for status
+
+        if self.path is None:
+            return
+        try:
+            write_text_atomic(self.path, json.dumps(snap) + "\n")
+        except (OSError, UserError) as err:  # status loses a line; the run goes on
+            log.debug("progress file %s not written: %s", self.path, err)
+
     def _run(self) -> None:
         last_line = self.progress.clock()
         while not self._stop.wait(self.tick):
             snap = self.progress.snapshot()
-            if self.path is not None:
-                try:
-                    write_text_atomic(self.path, json.dumps(snap) + "\n")
-                except OSError as err:  # status loses a line; the run goes on
-                    log.debug("progress file %s not written: %s", self.path, err)
+            self._write(snap)
             if self.interval > 0 and self.progress.clock() - last_line >= self.interval - 1e-3:
                 last_line = self.progress.clock()
                 log.info("progress: %s", describe(snap))
 
     def __enter__(self) -> "ProgressLog":
+        self._write(self.progress.snapshot())  # at once: also replaces an earlier run's error record
         if self.interval > 0 or self.path is not None:
             self._thread.start()
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join()
-        if self.path is not None:
+        if self.path is None:
+            return
+        if exc is None:
             self.path.unlink(missing_ok=True)
+        else:
+            self._write({**self.progress.snapshot(), **failure_record(exc)})
 
 
-def read_progress(path: Path) -> dict[str, Any] | None:
-    """What a running run last wrote to its progress file (None: none, or unreadable)."""
-    try:
-        snap = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return snap if isinstance(snap, dict) else None
+MAX_ERROR_CHARS = 2000  # an input error lists up to 50 problems: the record keeps the head of them
+
+
+def failure_record(exc: BaseException) -> dict[str, Any]:
+    """What the progress file keeps of the error that ended a run."""
+    if isinstance(exc, KeyboardInterrupt):
+        text = "interrupted (Ctrl-C or SIGINT); finished bags are kept"
+    else:
+        text = str(exc) or type(exc).__name__
+    if len(text) > MAX_ERROR_CHARS:
+        text = text[:MAX_ERROR_CHARS] + f"... ({len(text):,} characters)"
+    return {"error": text, "error_type": type(exc).__name__, "ended": time.time()}
+
+
+#: A snapshot's fields: (required, kind); ``number`` is any finite number, ``count`` a whole one.
+SNAPSHOT_FIELDS = {"bags_done": (True, "count"), "bags_total": (False, "count"), "total_exact": (False, "switch"),
+                   "frames_per_s": (True, "number"), "tokens_per_s": (True, "number"), "eta_s": (False, "number"),
+                   "elapsed_s": (True, "number"), "updated": (False, "number"), "error": (False, "text"),
+                   "error_type": (False, "text"), "ended": (False, "number")}
+
+
+def read_progress(path: Path, problems: list[str] | None = None) -> dict[str, Any] | None:
+    """What a run last wrote to its progress file: its known fields, checked (None: no file, or
+    not a snapshot; then ``problems``, when given, gets one line naming the file and what is wrong)."""
+    snap, problem = read_json_object(path)
+    if snap is not None:
+        snap, problem = _checked_snapshot(snap, path)
+    if problem is not None and problems is not None:
+        problems.append(problem)
+    return snap
+
+
+def _checked_snapshot(raw: dict[str, Any], path: Path) -> tuple[dict[str, Any] | None, str | None]:
+    snap: dict[str, Any] = {}
+    for key, (required, kind) in SNAPSHOT_FIELDS.items():
+        if raw.get(key) is None:
+            if required:
+                return None, f"{path}: not a progress record ({key} missing)"
+            snap[key] = None
+            continue
+        if kind == "count":
+            value: Any = int_field(raw, key)
+            value = value if value is not None and 0 <= value < 1 << 53 else None
+        elif kind == "number":
+            value = number_field(raw, key)
+        elif kind == "switch":
+            value = raw[key] if isinstance(raw[key], bool) else None
+        else:
+            value = raw[key] if isinstance(raw[key], str) else None
+            value = value if value is None or len(value) <= MAX_ERROR_CHARS else value[:MAX_ERROR_CHARS] + "..."
+        if value is None:
+            return None, f"{path}: not a progress record ({key}: {shorten(json.dumps(raw[key])[:100], 60)})"
+        snap[key] = value
+    snap["total_exact"] = bool(snap["total_exact"])
+    return snap, None

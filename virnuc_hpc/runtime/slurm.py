@@ -19,7 +19,6 @@ import json
 import logging
 import os
 import re
-import shlex
 import signal
 import subprocess
 import sys
@@ -35,10 +34,12 @@ from submitit.core.utils import JobPaths
 
 from virnuc_hpc.config import RunConfig
 from virnuc_hpc.errors import ConfigError
+from virnuc_hpc.runtime.job_script import SBATCH_KEY, check_line, exported_environment, python_command
+from virnuc_hpc.runtime.job_script import setup_lines
 
 log = logging.getLogger("virnuc_hpc")
 
-REGISTRY = "virnuc-jobs.jsonl"
+REGISTRY = "virnuc-jobs.jsonl"  # also store.JOB_REGISTRY: predict tells a job folder in OUTDIR by it
 DEFAULT_DASHBOARD = "127.0.0.1:8787"
 #: Slurm states after which a job will not run again (a requeued job goes back to PENDING).
 FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL",
@@ -71,7 +72,11 @@ class SlurmOptions:
     exclusive: bool = False
     mail_type: str | None = None
     mail_user: str | None = None
+    wckey: str | None = None  # none unless asked (submitit would write its own)
     extra: dict[str, Any] = field(default_factory=dict)  # any other sbatch option (--slurm-opt)
+    setup: tuple[str, ...] = ()  # the user's shell lines before the command (module load cuda)
+    python: str | None = None  # the job's interpreter; None: the one running submit
+    launcher: str | None = None  # a prefix for the command (apptainer exec --nv img.sif)
 
 
 #: sbatch options that ``submit`` sets itself (its own options, or what requeue, resume and the job
@@ -91,9 +96,10 @@ def parse_slurm_opts(values: Sequence[str]) -> dict[str, Any]:
     dashes (``reservation=maint``, ``--comment=x``, ``requeue``): passed through to the job script."""
     options: dict[str, Any] = {}
     for item in values:
+        check_line("--slurm-opt", item)
         key, sep, value = item.strip().lstrip("-").partition("=")
         key = key.strip().lower().replace("_", "-")
-        if not re.fullmatch(r"[a-z][a-z0-9-]*", key):
+        if not SBATCH_KEY.fullmatch(key):
             raise ConfigError(f"--slurm-opt {item!r}: expected KEY=VALUE with an sbatch option name as KEY "
                               "(e.g. reservation=maint)")
         if key in OWN_SBATCH_OPTIONS:
@@ -130,13 +136,51 @@ def job_script(executor: submitit.SlurmExecutor) -> str:
     return executor._make_submission_file_text(executor._submitit_command_str, "preview")
 
 
+#: SlurmOptions fields that reach the job script as text, and the option of ``submit`` setting each.
+TEXT_OPTIONS = {"partition": "--partition", "account": "--account", "qos": "--qos", "mem": "--mem",
+                "time": "--time", "job_name": "--job-name", "gres": "--gres", "constraint": "--constraint",
+                "mail_type": "--mail-type", "mail_user": "--mail-user", "wckey": "--wckey",
+                "python": "--python", "launcher": "--launcher"}
+#: sbatch options that ask for GPUs as --gpus-per-node does.
+GPU_OPTIONS = ("gpus", "gpus-per-task", "gpus-per-socket")
+
+
+def check_options(options: SlurmOptions) -> None:
+    """Refuse (ConfigError naming the option) any value that could break out of its place in the
+    job script (job_script.py), and GPUs asked for twice: ``--gres gpu:N`` beside ``--gpus-per-node``
+    would be two requests for the same GPUs, which Slurm may add up or reject."""
+    for name, flag in TEXT_OPTIONS.items():
+        if getattr(options, name) is not None:
+            check_line(flag, getattr(options, name))
+    check_line("the working directory (the job's --chdir)", os.getcwd())
+    check_line("--folder", options.folder)
+    for key, value in options.extra.items():
+        if not SBATCH_KEY.fullmatch(str(key)):
+            raise ConfigError(f"--slurm-opt {key!r}: not an sbatch option name")
+        check_line(f"--slurm-opt {key}", value)
+    setup_lines(options.setup)
+    exported_environment()
+    if "wckey" in options.extra and options.wckey is not None:
+        raise ConfigError("give the wckey once: --wckey or --slurm-opt wckey=..., not both")
+    if options.gpus_per_node:
+        if options.gres and re.search(r"(^|,)gpu(:|,|$)", options.gres):
+            raise ConfigError(f"--gres {options.gres} and --gpus-per-node {options.gpus_per_node} both ask "
+                              "for GPUs: give one of them")
+        twice = [k for k in GPU_OPTIONS if k in options.extra]
+        if twice:
+            raise ConfigError(f"--slurm-opt {twice[0]} and --gpus-per-node both ask for GPUs: give one of them")
+
+
 def build_executor(options: SlurmOptions, *, create: bool = True) -> submitit.SlurmExecutor:
-    """A SlurmExecutor for these options, running jobs with this very Python interpreter
-    (``create``: make the job folder; not for a preview)."""
+    """A SlurmExecutor for these options, its values checked (``check_options``) before anything
+    is written (``create``: make the job folder and its job registry; not for a preview). Jobs run
+    ``--python`` (default: this very interpreter), behind ``--launcher`` where given."""
+    check_options(options)
     if create:
         options.folder.mkdir(parents=True, exist_ok=True)
+        (options.folder / REGISTRY).touch()  # first: it makes the folder ours inside OUTDIR (store.py)
     executor = submitit.SlurmExecutor(folder=options.folder, max_num_timeout=options.max_requeues,
-                                      python=shlex.quote(sys.executable))
+                                      python=python_command(options.python, options.launcher))
     # Relative paths (inputs, models) mean the same in the job as here, and so do the outputs.
     extra: dict[str, Any] = {"requeue": True, "chdir": os.getcwd(), **options.extra}
     site = {"gres": options.gres, "constraint": options.constraint, "mail-type": options.mail_type,
@@ -150,12 +194,12 @@ def build_executor(options: SlurmOptions, *, create: bool = True) -> submitit.Sl
         "job_name": options.job_name, "time": time_minutes(options.time), "nodes": options.nodes,
         "ntasks_per_node": options.tasks_per_node, "array_parallelism": options.array_parallelism,
         "signal_delay_s": options.signal_delay_s, "additional_parameters": extra,
-        # jobs see the same model cache, offline flag etc. even where sbatch does not export them
-        "setup": [f"export {k}={shlex.quote(v)}" for k, v in sorted(os.environ.items())
-                  if k.startswith("VIRNUC_HPC_")] + ["export PYTHONUNBUFFERED=1"],
+        # jobs see the same model cache, offline flag etc. even where sbatch does not export them;
+        # the user's own lines (module load, source env.sh) come last, just before the command
+        "setup": [*exported_environment(), "export PYTHONUNBUFFERED=1", *setup_lines(options.setup)],
+        # submitit writes its own default wckey (submitit): only the user's, where asked for
+        "wckey": options.wckey if options.wckey is not None else extra.pop("wckey", None),
     }
-    if "wckey" in extra:  # submitit writes its own default wckey: the user's replaces it
-        params["wckey"] = extra.pop("wckey")
     for key in ("partition", "account", "qos", "cpus_per_task"):
         if getattr(options, key) is not None:
             params[key] = getattr(options, key)
@@ -268,6 +312,15 @@ def output_dirs(inputs: Sequence[str | Path], outdir: str | Path) -> list[Path]:
         name = sample_name(str(path)) or "input"
         names.append(name if name not in names else f"{name}-{len(names)}")
     return [Path(outdir) / n for n in names]
+
+
+def job_outdirs(inputs: Sequence[str | Path], outdir: str | Path, *, per_input: bool | None = None,
+                samplesheet: str | None = None) -> list[Path]:
+    """The OUTDIR of each job ``submit`` would queue: one, or one per input for a job array."""
+    outdir = Path(outdir).resolve()
+    if samplesheet is None and (len(inputs) > 1 if per_input is None else per_input):
+        return output_dirs(inputs, outdir)
+    return [outdir]
 
 
 @dataclass
@@ -460,18 +513,44 @@ class JobStatus:
         return f"{self.bags_done}/{total}"
 
 
-def read_registry(folder: Path) -> list[dict[str, Any]]:
-    """Jobs submitted into FOLDER (newest record of a job id wins)."""
+JOB_ID = re.compile(r"\d{1,20}(_\d{1,10})?")  # a Slurm job id, or an array task's (123_4)
+MAX_TASKS = 100_000
+
+
+def read_registry(folder: Path, problems: list[str] | None = None) -> list[dict[str, Any]]:
+    """Jobs submitted into FOLDER (newest record of a job id wins). A line that is no job record
+    (garbage, or no job id, output or log path) is skipped, and ``problems``, when given, gets a
+    line for it: ``FILE:LINE: what is wrong; skipped``."""
+    from virnuc_hpc.outputs.records import read_json_lines
+
     records: dict[str, dict[str, Any]] = {}
-    try:
-        lines = (folder / REGISTRY).read_text().splitlines()
-    except FileNotFoundError:
-        lines = []
-    for line in lines:
-        if line.strip():
-            rec = json.loads(line)
-            records[rec["job_id"]] = rec
+    for number, rec, problem in read_json_lines(folder / REGISTRY):
+        why = problem or _registry_problem(rec or {})
+        if why is None and rec is not None:
+            records[rec["job_id"]] = {**rec, "tasks": rec.get("tasks", 1)}
+        elif problems is not None:
+            problems.append(f"{why}; skipped" if problem else f"{folder / REGISTRY}:{number}: {why}; skipped")
     return list(records.values())
+
+
+def _registry_problem(rec: dict[str, Any]) -> str | None:
+    """What keeps a registry record from being a job of ours, or None."""
+    from virnuc_hpc.errors import shorten
+    from virnuc_hpc.outputs.records import int_field, text_field
+
+    job_id = rec.get("job_id")
+    if job_id is None:
+        return "a record without job_id"
+    if not isinstance(job_id, str) or not JOB_ID.fullmatch(job_id):
+        shown = job_id if isinstance(job_id, str) else json.dumps(job_id)[:100]
+        return f"job_id {shorten(shown, 40)} is not a Slurm job id"
+    for key in ("outdir", "log", "err"):
+        if text_field(rec, key) is None:
+            return f"job {job_id}: " + (f"no {key}" if key not in rec else f"{key} is not a path")
+    tasks = int_field(rec, "tasks") if "tasks" in rec else 1
+    if tasks is None or not 1 <= tasks <= MAX_TASKS:
+        return f"job {job_id}: tasks {shorten(json.dumps(rec['tasks'])[:100], 40)} is not a task count"
+    return None
 
 
 def _run(cmd: list[str]) -> str | None:
@@ -516,12 +595,13 @@ def _result_state(folder: Path, job_id: str, tasks: int) -> str | None:
     return "COMPLETED" if all(o == "success" for o in outcomes) else "FAILED"
 
 
-def job_status(folder: str | Path) -> list[JobStatus]:
-    """State, output and log files of every job submitted into FOLDER."""
-    from virnuc_hpc.outputs import store  # xarray, torch: not needed by `submit`
+def job_status(folder: str | Path, problems: list[str] | None = None) -> list[JobStatus]:
+    """State, output and log files of every job submitted into FOLDER (``problems``: where the
+    records read back are damaged, see ``read_registry``)."""
+    from virnuc_hpc.outputs.layout import bag_files
 
     folder = Path(folder).resolve()
-    records = read_registry(folder)
+    records = read_registry(folder, problems)
     queue = _queue_states([r["job_id"] for r in records])
     result: list[JobStatus] = []
     for rec in records:
@@ -534,38 +614,39 @@ def job_status(folder: str | Path) -> list[JobStatus]:
             if state == "UNKNOWN" and (Path(rec["outdir"]) / "run.json").exists():
                 state = "COMPLETED"
         status = JobStatus(job_id=jid, state=state, outdir=rec["outdir"], log=rec["log"], err=rec["err"],
-                           bags_done=len(store.bag_files(rec["outdir"])), node=node, reason=reason)
-        _add_progress(status, folder)
+                           bags_done=len(bag_files(rec["outdir"])), node=node, reason=reason)
+        _add_progress(status, folder, problems)
         result.append(status)
     return result
 
 
-def _add_progress(status: JobStatus, folder: Path) -> None:
+def _add_progress(status: JobStatus, folder: Path, problems: list[str] | None = None) -> None:
     """Bags done/total and ETA: a finished run's run.json, else what the running job last wrote to
     its progress file; a multi-node job's dashboard from its scheduler file."""
-    from virnuc_hpc.outputs import store
+    from virnuc_hpc.outputs.layout import PROGRESS, RUN_JSON
+    from virnuc_hpc.outputs.records import int_field, read_json_object, text_field
     from virnuc_hpc.runtime.progress import read_progress
 
     outdir = Path(status.outdir)
-    try:
-        bags = json.loads((outdir / store.RUN_JSON).read_text())["bags"]
-        status.bags_done = status.bags_total = int(bags["total"])
+    run, problem = read_json_object(outdir / RUN_JSON)
+    bags = run.get("bags") if run is not None else None
+    total = int_field(bags, "total") if isinstance(bags, dict) else None
+    if total is not None:
+        status.bags_done = status.bags_total = total
         status.total_exact = True
         return
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
+    if problems is not None and (problem or run is not None):
+        problems.append(problem or f"{outdir / RUN_JSON}: no bags total; left out")
     if status.state != "RUNNING":
         return
-    snap = read_progress(outdir / store.PROGRESS)
+    snap = read_progress(outdir / PROGRESS, problems)
     if snap is not None:
-        status.bags_done = int(snap.get("bags_done", status.bags_done))
-        status.bags_total, status.total_exact = snap.get("bags_total"), bool(snap.get("total_exact"))
-        status.eta_s = snap.get("eta_s")
-    try:
-        info = json.loads((folder / f"{status.job_id}_scheduler.json").read_text())
-        status.dashboard, status.tunnel = info.get("dashboard") or "", info.get("tunnel") or ""
-    except (OSError, ValueError):
-        pass
+        status.bags_done = snap["bags_done"]
+        status.bags_total, status.total_exact = snap["bags_total"], snap["total_exact"]
+        status.eta_s = snap["eta_s"]
+    info, _ = read_json_object(folder / f"{status.job_id}_scheduler.json")
+    if info is not None:
+        status.dashboard, status.tunnel = text_field(info, "dashboard") or "", text_field(info, "tunnel") or ""
 
 
 def wait(folder: str | Path, job_ids: Sequence[str], timeout_s: float | None = None,
