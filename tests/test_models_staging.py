@@ -279,3 +279,28 @@ def test_python_http_server_serves_a_mirror_and_a_stale_part_is_replaced(served:
     assert [(d.entry.file, d.downloaded) for d in done] == [("500_model.pth", True)]
     assert (models / "500_model.pth").read_bytes() == (served / CLASSIFIER).read_bytes()
     assert not (models / "500_model.pth.part").exists()
+
+
+def test_submit_refuses_a_staged_file_whose_size_is_not_the_manifests(tmp_path: Path):
+    """A copy cut short on its way to the shared disk is caught before the job is queued."""
+    from virnuc_hpc.config import RunConfig
+    from virnuc_hpc.errors import ModelFileError
+    from virnuc_hpc.models.manifest import Entry, write_manifest
+    from virnuc_hpc.models.random_weights import write_random_classifier
+    from virnuc_hpc.runtime.job_checks import check_models
+
+    models = tmp_path / "models"
+    classifier = write_random_classifier(models / "500_model.pth")
+    size = classifier.stat().st_size
+
+    def staged(recorded: int) -> None:
+        write_manifest(models, {"500_model.pth": Entry("500_model.pth", "classifier", "500", recorded, "0" * 64,
+                                                       "https://example.org/500_model.pth", "", "")})
+
+    config = RunConfig(models_dir=str(models), esm2_model="demo", dnabert_model="demo", classifier="500",
+                       cache_dir=str(tmp_path / "demo"))
+    staged(size)
+    check_models(config, classify=True)
+    staged(size + 1)
+    with pytest.raises(ModelFileError, match=rf"500_model\.pth is {size:,} bytes, but the models manifest records"):
+        check_models(config, classify=True)

@@ -14,8 +14,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from virnuc_hpc.config import RunConfig, with_environment
-from virnuc_hpc.errors import ConfigError, ModelNotFoundError, OutputError, OutputLockedError
-from virnuc_hpc.models.resolve import DEMO, locate_models
+from virnuc_hpc.errors import ConfigError, ModelFileError, ModelNotFoundError, OutputError, OutputLockedError
+from virnuc_hpc.models.manifest import read_manifest
+from virnuc_hpc.models.resolve import DEMO, ModelFile, locate_models, models_directory
 
 
 def check_job(inputs: Sequence[str], samplesheet: str | None, outdirs: Sequence[Path], folder: Path,
@@ -56,6 +57,7 @@ def check_models(config: RunConfig, *, classify: bool) -> None:
         raise ModelNotFoundError(f"{err}\n(submit looks for the job's models on this machine and downloads "
                                  "nothing: a compute node may have no network; stage them before submitting)"
                                  ) from err
+    check_staged_sizes(config, located)
     classifier = located.get("classifier")
     if classifier is not None and classifier.spec != DEMO:
         from virnuc_hpc.models.classifier import check_chunk_size
@@ -63,6 +65,29 @@ def check_models(config: RunConfig, *, classify: bool) -> None:
         if mismatch:
             raise ConfigError(f"{mismatch}: pass the classifier's --expected-length, or the classifier "
                               "for this chunk size")
+
+
+def check_staged_sizes(config: RunConfig, located: dict[str, ModelFile]) -> None:
+    """Files the job takes from the models directory have the sizes its manifest recorded: a copy
+    cut short on its way to a shared disk fails here, not hours later on the compute node (sizes
+    only; ``models verify`` re-hashes)."""
+    directory = models_directory(config).resolve()
+    staged = read_manifest(directory, required=False)
+    for model in located.values():
+        for path in _model_files(Path(model.path)):
+            try:
+                name = path.resolve().relative_to(directory).as_posix()
+            except ValueError:
+                continue  # the user's own file, outside the models directory
+            entry = staged.get(name)
+            if entry is not None and path.stat().st_size != entry.size:
+                raise ModelFileError(f"{path} is {path.stat().st_size:,} bytes, but the models manifest "
+                                     f"records {entry.size:,}: the copy is incomplete or altered; run "
+                                     f"`virnuc-hpc models verify --models-dir {directory}`")
+
+
+def _model_files(path: Path) -> list[Path]:
+    return sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
 
 
 def check_outdir(outdir: Path, folder: Path) -> None:
