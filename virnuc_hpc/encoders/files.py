@@ -91,13 +91,7 @@ def resolve_dnabert_dir(spec: str, *, offline: bool = False) -> Path:
     if path.exists() or not re.fullmatch(r"[\w.-]+/[\w.-]+", spec):
         raise ModelNotFoundError(f"DNABERT model {spec!r}: not a directory (expected one holding "
                                  "config.json, model.safetensors or pytorch_model.bin, and tokenizer.json)")
-    snapshot, reason = hub_snapshot(spec, DNABERT_HUB_FILES, offline=offline)
-    if snapshot is not None:
-        return snapshot
-    cache = hf_cache_dir()
-    raise ModelNotFoundError(
-        f"DNABERT model {spec!r} not found: no such directory, and no copy in the Hugging Face cache "
-        f"{cache} (looked for {cache / ('models--' + spec.replace('/', '--'))}); {reason}. "
+    return _from_hub(spec, DNABERT_HUB_FILES, offline, "DNABERT model", "no such directory",
         f"Stage it with `virnuc-hpc models fetch --dnabert {spec}` on a machine with network access, "
         "or pass a directory holding config.json, model.safetensors or pytorch_model.bin, and tokenizer.json.")
 
@@ -165,16 +159,22 @@ def hf_is_random(directory: Path) -> bool:
         return False
 
 
-def resolve_esm2_hub(spec: str, *, offline: bool = False) -> Path:
-    """A hub id (``facebook/esm2_t36_3B_UR50D``) from the HF cache, else downloaded (never when
-    ``offline``); only config.json, the safetensors weights and vocab.txt, never modelling code."""
-    snapshot, reason = hub_snapshot(spec, ESM2_HUB_FILES, offline=offline)
+def _from_hub(spec: str, files: list[str], offline: bool, what: str, missing: str, how: str) -> Path:
+    """The hub snapshot of ``spec`` in the HF cache (downloaded unless ``offline``), or an error
+    saying where it looked and ``how`` to get the files."""
+    snapshot, reason = hub_snapshot(spec, files, offline=offline)
     if snapshot is not None:
         return snapshot
     cache = hf_cache_dir()
     raise ModelNotFoundError(
-        f"ESM-2 model {spec!r} not found: no such file or directory, and no copy in the Hugging Face "
-        f"cache {cache} (looked for {cache / ('models--' + spec.replace('/', '--'))}); {reason}. "
+        f"{what} {spec!r} not found: {missing}, and no copy in the Hugging Face cache {cache} "
+        f"(looked for {cache / ('models--' + spec.replace('/', '--'))}); {reason}. {how}")
+
+
+def resolve_esm2_hub(spec: str, *, offline: bool = False) -> Path:
+    """A hub id (``facebook/esm2_t36_3B_UR50D``) from the HF cache, else downloaded (never when
+    ``offline``); only config.json, the safetensors weights and vocab.txt, never modelling code."""
+    return _from_hub(spec, ESM2_HUB_FILES, offline, "ESM-2 model", "no such file or directory",
         f"Get it with `hf download {spec} --include config.json --include '*.safetensors*' --include "
         "vocab.txt` on a machine with "
         "network access (and copy the cache here, or set HF_HOME / HF_HUB_CACHE to it), or pass a "
