@@ -14,6 +14,10 @@ Configurations, per workload (proteins from 150-bp reads: 45-50 aa; from 500-bp 
      attention, compiled; int8 runs ESM-2's linear layers as int8 GEMMs (encoders/int8.py); warmed up
      (compiles) on the workload, then timed --repeats times interleaved; median reported, with its
      ratio to our fp16 in the same run ("x vs fp16")
+Outlier stress (--outlier-factors): per F, the same weights with a few channels per layer made F times
+larger by an exact reparametrisation (models/random_weights/outliers.py; fp32 output unchanged), as
+trained models have them; fp16 and int8 (each int8 smoothing mode) against fp32 fair-esm on the
+stressed weights, over the fidelity proteins.
 Writes esm2_throughput-<card>.json|md and esm2_fidelity-<card>.json under --out-dir.
 """
 
@@ -34,6 +38,8 @@ from common import card_slug, cosine, matmul_ceiling, product_ceiling, random_pr
 from virnuc_hpc.devices import activation_precision, dtype_of
 from virnuc_hpc.encoders.esm2 import ESM2, _IGNORED_RE, mean_residues, pad_batch, plan_batches, tokenize_many
 from virnuc_hpc.encoders.esm2_packed import PackedESM2Encoder
+from virnuc_hpc.encoders.int8 import SMOOTHINGS
+from virnuc_hpc.models.random_weights.outliers import add_outlier_channels
 
 GFLOP_PER_TOKEN = 5.66e9        # 3B matrix products per token (docs/encoder-facts.md)
 ATTN_FLOP_PER_TOKEN_POS = 0.37e6  # attention per token per position of sequence length
@@ -76,10 +82,14 @@ def fair_embed(model: torch.nn.Module, proteins: list[str], max_tokens: int) -> 
 # --- ours ----------------------------------------------------------------------------------------------------
 
 
+def our_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """fair-esm module weights under our ESM2's names (the same, less rotary buffers and heads)."""
+    return {k: v for k, v in state.items() if not _IGNORED_RE.search(k) and not k.startswith("contact_head.")}
+
+
 def ours_from_fair(fair: torch.nn.Module, precision: str) -> PackedESM2Encoder:
     """Our ESM2 on fair-esm's weights (same names, as in a released file), cast and packed."""
-    state = {k: v for k, v in fair.state_dict().items()
-             if not _IGNORED_RE.search(k) and not k.startswith("contact_head.")}
+    state = our_state(fair.state_dict())
     with torch.device("meta"):
         model = ESM2(LAYERS, DIM, HEADS)
     model.load_state_dict(state, strict=True, assign=True)
@@ -133,7 +143,17 @@ def main() -> None:
     parser.add_argument("--precisions", default="fp16,bf16,int8", help="ours, comma-separated (fp16 first)")
     parser.add_argument("--no-baselines", dest="baselines", action="store_false",
                         help="skip fair-esm's fp32/fp16 timings (a and b); the fp32 reference still runs")
+    parser.add_argument("--outlier-factors", default="1,10,30,100",
+                        help="F values of the outlier stress, comma-separated ('' skips it)")
+    parser.add_argument("--outlier-channels", type=int, default=4, help="outlier channels per layer and site")
+    parser.add_argument("--outlier-seed", type=int, default=0, help="picks the outlier channels")
     args = parser.parse_args()
+    try:
+        factors = [float(f) for f in args.outlier_factors.split(",") if f.strip()]
+    except ValueError:
+        parser.error(f"--outlier-factors: not a comma-separated list of numbers: {args.outlier_factors!r}")
+    if any(not np.isfinite(f) or f <= 0 for f in factors):
+        parser.error(f"--outlier-factors: every F must be a finite number > 0: {args.outlier_factors!r}")
     warnings.filterwarnings("ignore")
     torch.backends.cuda.matmul.allow_tf32 = False  # fp32 baseline and reference stay true fp32
     from torch.nn.attention import varlen
@@ -224,10 +244,60 @@ def main() -> None:
             r["speedup_vs_ours_fp16"] = r["tokens_per_s"] / fp16 if fp16 else None
     results["fidelity"] = {k: v for k, v in fidelity.items() if "per protein" not in k and k != "lengths"}
     write(args.out_dir, card, results, fidelity)
+    if factors:
+        fp16 = encoders.get("fp16") or ours_from_fair(fair, "fp16")
+        results["outliers"], fidelity["outliers per protein"] = outlier_stress(
+            fair, fp16, factors, args.outlier_channels, args.outlier_seed, fid_seqs, ref)
+        if "fp16" not in encoders:
+            del fp16
+            torch.cuda.empty_cache()
+        write(args.out_dir, card, results, fidelity)
     if args.oom_check and "bf16" in encoders:
         results["oom_check"] = oom_check(encoders["bf16"], data["reads150_45-50aa"])
         print(json.dumps(results["oom_check"]), flush=True)
         write(args.out_dir, card, results, fidelity)
+
+
+def outlier_stress(fair: torch.nn.Module, fp16: PackedESM2Encoder, factors: list[float], channels: int,
+                   seed: int, proteins: list[str], plain_ref: np.ndarray) -> tuple[dict, dict]:
+    """Per F: fair-esm fp32 (the reference), our fp16 and our int8 in each smoothing mode on the
+    outlier variant of the benchmarked weights; (summary, per-protein cosines).
+
+    The variant is made from a host copy of the plain weights and copied into fair-esm's module and
+    into ``fp16``'s model (its compiled graphs take the weights as arguments: nothing recompiles);
+    the int8 encoders quantise that model afresh per F. Both models get the plain weights back."""
+    lengths = [len(p) for p in proteins]
+    plain = {k: v.detach().to("cpu", copy=True) for k, v in fair.state_dict().items()}
+    t0 = time.perf_counter()
+    rows, per_protein = [], {}
+    try:
+        for factor in factors:
+            stressed = add_outlier_channels(plain, factor, channels, seed)
+            fair.load_state_dict(stressed)
+            ref = fair_embed(fair, proteins, 2048)
+            fp16.model.load_state_dict(our_state(stressed), strict=True)  # cast into the fp16 parameters
+            del stressed
+            before = fp16.stats["nonfinite_recomputed_batches"]
+            got = {"fp16": fp16.embed(proteins)}
+            nonfinite = {"fp16": fp16.stats["nonfinite_recomputed_batches"] - before}
+            for mode in SMOOTHINGS:
+                enc = PackedESM2Encoder(fp16.model, name="esm2_t36_3B_random_outliers", device=torch.device("cuda"),
+                                        precision="int8", int8_smoothing=mode)
+                got[f"int8 {mode}"] = enc.embed(proteins)
+                nonfinite[f"int8 {mode}"] = enc.stats["nonfinite_recomputed_batches"]
+                del enc
+                torch.cuda.empty_cache()
+            cos = {config: cosine(vectors, ref) for config, vectors in got.items()}
+            rows.append({"factor": factor, "fp32 variant vs plain": summary(cosine(ref, plain_ref), lengths),
+                         **{config: {**summary(c, lengths), "nonfinite_recomputed_batches": nonfinite[config]}
+                            for config, c in cos.items()}})
+            per_protein[f"{factor:g}"] = {config: c.tolist() for config, c in cos.items()}
+            print(json.dumps(rows[-1]), flush=True)
+    finally:
+        fair.load_state_dict(plain)
+        fp16.model.load_state_dict(our_state(plain), strict=True)
+    return {"channels": channels, "seed": seed, "smoothings": list(SMOOTHINGS), "seconds": time.perf_counter() - t0,
+            "rows": rows}, per_protein
 
 
 def oom_check(enc: PackedESM2Encoder, proteins: list[str], free_gib: float = 40.0) -> dict:
@@ -294,6 +364,20 @@ def write(out_dir: Path, card: str, results: dict, fidelity: dict) -> None:
               "| config | min | median | proteins < 0.999 |", "|---|---|---|---|"]
     lines += [f"| {k} | {v['min']:.6f} | {v['median']:.6f} | {v['below_0.999']}/{v['n']} |"
               for k, v in results["fidelity"].items()]
+    if stress := results.get("outliers"):
+        modes = stress["smoothings"]
+        lines += ["", "## Outlier channels: fidelity vs fair-esm fp32 on the same stressed weights", "",
+                  f"{stress['channels']} channels per layer and site (both LayerNorms' outputs, attention's output) "
+                  f"made F times larger by an exact reparametrisation (seed {stress['seed']}); the fp32 output "
+                  "is unchanged (column 2). Cosine per protein, the fidelity proteins above; int8 per smoothing mode.",
+                  "", "| F | fp32 variant vs plain, cos min | fp16 cos min vs fp32 | "
+                  + " | ".join(f"int8 {m} cos min | int8 {m} proteins < 0.999" for m in modes) + " |",
+                  "|---|---|---|" + "---|---|" * len(modes)]
+        for r in stress["rows"]:
+            cells = [f"{r['factor']:g}", f"{r['fp32 variant vs plain']['min']:.7f}", f"{r['fp16']['min']:.6f}"]
+            cells += [f"{r[f'int8 {m}']['min']:.5f} | {r[f'int8 {m}']['below_0.999']}/{r[f'int8 {m}']['n']}"
+                      for m in modes]
+            lines.append("| " + " | ".join(cells) + " |")
     if oom := results.get("oom_check"):
         lines += ["", "## Forced CUDA OOM (bf16, reads workload, 40 GiB left free, 1M-token budget forced)", "",
                   "ok: {ok}; OOM splits {oom_split_batches}, budget lowered to {lowered_budget}, {batches} batches, "

@@ -117,6 +117,25 @@ def reference(demo_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     return outdir
 
 
+#: three samples of different reads (so that their % virus differ), cut from the demo
+THREE_SAMPLES = {"gut": (0, 24), "soil": (24, 40), "lake": (36, 60)}
+
+
+@pytest.fixture(scope="session")
+def three_samples(demo_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One demo run of three samples through the CLI (samples/<name>/, samples.tsv); not to be changed."""
+    folder = tmp_path_factory.mktemp("three-samples")
+    records = [">" + r for r in DEMO_FASTA.read_text().split(">")[1:]]
+    inputs = []
+    for name, (start, end) in THREE_SAMPLES.items():
+        inputs.append(folder / f"{name}.fa")
+        inputs[-1].write_text("".join(records[start:end]))
+    outdir = folder / "out"
+    proc = cli("predict", *map(str, inputs), "-o", str(outdir), *DEMO)
+    assert proc.returncode == 0, proc.stderr
+    return outdir
+
+
 def finished_bags(outdir: Path) -> int:
     """Bag files present in OUTDIR (each one present is whole: they are written atomically)."""
     from virnuc_hpc.outputs import store

@@ -18,9 +18,12 @@ from virnuc_hpc.runtime.precision_check import (
     PrecisionReport,
     PrecisionRow,
     check_precision,
+    confident_mask,
     cosine_stats,
     format_report,
     label_agreement,
+    label_agreements,
+    labels_basis,
     parse_precisions,
     recommend,
     row_cosines,
@@ -28,17 +31,18 @@ from virnuc_hpc.runtime.precision_check import (
 
 NUMBER = r"(\d+\.\d+)"
 COSINES = rf"\s+{NUMBER}" * 4
-TABLE_ROW = re.compile(rf"^(fp32|fp16|bf16|int8){COSINES}\s+(\S+)\s+([\d,.]+)\s+([\d.]+)x$")
+TABLE_ROW = re.compile(rf"^(fp32|fp16|bf16|int8){COSINES}\s+(\S+)\s+(\S+)\s+([\d,.]+)\s+([\d.]+)x$")
 
 
 def parse_table(stdout: str) -> dict[str, dict[str, float | str]]:
-    """Rows of the printed table by precision: four cosines, labels, frames/s, ratio; or 'not run'."""
+    """Rows of the printed table by precision: four cosines, labels (all frames, confident ones),
+    frames/s, ratio; or 'not run'."""
     rows: dict[str, dict[str, float | str]] = {}
     for line in stdout.splitlines():
         if match := TABLE_ROW.match(line):
-            name, dmin, dmed, emin, emed, labels, speed, ratio = match.groups()
+            name, dmin, dmed, emin, emed, labels, confident, speed, ratio = match.groups()
             rows[name] = {"dna_min": float(dmin), "dna_median": float(dmed), "esm_min": float(emin),
-                          "esm_median": float(emed), "labels": labels,
+                          "esm_median": float(emed), "labels": labels, "confident": confident,
                           "speed": float(speed.replace(",", "")), "ratio": float(ratio)}
         elif match := re.match(r"^(fp16|bf16|int8)\s+not run: (.+)$", line):
             rows[match[1]] = {"refused": match[2]}
@@ -57,12 +61,20 @@ def test_demo_check_prints_the_table(demo_cache: Path) -> None:
     assert set(rows) == {"fp32", "fp16", "bf16", "int8"}, proc.stdout
     fp32 = rows["fp32"]
     assert [fp32[k] for k in ("dna_min", "dna_median", "esm_min", "esm_median")] == [1.0] * 4
-    assert fp32["labels"] == "100.00%" and fp32["ratio"] == 1.0 and float(fp32["speed"]) > 0
+    assert fp32["labels"] == fp32["confident"] == "100.00%" and fp32["ratio"] == 1.0
+    assert float(fp32["speed"]) > 0
     for name in ("bf16", "int8"):
         row = rows[name]
         for encoder in ("dna", "esm"):
             assert 0 < float(row[f"{encoder}_min"]) <= float(row[f"{encoder}_median"]) <= 1.0
         assert 0 <= float(str(row["labels"]).rstrip("%")) <= 100
+        assert 0 <= float(str(row["confident"]).rstrip("%")) <= 100
+    # the demo classifier is confident on most frames: they decide, and the output says so
+    confident = re.search(r"^equal labels: on all frames, and on the (\d+) confident frames", proc.stdout, re.M)
+    frames = re.search(r"^\d+ reads, ([\d,]+) frames", proc.stdout, re.M)
+    assert confident and frames and int(confident[1]) >= 0.8 * int(frames[1].replace(",", "")), proc.stdout
+    assert "labels decided on the confident frames" in proc.stdout, proc.stdout
+    assert re.search(r"equal labels on the confident frames; configured", proc.stdout), proc.stdout
     # int8 quantises ESM-2 only: on CPU DNABERT-S runs its fp32 self, ESM-2 moves but stays close
     assert rows["int8"]["dna_min"] == 1.0 and 0.999 < float(rows["int8"]["esm_min"]) < 1.0
     assert "not supported on CPU" in str(rows["fp16"]["refused"])  # refused by devices.py: a row
@@ -82,7 +94,8 @@ def test_check_without_classifier_leaves_labels_out(demo_cache: Path) -> None:
     assert report.rows[0].cosine["esm2"].min == pytest.approx(1.0)
     printed = format_report(report)
     assert "no classifier" in printed
-    assert re.search(r"^bf16 .* - +[\d,.]+ +[\d.]+x$", printed, re.M), printed
+    assert re.search(r"^bf16 .* - +- +[\d,.]+ +[\d.]+x$", printed, re.M), printed
+    assert "confident frames" not in printed and report.confident_frames is None
 
 
 def test_invalid_precisions_exit_2(tmp_path: Path) -> None:
@@ -141,6 +154,53 @@ def test_label_agreement() -> None:
     other = np.array([[0.8, 0.2], [0.3, 0.7], [0.4, 0.6], [0.1, 0.9]])
     assert label_agreement(ref, other) == 75.0
     assert label_agreement(ref, ref) == 100.0
+
+
+def test_confident_frames_and_the_basis_rule() -> None:
+    """Confident: fp32 virus score strictly below 0.1 or above 0.9. They decide with >= 100 of
+    them or >= half the sample."""
+    proba = np.array([[0.95, 0.05], [0.9, 0.1], [0.5, 0.5], [0.1, 0.9], [0.01, 0.99], [0.3, 0.7]])
+    assert confident_mask(proba).tolist() == [True, False, False, False, True, False]
+    assert labels_basis(100, 1000) == "confident" and labels_basis(99, 1000) == "all"
+    assert labels_basis(50, 100) == "confident" and labels_basis(49, 100) == "all"
+    assert labels_basis(0, 0) == "all" and labels_basis(0, 1) == "all" and labels_basis(1, 1) == "confident"
+    with pytest.raises(ValueError):
+        labels_basis(5, 3)
+
+
+def test_label_agreements_count_near_half_flips_only_on_all_frames() -> None:
+    """Drift that flips only frames near 0.5: all frames lose labels, the confident ones keep them."""
+    ref = np.array([[0.02, 0.98]] * 6 + [[0.97, 0.03]] * 4 + [[0.49, 0.51], [0.52, 0.48]])
+    other = ref.copy()
+    other[10:] = [[0.51, 0.49], [0.48, 0.52]]  # the two frames near 0.5 flip
+    every, confident, basis = label_agreements(ref, other)
+    assert every == pytest.approx(1000 / 12) and confident == 100.0 and basis == "confident"
+    other[0] = [0.6, 0.4]  # a confident frame flips too
+    assert label_agreements(ref, other)[1] == pytest.approx(900 / 10)
+    near = np.array([[0.45, 0.55], [0.55, 0.45], [0.02, 0.98]])
+    flipped = np.array([[0.45, 0.55], [0.55, 0.45], [0.6, 0.4]])  # the one confident frame flips
+    assert label_agreements(near, flipped) == (pytest.approx(200 / 3), 0.0, "all")  # 1 of 3: too few
+    assert label_agreements(near[:2], near[:2]) == (100.0, None, "all")  # none confident
+
+
+def test_the_deciding_basis_sets_the_recommendation_and_the_text() -> None:
+    fp32 = row("fp32", 10.0, cos=1.0)
+    drifted = PrecisionRow("int8", cosine=fp32.cosine, equal_labels=98.0, equal_labels_confident=100.0,
+                           labels_basis="confident", frames_per_s=30.0)
+    assert recommend([fp32, drifted]) == "int8"
+    assert recommend([fp32, PrecisionRow(**{**drifted.__dict__, "labels_basis": "all"})]) == "fp32"
+    assert recommend([fp32, PrecisionRow(**{**drifted.__dict__, "equal_labels_confident": 99.0})]) == "fp32"
+    report = PrecisionReport(rows=[fp32, drifted], reads=500, frames=600, device="cpu", configured="fp32",
+                             classifier=True, random_weights=False, recommended="int8",
+                             confident_frames=420, labels_basis="confident")
+    printed = format_report(report)
+    assert parse_table(printed)["int8"]["labels"] == "98.00%"
+    assert parse_table(printed)["int8"]["confident"] == "100.00%"
+    assert "on the 420 confident frames (fp32 virus score below 0.1 or above 0.9)" in printed
+    assert "labels decided on the confident frames: the confident frames decide when there are at least " \
+           "100 of them or at least 50% of the sample, else all frames do" in printed
+    fewer = format_report(PrecisionReport(**{**report.__dict__, "labels_basis": "all", "confident_frames": 7}))
+    assert "labels decided on all frames" in fewer and "equal labels on all frames;" in fewer
 
 
 def row(name: str, speed: float, cos: float = 0.9999, labels: float | None = 100.0) -> PrecisionRow:

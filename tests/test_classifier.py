@@ -255,3 +255,31 @@ def test_random_classifier_is_deterministic_and_eval_mode_matters(tmp_path: Path
         batch_out = model(torch.from_numpy(x))
         model.bn1.eval()
     assert not torch.allclose(eval_out, batch_out)
+
+
+def test_demo_classifier_decides_like_a_trained_one(demo_cache: Path, tmp_path: Path) -> None:
+    """Issue 31 item 4: the demo classifier's scores sit far from 0.5 (>= 80% of frames below 0.1
+    or above 0.9), with both labels, on the demo input and on random reads it was not calibrated on."""
+    from conftest import DEMO_FASTA
+    from virnuc_hpc.config import load_config
+    from virnuc_hpc.models.demo import CALIBRATION_SEED, ensure_demo_models, random_orf_reads
+    from virnuc_hpc.models.resolve import locate_models
+    from virnuc_hpc.runtime.precision_check import FrameSample, embed_sample, model_spec, sample_frames
+
+    rng = np.random.default_rng(5)
+    reads = random_orf_reads(100, CALIBRATION_SEED + 1) + ["".join(rng.choice(list("ACGT"), 150))
+                                                           for _ in range(100)]
+    random_fasta = tmp_path / "random.fasta"
+    random_fasta.write_text("".join(f">random_{i}\n{seq}\n" for i, seq in enumerate(reads)))
+    config = load_config(preset="demo")
+    demo, random = (sample_frames([str(f)], config, 10_000) for f in (DEMO_FASTA, random_fasta))
+    both = FrameSample(demo.reads + random.reads, demo.nucleotide + random.nucleotide,
+                       demo.protein + random.protein)
+    features = embed_sample(model_spec(config, locate_models(config, classify=True), "fp32"), both)
+    clf = load_classifier(ensure_demo_models().classifier, input_dim=features.concatenated().shape[1])
+    virus = clf.predict_proba(features.concatenated())[:, 1]
+    for name, score in (("demo", virus[: len(demo.protein)]), ("random", virus[len(demo.protein):])):
+        confident = np.mean((score < 0.1) | (score > 0.9))
+        called = np.mean(score > 0.5)
+        assert len(score) >= 50 and confident >= 0.8, (name, len(score), confident)
+        assert 0.2 <= called <= 0.8, (name, called)  # both labels, neither rare

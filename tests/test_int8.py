@@ -203,13 +203,12 @@ def test_cuda_int8_encoder_matches_fp32(demo) -> None:
 
 
 def test_dry_run_estimates_int8_faster_than_fp16() -> None:
-    from virnuc_hpc.runtime.dryrun import dry_run, gpu_seconds
+    from virnuc_hpc.runtime.dryrun import dry_run, gpu_rate
 
-    tokens, bases = 41.3e6, 150e6   # about 1M 150-bp reads
-    assert gpu_seconds(tokens, bases, "int8") < gpu_seconds(tokens, bases, "fp16")
-    assert gpu_seconds(tokens, 0, "fp16") / gpu_seconds(tokens, 0, "int8") == pytest.approx(129 / 92)
+    assert gpu_rate("H200", "int8")[0].tokens_per_s > gpu_rate("H200", "fp16")[0].tokens_per_s
     fasta = Path(__file__).resolve().parent.parent / "examples" / "demo.fasta"
     for precision in ("fp16", "int8"):
-        text = dry_run([str(fasta)], RunConfig(expected_length=300, precision=precision))
-        line = next(x for x in text.splitlines() if x.startswith("GPU time"))
-        assert ("at int8 (ESM-2)" in line) == (precision == "int8"), line
+        config = RunConfig(expected_length=300, precision=precision, device="cuda")
+        line = next(x for x in dry_run([str(fasta)], config, gpus=["NVIDIA H200"]).splitlines()
+                    if x.startswith("GPU time"))
+        assert ("(int8;" in line) == (precision == "int8"), line

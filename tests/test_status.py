@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import cli
+from conftest import THREE_SAMPLES, cli
 from virnuc_hpc.outputs.layout import PROGRESS
 from virnuc_hpc.outputs.lock import LOCK_NAME, locked
 from virnuc_hpc.runtime.progress import Progress, ProgressLog
@@ -134,13 +134,34 @@ def test_progress_file_damaged(tmp_path: Path, content: str) -> None:
 
 # --- what status answers ----------------------------------------------------------------------
 
-def test_not_an_output_directory(tmp_path: Path) -> None:
-    (tmp_path / "notes.txt").write_text("mine")
-    for args in ([str(tmp_path)], ["--json", str(tmp_path)]):
+@pytest.mark.parametrize("kind", ["files", "empty", "like /tmp", "missing", "a file"])
+def test_not_an_output_directory(tmp_path: Path, kind: str) -> None:
+    """One message and exit 2; with --json, also one JSON object saying so on stdout."""
+    folder, said = tmp_path / "here", "is not an output directory of virnuc-hpc"
+    if kind != "missing":
+        folder.mkdir()
+    if kind == "files":
+        (folder / "notes.txt").write_text("mine")
+    elif kind == "like /tmp":  # others' folders and files, one of them an output directory of ours
+        (folder / "someone").mkdir()
+        (folder / "x.log").write_text("log")
+        resumable_dir(folder / "out")
+    elif kind == "missing":
+        said = "no such directory"
+    elif kind == "a file":
+        folder.rmdir()
+        folder.write_text("a file")
+        said = "not a directory"
+    for args in ([str(folder)], ["--json", str(folder)]):
         proc, seconds = status(*args)
-        assert proc.returncode == 2 and seconds < CPU_S and proc.stdout == ""
-        assert proc.stderr.count("\n") == 1 and "is not an output directory of virnuc-hpc" in proc.stderr
-        assert "Traceback" not in proc.stderr
+        assert proc.returncode == 2 and seconds < CPU_S, proc.stderr
+        lines = proc.stderr.splitlines()
+        assert len(lines) == 1 and lines[0].startswith("virnuc-hpc: error: ") and said in lines[0], proc.stderr
+        assert "Traceback" not in proc.stderr + proc.stdout
+        if args[0] == "--json":
+            assert json.loads(proc.stdout) == {"folder": str(folder), "error": lines[0].split(": error: ", 1)[1]}
+        else:
+            assert proc.stdout == ""
 
 
 def test_outdir_with_its_job_folder(tmp_path: Path) -> None:
@@ -223,3 +244,42 @@ def test_finished_and_resumable_demo_run(reference: Path, tmp_path: Path) -> Non
     assert facts["bags_kept"] == recorded["bags"]["total"] and facts["run"] is None
     text, _ = status(str(killed))
     assert f"resumable: {recorded['bags']['total']} bag(s) kept" in text.stdout, text.stdout
+
+
+def test_finished_run_of_several_samples_gives_each_ones_percent(three_samples: Path) -> None:
+    """samples.tsv's reads and virus reads per sample, with % virus, in the JSON and in the text."""
+    rows = [line.split("\t") for line in (three_samples / "samples.tsv").read_text().splitlines()
+            if not line.startswith("#")]
+    want = [dict(zip(rows[0], row)) for row in rows[1:]]
+    recorded = json.loads((three_samples / "run.json").read_text())
+    proc, _ = status("--json", str(three_samples))
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    run = json.loads(proc.stdout)["run"]
+    assert run["counts"] == recorded["counts"] and run["samples"] == list(THREE_SAMPLES)
+    per = {r["sample"]: r for r in run["per_sample"]}
+    assert list(per) == [w["sample"] for w in want] == list(THREE_SAMPLES)
+    for w in want:
+        reads, virus = int(w["reads"]), int(w["virus_reads"])
+        assert (per[w["sample"]]["reads"], per[w["sample"]]["virus_reads"]) == (reads, virus)
+        assert per[w["sample"]]["virus_percent"] == round(100 * virus / reads, 2)
+    assert len({r["virus_percent"] for r in per.values()}) > 1
+    assert sum(r["reads"] for r in per.values()) == recorded["counts"]["reads"]
+    assert "samples.tsv" in run["tables"] and run["sample_folders"] == 3
+    text, _ = status(str(three_samples))
+    for name, r in per.items():
+        assert re.search(rf"^    {name} +{r['reads']} reads, {r['virus_reads']} called virus "
+                         rf"\({r['virus_percent']:.2f}%\)$", text.stdout, re.M), text.stdout
+
+
+def test_a_damaged_samples_table_row_is_left_out(three_samples: Path, tmp_path: Path) -> None:
+    outdir = tmp_path / "out"
+    shutil.copytree(three_samples, outdir)
+    table = outdir / "samples.tsv"
+    lines = table.read_text().splitlines(keepends=True)
+    number = next(i for i, line in enumerate(lines, start=1) if line.startswith("soil\t"))
+    lines[number - 1] = "soil\tmany\n"
+    table.write_text("".join(lines))
+    proc, _ = status("--json", str(outdir))  # a finished run: status reads its tables' names through store
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr
+    assert proc.stderr.splitlines() == [f"virnuc-hpc: warning: {table}:{number}: not a row of counts; left out"]
+    assert [r["sample"] for r in json.loads(proc.stdout)["run"]["per_sample"]] == ["gut", "lake"]

@@ -29,7 +29,7 @@ from virnuc_hpc.reads.frames import frames_for_records
 from virnuc_hpc.reads.samples import samples_from_paths
 from virnuc_hpc.runtime.worker import BagRules, parse_bag
 
-READS_COLUMNS = "read_id\tfile\tlength\tstatus\tchunks\tchunks_with_frames\tframes\tvirus_chunks\tcall\tchunks_without_frames\n"
+READS_COLUMNS = "read_id\tfile\tlength\tstatus\tchunks\tchunks_with_frames\tframes\tvirus_chunks\tcall\tchunks_without_frames\tvirus_score\n"
 
 
 def proba_of(frame_id: str) -> np.ndarray:
@@ -69,8 +69,10 @@ def slow_tables(path: Path, chunk_size: int, comment: str) -> dict[str, str]:
     highest = virnucpro_highest(predictions)
     calls = {row.split("\t")[0]: row.split("\t")[1] == "True" for row in highest.splitlines()[1:]}
     per_read_frames: dict[str, int] = {}
-    for rid in table.read_id:
+    best_virus: dict[str, np.float32] = {}  # a read's highest P(virus), as prediction_results prints it
+    for rid, fid in zip(table.read_id, frame_ids):
         per_read_frames[rid] = per_read_frames.get(rid, 0) + 1
+        best_virus[rid] = max(best_virus.get(rid, np.float32(-1)), proba_of(fid)[1])
     head = f"# {comment}\n"
     no_frame = set(table.chunks_without_frames)
     reads = [head, READS_COLUMNS]
@@ -83,14 +85,15 @@ def slow_tables(path: Path, chunk_size: int, comment: str) -> dict[str, str]:
         reads.append("\t".join(map(str, (record.id, record.path, len(record.seq),
                                          "ok" if with_frames else "no_open_frame", n_chunks, with_frames,
                                          per_read_frames.get(record.id, 0), virus, call,
-                                         ",".join(missing) or "-"))) + "\n")
+                                         ",".join(missing) or "-",
+                                         str(best_virus[record.id]) if record.id in best_virus else "-"))) + "\n")
     skipped: dict[tuple[str, str], list[str]] = {}
     for p in loaded.skipped:
         kinds = skipped.setdefault((p.path, p.record or f"line {p.line}"), [])
         if p.kind not in kinds:
             kinds.append(p.kind)
     for (path_, rid), kinds in skipped.items():
-        reads.append(f"{rid}\t{path_}\t-\tskipped:{'+'.join(kinds)}\t0\t0\t0\t-\t-\t-\n")
+        reads.append(f"{rid}\t{path_}\t-\tskipped:{'+'.join(kinds)}\t0\t0\t0\t-\t-\t-\t-\n")
     return {"prediction_results.txt": head + predictions,
             "prediction_results_highestscore.csv": head + highest, "reads.tsv": "".join(reads)}
 

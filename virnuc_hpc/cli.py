@@ -23,7 +23,7 @@ import click
 from pydantic import ValidationError
 from pydantic.fields import FieldInfo
 
-from virnuc_hpc.config import ENVIRONMENT, RunConfig, describe_errors, load_config
+from virnuc_hpc.config import ENVIRONMENT, OPTION_GROUPS, RunConfig, describe_errors, load_config
 from virnuc_hpc.errors import BagsFailedError, FastaError, SampleError, UserError
 from virnuc_hpc.models.sources import CLASSIFIER_LENGTHS, DEFAULT_DNABERT, DEFAULT_ESM2
 
@@ -58,18 +58,62 @@ def _help(field: FieldInfo) -> str:
     return text
 
 
+class _GroupedOption(click.Option):
+    """An option that knows the heading it is listed under in its command's help."""
+
+    def __init__(self, *args: Any, group: str | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.group = group
+
+
+class _GroupedCommand(click.Command):
+    """Help with the options under headings (``groups``, in order; predict's are the configuration's
+    ``OPTION_GROUPS``): one flat list of 40 options hides the few that every run needs. An option's
+    heading is its own ``group``, else ``group_of[its name]``, else the last heading (--help)."""
+
+    def __init__(self, *args: Any, groups: tuple[str, ...] = OPTION_GROUPS,
+                 group_of: dict[str, str] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.groups, self.group_of = groups, group_of or {}
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        sections: dict[str, list[tuple[str, str]]] = {group: [] for group in self.groups}
+        for param in self.get_params(ctx):
+            record = None if isinstance(param, click.Argument) else param.get_help_record(ctx)
+            if record is not None:
+                group = getattr(param, "group", None) or self.group_of.get(param.name or "")
+                sections[group if group in sections else self.groups[-1]].append(record)
+        # one column width for all sections (click sizes each list on its own)
+        width = min(_HELP_TERM_WIDTH, max((len(t) for rows in sections.values() for t, _ in rows), default=0))
+        for group, records in sections.items():
+            if records:
+                with formatter.section(group[:1].upper() + group[1:]):
+                    formatter.write_dl([(t.ljust(width), h) for t, h in records], col_max=_HELP_TERM_WIDTH)
+
+
+_HELP_TERM_WIDTH = 30  # click's own limit: longer option names get their help on the next line
+
+
+def field_group(name: str) -> str | None:
+    """The help heading RunConfig field ``name`` declares (its ``json_schema_extra["group"]``)."""
+    extra = RunConfig.model_fields[name].json_schema_extra
+    return extra.get("group") if isinstance(extra, dict) else None  # type: ignore[return-value]
+
+
 def config_option(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """The command-line option of RunConfig field ``name``: ``--name-with-dashes``, its help the
-    field's description, its choices the field's values. Defaults stay None ("not given") so that
-    presets and --config files keep their place in the precedence (config.py)."""
+    field's description, its choices the field's values, its help heading the field's group.
+    Defaults stay None ("not given") so that presets and --config files keep their place in the
+    precedence (config.py)."""
     field = RunConfig.model_fields[name]
     flag = "--" + name.replace("_", "-")
+    grouped: dict[str, Any] = {"cls": _GroupedOption, "group": field_group(name)}
     if field.annotation is bool:  # a switch: --x, or --x/--no-x where it is on by default
         if field.default:
-            return click.option(f"{flag}/--no-{flag[2:]}", name, default=None, help=_help(field))
-        return click.option(flag, name, is_flag=True, default=None, help=_help(field))
+            return click.option(f"{flag}/--no-{flag[2:]}", name, default=None, help=_help(field), **grouped)
+        return click.option(flag, name, is_flag=True, default=None, help=_help(field), **grouped)
     kind, extra = _option_type(field.annotation)
-    return click.option(flag, name, type=kind, default=None, help=_help(field), **extra)
+    return click.option(flag, name, type=kind, default=None, help=_help(field), **extra, **grouped)
 
 
 def _run_options(classifier: bool) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -78,19 +122,21 @@ def _run_options(classifier: bool) -> Callable[[Callable[..., Any]], Callable[..
     fields = [name for name in RunConfig.model_fields if classifier or name != "classifier"]
     options = [
         click.argument("inputs", nargs=-1, type=click.Path(dir_okay=False)),
-        click.option("--samplesheet", type=click.Path(dir_okay=False),
+        click.option("--samplesheet", type=click.Path(dir_okay=False), cls=_GroupedOption, group="inputs",
                      help="TSV/CSV of samples instead of INPUTS: columns sample, file[, mate] or "
                           "sample, fastq_1[, fastq_2] (README, 'Samples')."),
+        click.option("--preset", cls=_GroupedOption, group="inputs",
+                     help="Named configuration shipped with virnuc-hpc (configs/; e.g. demo); "
+                          "a YAML file of your own goes to --config."),
+        click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
+                     cls=_GroupedOption, group="inputs", help="YAML file with any configuration keys."),
+        click.option("--dry-run", is_flag=True, default=False, cls=_GroupedOption, group="inputs",
+                     help="Estimate reads, frames, bags, disk and GPU (or CPU) time from a sample of the "
+                          "input; loads no model, writes nothing."),
         click.option("-o", "--outdir", required=True, type=click.Path(file_okay=False),
+                     cls=_GroupedOption, group="outputs",
                      help="Output directory (created; a rerun resumes it)."),
         *(config_option(name) for name in fields),
-        click.option("--dry-run", is_flag=True, default=False,
-                     help="Estimate reads, frames, bags, disk and GPU time from a sample of the input; "
-                          "loads no model, writes nothing."),
-        click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
-                     help="YAML file with any configuration keys."),
-        click.option("--preset", help="Named configuration shipped with virnuc-hpc (configs/; e.g. demo); "
-                                      "a YAML file of your own goes to --config."),
     ]
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -195,7 +241,7 @@ def main(verbose: int) -> None:
     logging.getLogger("distributed").setLevel(logging.INFO if verbose else logging.ERROR)
 
 
-@main.command()
+@main.command(cls=_GroupedCommand)
 @_run_options(classifier=True)
 def predict(inputs: tuple[str, ...], outdir: str, preset: str | None, config_file: str | None,
             **overrides: Any) -> None:
@@ -203,7 +249,7 @@ def predict(inputs: tuple[str, ...], outdir: str, preset: str | None, config_fil
     _execute("predict", inputs, outdir, preset, config_file, **overrides)
 
 
-@main.command()
+@main.command(cls=_GroupedCommand)
 @_run_options(classifier=False)
 def embed(inputs: tuple[str, ...], outdir: str, preset: str | None, config_file: str | None,
           **overrides: Any) -> None:
@@ -234,7 +280,21 @@ def validate(inputs: tuple[str, ...], samplesheet: str | None, workers: int | No
     click.echo(f"ok: {', '.join(f.path for s in samples for f in s.files)}")
 
 
-@main.command(context_settings={"ignore_unknown_options": True})
+#: submit's help headings and their options (what follows ``--`` is predict's: see its help).
+_SUBMIT_GROUPS = {
+    "slurm resources": ("partition", "account", "qos", "nodes", "tasks_per_node", "gpus_per_node",
+                        "cpus_per_gpu", "cpus_per_task", "mem", "time_limit", "gres", "constraint",
+                        "exclusive"),
+    "jobs": ("folder", "job_name", "per_input", "array_parallelism", "max_requeues", "mail_type",
+             "mail_user", "wckey", "slurm_opts"),
+    "job environment": ("setup", "python", "launcher", "interface"),
+    "submit": ("embed_only", "show_script", "wait"),
+}
+
+
+@main.command(context_settings={"ignore_unknown_options": True}, cls=_GroupedCommand,
+              groups=tuple(_SUBMIT_GROUPS),
+              group_of={name: group for group, names in _SUBMIT_GROUPS.items() for name in names})
 @click.option("--partition", help="Slurm partition.")
 @click.option("--account", help="Slurm account to charge.")
 @click.option("--qos", help="Slurm quality of service.")
@@ -288,6 +348,9 @@ def submit(run_args: tuple[str, ...], folder: str | None, time_limit: str, per_i
     """Run predict (or embed) as Slurm jobs through submitit.
 
     virnuc-hpc submit [SLURM OPTIONS] -- INPUT... -o OUTDIR [PREDICT OPTIONS]
+
+    PREDICT OPTIONS are those of `virnuc-hpc predict --help` (inputs, models, outputs, performance,
+    cluster, advanced).
     """
     from pathlib import Path
 
@@ -355,8 +418,8 @@ def submit(run_args: tuple[str, ...], folder: str | None, time_limit: str, per_i
 
 
 @main.command()
-@click.argument("folder", type=click.Path(exists=True, file_okay=False))
-@click.option("--json", "as_json", is_flag=True, help="The same facts as one JSON object.")
+@click.argument("folder", type=click.Path())  # status itself says what a path that is no folder of ours is
+@click.option("--json", "as_json", is_flag=True, help="The same facts as one JSON object (also for an error).")
 def status(folder: str, as_json: bool) -> None:
     """Where the run in an output directory stands: running (bags done/total, rate, ETA, who holds
     its lock), finished (counts, % virus, wall time, tables), failed (the error), resumable (bags
@@ -368,6 +431,8 @@ def status(folder: str, as_json: bool) -> None:
     try:
         facts = folder_status(folder)
     except UserError as err:
+        if as_json:  # a script reading stdout gets its object too
+            click.echo(json.dumps({"folder": folder, "error": str(err)}))
         _fail(str(err))
         return
     for problem in facts["problems"]:  # damaged records, left out of the answer

@@ -49,7 +49,16 @@ _SCHEDULER = re.compile(rf"(?:(?:tcp|tls|ucx)://)?{_HOST}:(?P<port>\d+)")
 # recorded per bag as its ``numerics`` and reconciled on resume (pipeline.py).
 RESULT_FIELDS = ("expected_length", "esm2_model", "dnabert_model", "classifier", "precision",
                  "bag_size", "skip_invalid", "engine", "exact_gelu", "features", "compression",
-                 "device", "esm2_max_tokens", "dnabert_max_tokens", "threads_per_worker")
+                 "device", "esm2_max_tokens", "dnabert_max_tokens", "threads_per_worker",
+                 "int8_smoothing", "int8_check_cosine")
+
+#: The headings of ``predict --help``, in order (the common ones first); each field names its own.
+OPTION_GROUPS = ("inputs", "models", "outputs", "performance", "cluster", "advanced")
+
+
+def _group(name: str) -> dict[str, str]:
+    """Where a field's option is listed in ``predict --help`` (one of ``OPTION_GROUPS``)."""
+    return {"group": name}
 
 
 class RunConfig(BaseModel):
@@ -58,93 +67,139 @@ class RunConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     expected_length: Literal[300, 500] = Field(
-        500, description="chunk size; must match the classifier (300_model / 500_model)")
-    classifier: str | None = Field(None, description="VirNucPro classifier (.pth); none for embed-only runs")
+        500, description="chunk size; must match the classifier (300_model / 500_model)",
+        json_schema_extra=_group("models"))
+    classifier: str | None = Field(None, description="VirNucPro classifier (.pth); none for embed-only runs",
+                                   json_schema_extra=_group("models"))
     esm2_model: str = Field(
         "esm2_t36_3B_UR50D", description="ESM-2: fair-esm .pt path or name, or a Hugging Face directory / "
-                                         "hub id (facebook/esm2_*)")
-    dnabert_model: str = Field("zhihan1996/DNABERT-S", description="DNABERT-S directory or hub id")
+                                         "hub id (facebook/esm2_*)", json_schema_extra=_group("models"))
+    dnabert_model: str = Field("zhihan1996/DNABERT-S", description="DNABERT-S directory or hub id",
+                               json_schema_extra=_group("models"))
     precision: Literal["auto", "fp32", "fp16", "bf16", "int8"] = Field(
         "auto", description="auto (fp32 on CPU, fp16 on GPU), fp32, fp16, bf16 or int8 (ESM-2's linear "
                             "layers in int8, the rest fp16: faster; check it on your models first with "
-                            "check-precision; README, 'Precision and inference engines')")
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto, cpu or cuda")
+                            "check-precision; README, 'Precision and inference engines')",
+        json_schema_extra=_group("performance"))
+    int8_smoothing: Literal["weights", "none"] = Field(
+        "weights", description="int8: migrate outlier channels into the weights before quantising "
+                               "(weights), or quantise as they are (none); docs/precision.md",
+        json_schema_extra=_group("advanced"))
+    int8_check_cosine: float = Field(
+        0.999, ge=0.0, le=1.0, strict=True,
+        description="int8: before the first bag every worker embeds a sample in int8 and fp16; if any "
+                    "frame's cosine is below this, the whole run goes on in fp16 (0 turns the check off)",
+        json_schema_extra=_group("advanced"))
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto, cpu or cuda",
+                                                   json_schema_extra=_group("performance"))
     engine: Literal["native", "deepspeed"] = Field(
         "native", description="native: our PyTorch modules; deepspeed: the same modules inside DeepSpeed's "
-                              "InferenceEngine, needs the deepspeed package (README, 'Precision and inference engines')")
+                              "InferenceEngine, needs the deepspeed package (README, 'Precision and inference engines')",
+        json_schema_extra=_group("advanced"))
     zero_offload: Literal["none", "cpu", "nvme"] = Field(
-        "none", description="deepspeed engine only: ZeRO-3 parameter offload of ESM-2 (models that do not fit)")
+        "none", description="deepspeed engine only: ZeRO-3 parameter offload of ESM-2 (models that do not fit)",
+        json_schema_extra=_group("advanced"))
     nvme_path: str | None = Field(
-        None, description="directory for zero_offload: nvme (a fast local disk; needs libaio)")
+        None, description="directory for zero_offload: nvme (a fast local disk; needs libaio)",
+        json_schema_extra=_group("advanced"))
     exact_gelu: bool = Field(
         False, strict=True,
         description="fp16/bf16 on GPU: keep ESM-2's erf GELU instead of the tanh form fused into "
                     "fc1's GEMM (the fused form is 4% faster and within half-precision noise; "
-                    "README, 'Precision and inference engines')")
+                    "README, 'Precision and inference engines')", json_schema_extra=_group("advanced"))
     workers: int | None = Field(None, ge=1, strict=True,
-                                description="Dask workers (default: one per GPU, or 1 on CPU)")
+                                description="Dask workers (default: one per GPU, or 1 on CPU)",
+                                json_schema_extra=_group("performance"))
     threads: int | None = Field(
         None, ge=1, strict=True,
         description="CPU threads the run may use in all on a node: each worker gets threads / workers "
                     "torch threads, the client's file hashing a few (default: the CPUs this process may "
-                    "run on, which follows Slurm's allocation and cgroups)")
+                    "run on, which follows Slurm's allocation and cgroups)",
+        json_schema_extra=_group("performance"))
     threads_per_worker: int | None = Field(None, ge=1, strict=True,
                                            description="torch threads per worker; wins over threads "
-                                                       "(default: threads / workers)")
+                                                       "(default: threads / workers)",
+                                           json_schema_extra=_group("performance"))
     bag_size: int = Field(20000, ge=1, strict=True,
-                          description="frames per bag, about (unit of scheduling and output)")
+                          description="frames per bag, about (unit of scheduling and output)",
+                          json_schema_extra=_group("performance"))
     features: Literal["float32", "float16", "none"] = Field(
         "float32", description="features kept in the bag files: float32, float16 (HDF5 half floats, "
-                               "half the disk) or none (ids and probabilities only)")
+                               "half the disk) or none (ids and probabilities only)",
+        json_schema_extra=_group("outputs"))
     compression: Literal["none", "gzip"] = Field(
-        "none", description="gzip-compress the bag files' variables (smaller, slower to write and read)")
+        "none", description="gzip-compress the bag files' variables and viral.fna (viral.fna.gz; "
+                            "smaller, slower to write and read)",
+        json_schema_extra=_group("outputs"))
+    viral_format: Literal["fasta", "fastq"] = Field(
+        "fasta", description="viral.fna holds the reads called virus as FASTA; fastq: as FASTQ "
+                             "(viral.fastq, qualities kept) where the sample's input is FASTQ",
+        json_schema_extra=_group("outputs"))
+    write_frames: bool = Field(
+        False, strict=True,
+        description="also write VirNucPro's <input>_identified_nucleotide.fa and "
+                    "_identified_protein.faa (every kept frame, as the original writes them)",
+        json_schema_extra=_group("outputs"))
     esm2_max_tokens: int | None = Field(
-        None, ge=64, strict=True, description="token budget per ESM-2 batch (default: derived from the device)")
+        None, ge=64, strict=True, description="token budget per ESM-2 batch (default: derived from the device)",
+        json_schema_extra=_group("performance"))
     dnabert_max_tokens: int | None = Field(
         None, ge=64, strict=True,
-        description="token budget per DNABERT-S batch (default: derived from the device)")
+        description="token budget per DNABERT-S batch (default: derived from the device)",
+        json_schema_extra=_group("performance"))
     bags_in_flight_per_worker: int = Field(2, ge=1, strict=True,
-                                           description="bags queued per worker (bounded look-ahead)")
+                                           description="bags queued per worker (bounded look-ahead)",
+                                           json_schema_extra=_group("performance"))
     scheduler_address: str | None = Field(
         None, description="join a running Dask scheduler at tcp://HOST:PORT (or tls://, or HOST:PORT) "
-                          "instead of starting a cluster")
+                          "instead of starting a cluster", json_schema_extra=_group("cluster"))
     scheduler_file: str | None = Field(
         None, description="join the Dask scheduler named in this scheduler file (the JSON `dask scheduler "
-                          "--scheduler-file` writes) instead of starting a cluster")
+                          "--scheduler-file` writes) instead of starting a cluster",
+        json_schema_extra=_group("cluster"))
     scheduler_timeout: float = Field(10.0, gt=0, strict=True,
                                      description="seconds to reach the scheduler (or for its scheduler file "
-                                                 "to appear) before giving up")
+                                                 "to appear) before giving up",
+                                     json_schema_extra=_group("cluster"))
     dashboard_address: str = Field(
         "127.0.0.1:8787", description="Dask dashboard at [HOST]:PORT or PORT (a port alone binds 127.0.0.1; "
-                                      "0.0.0.0:PORT every interface)")
+                                      "0.0.0.0:PORT every interface)", json_schema_extra=_group("cluster"))
     skip_invalid: bool = Field(False, strict=True,
                                description="skip empty records, bad characters and duplicate ids "
-                                           "(listed in reads.tsv)")
+                                           "(listed in reads.tsv)", json_schema_extra=_group("inputs"))
     overwrite: bool = Field(False, strict=True,
-                            description="replace an OUTDIR made with other inputs or settings")
-    progress: bool = Field(True, strict=True, description="live progress bar (on a terminal)")
+                            description="replace an OUTDIR made with other inputs or settings",
+                            json_schema_extra=_group("outputs"))
+    progress: bool = Field(True, strict=True, description="live progress bar (on a terminal)",
+                           json_schema_extra=_group("outputs"))
     log_interval: float = Field(60.0, ge=0, strict=True,
                                 description="seconds between progress lines (bags done/total, frames/s, "
                                             "ESM-2 tokens/s, ETA) in the log when no progress bar is shown, "
-                                            "as in a batch job's log file; 0: none")
+                                            "as in a batch job's log file; 0: none",
+                                json_schema_extra=_group("outputs"))
     host: str | None = Field(None, description="address other nodes reach this one at in multi-node "
-                                               "Dask (default: this node's address; env VIRNUC_HPC_HOST)")
+                                               "Dask (default: this node's address; env VIRNUC_HPC_HOST)",
+                             json_schema_extra=_group("cluster"))
     models_dir: str | None = Field(
         None, description="directory of the models staged by `virnuc-hpc models fetch`: model names are "
                           "looked up there first, and nothing is downloaded at run time (env "
                           "VIRNUC_HPC_MODELS; unset: names are also looked up in "
-                          "$XDG_DATA_HOME/virnuc-hpc/models, else ~/.local/share/virnuc-hpc/models)")
+                          "$XDG_DATA_HOME/virnuc-hpc/models, else ~/.local/share/virnuc-hpc/models)",
+        json_schema_extra=_group("models"))
     cache_dir: str | None = Field(None, description="directory of the demo models (default: "
-                                                    "~/.cache/virnuc-hpc; env VIRNUC_HPC_CACHE)")
+                                                    "~/.cache/virnuc-hpc; env VIRNUC_HPC_CACHE)",
+                                  json_schema_extra=_group("models"))
     offline: bool = Field(False, strict=True,
                           description="never download a model (env VIRNUC_HPC_OFFLINE or HF_HUB_OFFLINE "
-                                      "set to 1/true/yes/on)")
+                                      "set to 1/true/yes/on)", json_schema_extra=_group("models"))
     compile_cache: str | None = Field(None, description="torch.compile cache shared by a node's workers "
                                                         "(default: TMPDIR/virnuc_hpc-compile-USER; env "
-                                                        "VIRNUC_HPC_COMPILE_CACHE)")
+                                                        "VIRNUC_HPC_COMPILE_CACHE)",
+                                      json_schema_extra=_group("advanced"))
     dnabert_layout: Literal["auto", "packed", "padded"] = Field(
         "auto", description="DNABERT-S batches: auto (packed on GPU in fp16/bf16, else padded), packed, "
-                            "or padded (the SDPA path, an escape hatch; env VIRNUC_HPC_DNABERT_PATH)")
+                            "or padded (the SDPA path, an escape hatch; env VIRNUC_HPC_DNABERT_PATH)",
+        json_schema_extra=_group("advanced"))
 
     @field_validator("classifier", "esm2_model", "dnabert_model", "models_dir", mode="before")
     @classmethod

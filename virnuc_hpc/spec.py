@@ -33,6 +33,7 @@ class ModelSpec:
     offline: bool = False                 # never download a model (RunConfig.offline)
     compile_cache: str | None = None      # torch.compile cache root (RunConfig.compile_cache)
     dnabert_layout: str = "auto"          # auto | packed | padded (RunConfig.dnabert_layout)
+    int8_smoothing: str = "weights"       # weights | none (RunConfig.int8_smoothing)
 
 
 @dataclass

@@ -36,13 +36,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..devices import activation_precision
 from .batching import Harvest, InFlight, copy_to_host, pack_sizes, to_device
 from .esm2 import (
     CLS, EOS, MASK, PAD, POOL_LIMIT, ESM2, ESM2Encoder, mean_residues, pad_batch, plan_batches,
     rotary_cos_sin, tokenize_many,
 )
-from .int8 import (Int8Weight, absmax_scale, concat, int8_linear, int8_linear_absmax, layer_norm_quantize,
-                   quantize, quantize_weight)
+from .int8 import (SMOOTHINGS, Int8Weight, absmax_scale, concat, int8_linear, int8_linear_absmax,
+                   layer_norm_quantize, layer_norm_range, quantize, quantize_weight, smoothing_scales, value_range)
 from .layers import layer_norm_fp32
 
 # (T, H, hd) packed q/k/v and the batch's segments -> (T, H, hd): the packed form of layers.Attend
@@ -328,7 +329,8 @@ def ffn_then_next_inputs(x: torch.Tensor, attn: torch.Tensor, wo: torch.Tensor, 
 @dataclass(frozen=True)
 class Int8Layer:
     """One transformer layer for the int8 forward: LayerNorms as (weight, bias, eps), linear layers
-    quantised once (q, k and v stacked into one GEMM)."""
+    quantised once (q, k and v stacked into one GEMM), with ``smoothing`` "weights" the outlier
+    channels first migrated into the weights (int8.smoothing_scales; an exact rewrite in fp32)."""
 
     ln1: tuple[torch.Tensor, torch.Tensor, float]
     qkv: Int8Weight
@@ -338,17 +340,30 @@ class Int8Layer:
     fc2: Int8Weight
 
     @classmethod
-    def of(cls, layer: torch.nn.Module, dtype: torch.dtype) -> Int8Layer:
-        attn = layer.self_attn
+    def of(cls, layer: torch.nn.Module, dtype: torch.dtype, smoothing: str = "weights") -> Int8Layer:
+        if smoothing not in SMOOTHINGS:
+            raise ValueError(f"int8 smoothing must be one of {SMOOTHINGS}, not {smoothing!r}")
+        attn, norm1, norm2 = layer.self_attn, layer.self_attn_layer_norm, layer.final_layer_norm
+        f32 = [p.detach().float() for p in (
+            norm1.weight, norm1.bias, attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight,
+            attn.v_proj.bias, attn.out_proj.weight, norm2.weight, norm2.bias, layer.fc1.weight)]
+        g1, b1, wq, wk, wv, bv, wo, g2, b2, w1 = f32
+        if smoothing == "weights":
+            s1 = smoothing_scales(layer_norm_range(g1, b1), torch.cat([wq, wk, wv]))
+            sv = smoothing_scales(value_range(wv, bv, g1, b1), wo)
+            s2 = smoothing_scales(layer_norm_range(g2, b2), w1)
+            g1, b1, wq, wk = g1 / s1, b1 / s1, wq * s1, wk * s1
+            wv, bv, wo = wv * s1 / sv[:, None], bv / sv, wo * sv
+            g2, b2, w1 = g2 / s2, b2 / s2, w1 * s2
 
-        def q(lin: torch.nn.Linear) -> Int8Weight:
-            return quantize_weight(lin.weight, lin.bias, dtype)
+        def ln(weight: torch.Tensor, bias: torch.Tensor, like: torch.nn.LayerNorm) -> tuple[torch.Tensor, torch.Tensor, float]:
+            return weight.to(like.weight.dtype).contiguous(), bias.to(like.bias.dtype).contiguous(), like.eps
 
-        def ln(norm: torch.nn.LayerNorm) -> tuple[torch.Tensor, torch.Tensor, float]:
-            return norm.weight.detach(), norm.bias.detach(), norm.eps
-
-        return cls(ln(layer.self_attn_layer_norm), concat([q(attn.q_proj), q(attn.k_proj), q(attn.v_proj)]),
-                   q(attn.out_proj), ln(layer.final_layer_norm), q(layer.fc1), q(layer.fc2))
+        return cls(ln(g1, b1, norm1),
+                   concat([quantize_weight(wq, attn.q_proj.bias, dtype), quantize_weight(wk, attn.k_proj.bias, dtype),
+                           quantize_weight(wv, bv, dtype)]),
+                   quantize_weight(wo, attn.out_proj.bias, dtype), ln(g2, b2, norm2),
+                   quantize_weight(w1, layer.fc1.bias, dtype), quantize_weight(layer.fc2.weight, layer.fc2.bias, dtype))
 
 
 def rotary_qk(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
@@ -401,13 +416,14 @@ class PackedESM2:
     fp16/bf16/fp32: three layer graphs, compiled when `compile_layers`; int8: ``int8_layers``, eager."""
 
     def __init__(self, model: ESM2, attention: str, compile_layers: bool, max_shapes: int = 32, *,
-                 gelu_epilogue: bool = False, dynamic: bool = False, quantized: bool = False):
+                 gelu_epilogue: bool = False, dynamic: bool = False, quantized: bool = False,
+                 int8_smoothing: str = "weights"):
         self.model, self.attend = model, ATTENTION[attention]
         self.gelu_epilogue, self.dynamic, self.quantized = gelu_epilogue, dynamic, quantized
         self.heads = model.attention_heads
         self._inv_freq = model.inv_freq.to(model.embed_tokens.weight.device)
         if quantized:
-            self._int8 = [Int8Layer.of(layer, self.dtype) for layer in model.layers]
+            self._int8 = [Int8Layer.of(layer, self.dtype, int8_smoothing) for layer in model.layers]
             if compile_layers:  # nothing to compile but Triton's kernels: into the same node-shared cache
                 from .compile import configure_compile_cache
 
@@ -532,7 +548,7 @@ class PackedESM2Encoder(ESM2Encoder):
                  max_tokens: int | None = None, path: Path | None = None,
                  pool_limit: int = POOL_LIMIT, attention: str | None = None,
                  compile_layers: bool | None = None, gelu_epilogue: bool | None = None,
-                 dynamic_shapes: bool = True):
+                 dynamic_shapes: bool = True, int8_smoothing: str = "weights"):
         super().__init__(model, name=name, device=device, precision=precision, max_tokens=max_tokens,
                          path=path, pool_limit=pool_limit)
         self.attention = attention or ("efficient" if device.type == "cuda" else "masked")
@@ -543,13 +559,46 @@ class PackedESM2Encoder(ESM2Encoder):
         if gelu_epilogue is None:
             gelu_epilogue = device.type == "cuda" and precision != "fp32"
         self.gelu_epilogue, self.dynamic_shapes = gelu_epilogue, dynamic_shapes
-        self.forward = PackedESM2(model, self.attention, self.compile_layers,
-                                  max_shapes=3 * max_buckets(self.token_budget),
-                                  gelu_epilogue=gelu_epilogue, dynamic=dynamic_shapes,
-                                  quantized=precision == "int8")
+        self.forward = self._packed(quantized=precision == "int8", compile_layers=self.compile_layers,
+                                    int8_smoothing=int8_smoothing)
+        self.int8_smoothing = int8_smoothing if precision == "int8" else None
         self.runner: Callable[[DeviceProteinBatch], torch.Tensor] = self.forward
         self.stats["oom_split_batches"] = 0
         self._copy_stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+
+    def _packed(self, *, quantized: bool, compile_layers: bool, int8_smoothing: str = "weights") -> PackedESM2:
+        return PackedESM2(self.model, self.attention, compile_layers, max_shapes=3 * max_buckets(self.token_budget),
+                          gelu_epilogue=self.gelu_epilogue, dynamic=self.dynamic_shapes, quantized=quantized,
+                          int8_smoothing=int8_smoothing)
+
+    def embed_both(self, proteins: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(int8 rows, half-precision rows) of the same proteins: the int8 run's self-check.
+
+        The half-precision forward runs eagerly (nothing is compiled for a check of a few hundred
+        frames) over the same parameters; the counters are left as they were."""
+        if not self.forward.quantized:
+            raise ValueError(f"{self.name} runs in {self.precision}, not int8: nothing to compare")
+        stats = dict(self.stats)
+        try:
+            quantized = self.embed(proteins)
+            self.runner = self._packed(quantized=False, compile_layers=False)
+            half = self.embed(proteins)
+        finally:
+            self.runner = self.forward
+            self.stats.update(stats)
+        return quantized, half
+
+    def fall_back_from_int8(self) -> None:
+        """Go on in the activation precision (fp16 on a GPU) and drop the int8 weights: the run's
+        self-check found int8 drifting too far on these weights (runtime/int8_check.py)."""
+        if not self.forward.quantized:
+            return
+        self.forward = self._packed(quantized=False, compile_layers=self.compile_layers)
+        self.runner = self.forward
+        self.precision = activation_precision(self.precision, self.device)
+        self.int8_smoothing = None
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
 
     @property
     def dtype(self) -> torch.dtype:

@@ -28,7 +28,7 @@ CPU_PACKED_TOKENS = 1024  # packed batch on CPU (int8 checks): its block-diagona
 
 def load_esm2(spec: str, device: str = "auto", precision: str = "auto",
               max_tokens: int | None = None, exact_gelu: bool = False, *,
-              host_weights: bool = False, offline: bool = False) -> ESM2Encoder:
+              host_weights: bool = False, offline: bool = False, int8_smoothing: str = "weights") -> ESM2Encoder:
     """ESM2Encoder from a fair-esm checkpoint path or released model name, or a Hugging Face ESM-2
     directory or hub id (see resolve_esm2_checkpoint; both formats give the same module).
 
@@ -36,7 +36,8 @@ def load_esm2(spec: str, device: str = "auto", precision: str = "auto",
     encoders/esm2_packed.py; otherwise (CPU, fp32) the padded reference path. Both have the same
     API; `max_tokens` is then the packed token budget (default: derived from free GPU memory), and
     fc1's GELU runs in its GEMM's epilogue (tanh form) unless `exact_gelu`. Precision "int8" is
-    always the packed encoder with int8 linear layers (fp16 activations on a GPU, fp32 on CPU).
+    always the packed encoder with int8 linear layers (fp16 activations on a GPU, fp32 on CPU),
+    outlier channels migrated into the weights first unless ``int8_smoothing`` is "none".
 
     `host_weights` leaves the weights in host memory and takes the padded path, whose every weight
     is read through a module's forward: for an engine that fetches them layer by layer (ZeRO-3
@@ -59,7 +60,8 @@ def load_esm2(spec: str, device: str = "auto", precision: str = "auto",
         if dev.type == "cpu":  # the CPU's masked attention is quadratic in the packed length
             max_tokens = min(max_tokens or CPU_PACKED_TOKENS, CPU_PACKED_TOKENS)
         return PackedESM2Encoder(model, name=name, device=dev, precision=prec, max_tokens=max_tokens,
-                                 path=path, gelu_epilogue=False if exact_gelu else None)
+                                 path=path, gelu_epilogue=False if exact_gelu else None,
+                                 int8_smoothing=int8_smoothing)
     if not host_weights and prec in ("fp16", "bf16") and varlen_available(dev):
         return PackedESM2Encoder(model, name=name, device=dev, precision=prec, max_tokens=max_tokens,
                                  path=path, gelu_epilogue=not exact_gelu)

@@ -17,6 +17,16 @@ fidelity and speed measured in benchmarks/esm2_throughput.py; docs/precision.md)
   On CUDA both are our Triton kernels (encoders/int8_triton.py); elsewhere torch (torch._int_mm for
   the GEMM), so CPU tests check the very maths the GPU runs (integer products are exact).
 Attention, LayerNorm statistics, rotary, the residual stream and pooling stay in fp16/fp32 as before.
+
+Outlier channels: trained transformers have a few hidden dimensions 10-100x larger than the rest, and
+one scale per token then leaves the other dimensions a handful of int8 steps. ``smoothing_scales``
+(SmoothQuant's migration, alpha 0.5) divides each input channel by s_j and multiplies the weight's
+column j by s_j, an exact rewrite of the layer that balances the two operands' ranges; the division
+is folded into the LayerNorm before q/k/v and fc1 and into v_proj's rows before out_proj, so it costs
+nothing at run time. The channel ranges are estimated from the weights alone (``layer_norm_range``,
+``value_range``): the same scales on every worker and every resume, and nothing to calibrate or store.
+fc2's input comes through GELU, where no exact migration exists; it keeps per-token scales, and the
+run's self-check (fp16 fallback) guards what smoothing cannot reach.
 """
 
 from __future__ import annotations
@@ -55,6 +65,35 @@ def concat(parts: list[Int8Weight]) -> Int8Weight:
     """Stack layers that read the same input (q, k, v) into one wider GEMM; per-row scales stay valid."""
     return Int8Weight(torch.cat([p.values for p in parts]).contiguous(),
                       torch.cat([p.scale for p in parts]).contiguous(), torch.cat([p.bias for p in parts]).contiguous())
+
+
+SMOOTHINGS = ("weights", "none")  # "weights": smoothing_scales from the weights; "none": plain per-token
+SMOOTH_ALPHA = 0.5
+SMOOTH_LIMIT = 1e4  # smoothing factors are clipped to [1 / limit, limit]
+
+
+def smoothing_scales(activation_range: Tensor, weight: Tensor, alpha: float = SMOOTH_ALPHA) -> Tensor:
+    """SmoothQuant's per-input-channel factors s_j = range(x_j)^alpha / max_i |W_ij|^(1 - alpha):
+    x / s and W * s have balanced column ranges. ``weight`` is (N, K), ``activation_range`` (K,);
+    a channel with no range on either side keeps s = 1."""
+    a = activation_range.float().abs()
+    w = weight.float().abs().amax(dim=0)
+    s = a.pow(alpha) / w.pow(1 - alpha)
+    ok = (a > 0) & (w > 0) & torch.isfinite(s)
+    return torch.where(ok, s, torch.ones_like(s)).clamp(1 / SMOOTH_LIMIT, SMOOTH_LIMIT)
+
+
+def layer_norm_range(weight: Tensor, bias: Tensor) -> Tensor:
+    """A LayerNorm output's range per channel from its affine parameters: |gamma_j| + |beta_j|
+    (the normalised input has unit variance per token)."""
+    return weight.float().abs() + bias.float().abs()
+
+
+def value_range(v_weight: Tensor, v_bias: Tensor, ln_weight: Tensor, ln_bias: Tensor) -> Tensor:
+    """The range of attention's output per channel (a convex mix of the values v = W_v LN(x) + b_v):
+    the spread of W_v gamma over unit-variance inputs plus v's offset W_v beta + b_v."""
+    w = v_weight.float()
+    return (w * ln_weight.float()[None, :]).norm(dim=1) + (w @ ln_bias.float() + v_bias.float()).abs()
 
 
 def absmax_scale(absmax: Tensor) -> Tensor:

@@ -15,7 +15,8 @@ if TYPE_CHECKING:
 
 def load_native(spec: "ModelSpec") -> tuple[Encoder, Encoder]:
     esm2 = load_esm2(spec.esm2_path, device=spec.device, precision=spec.precision,
-                     max_tokens=spec.esm2_max_tokens, exact_gelu=spec.exact_gelu)
+                     max_tokens=spec.esm2_max_tokens, exact_gelu=spec.exact_gelu,
+                     int8_smoothing=spec.int8_smoothing)
     dnabert = load_dnabert(spec.dnabert_path, device=spec.device, precision=spec.precision,
                            max_tokens=spec.dnabert_max_tokens, layout=spec.dnabert_layout)
     return esm2, dnabert

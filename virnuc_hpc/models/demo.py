@@ -13,7 +13,11 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-DEMO_VERSION = "v1"
+DEMO_VERSION = "v2"  # v2: the classifier is calibrated on the demo encoders' features (confident)
+#: Calibration reads for the demo classifier: open reading frames, as in examples/demo.fasta but
+#: from another seed, so the demo input is not what the classifier was calibrated on.
+CALIBRATION_READS = 128
+CALIBRATION_SEED = 20240
 
 
 @dataclass(frozen=True)
@@ -51,7 +55,9 @@ def ensure_demo_models(directory: Path | None = None, *, root: str | Path | None
         write_random_dnabert_dir(tmp / models.dnabert.name, layers=2, hidden=128, heads=4,
                                  intermediate=512, vocab_size=512, seed=0)
         # features = [DNABERT 128 | ESM-2 8M 320]: the real 3328 layout, scaled down
-        write_random_classifier(tmp / models.classifier.name, input_dim=128 + 320, hidden_dim=512, seed=0)
+        features = calibration_features(tmp / models.esm2.name, tmp / models.dnabert.name)
+        write_random_classifier(tmp / models.classifier.name, input_dim=128 + 320, hidden_dim=512, seed=0,
+                                calibration=features)
         try:
             os.rename(tmp, directory)
         except OSError:  # another process won the race: use its copy
@@ -60,3 +66,34 @@ def ensure_demo_models(directory: Path | None = None, *, root: str | Path | None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return models
+
+
+def random_orf_reads(count: int, seed: int) -> list[str]:
+    """Seeded random reads of 150-300 bases made of sense codons, so their first frame is kept."""
+    import numpy as np
+
+    codons = [a + b + c for a in "ACGT" for b in "ACGT" for c in "ACGT"
+              if a + b + c not in ("TAA", "TAG", "TGA")]
+    rng = np.random.default_rng(seed)
+    return ["".join(rng.choice(codons, int(rng.choice([50, 84, 100])))) for _ in range(count)]
+
+
+def calibration_features(esm2: Path, dnabert: Path, *, reads: int = CALIBRATION_READS,
+                         seed: int = CALIBRATION_SEED) -> "np.ndarray":
+    """[DNABERT | ESM-2] features of seeded random reads' kept frames, embedded on CPU in fp32 by
+    the given encoders as a run embeds them: what the demo classifier is calibrated on."""
+    import numpy as np
+
+    from virnuc_hpc.engines import load_engine_encoders
+    from virnuc_hpc.reads.fasta import Record
+    from virnuc_hpc.reads.frames import frames_for_records
+    from virnuc_hpc.spec import ModelSpec
+
+    sequences = random_orf_reads(reads, seed)
+    records = [Record(f"calibration_{i}", seq, "", i + 1) for i, seq in enumerate(sequences)]
+    table = frames_for_records(records, 300)
+    spec = ModelSpec(esm2_path=str(esm2), dnabert_path=str(dnabert), classifier_path=None, device="cpu",
+                     precision="fp32", offline=True)
+    esm2_encoder, dnabert_encoder = load_engine_encoders(spec)
+    return np.concatenate([dnabert_encoder.embed(table.nucleotide), esm2_encoder.embed(table.protein)],
+                          axis=1)

@@ -7,9 +7,11 @@ Layout of OUTDIR:
     prediction_results.txt                VirNucPro-compatible, one row per kept frame
     prediction_results_highestscore.csv   VirNucPro-compatible (tab-separated), one row per chunk
     reads.tsv                             one row per input record: chunks, calls, what was missing
+    viral.fna, *_identified_*.fa(a)       the reads called virus; the kept frames (sequences.py)
     run.json                              provenance and counts; written last, marks a finished run
-    report.html, virnuc_mqc.json          a page to look at and a MultiQC table (report.py), made
-                                          from the tables and run.json's content, just before it
+    report.html, virnuc_mqc.json,         a page to look at (report.py) and MultiQC custom content
+    virnuc_general_stats_mqc.json         (multiqc.py), made from the tables and run.json's content,
+                                          just before it
 
 Every file is written to a temporary name in the same directory and renamed into place, so a file
 that exists is whole. Final outputs are removed when a run starts and written only when every bag
@@ -50,12 +52,21 @@ HIGHEST = "prediction_results_highestscore.csv"
 READS = "reads.tsv"
 CONFIG = "config.yaml"
 RUN_LOG = "run.log"              # what a run logged (runtime/runlog.py), appended by each attempt
+INT8_CHECK = "int8_check.json"   # an int8 run's self-check and its decision (runtime/int8_check.py)
 PAIRS = "pairs.tsv"              # paired samples: one call per read pair
 SAMPLES_TSV = "samples.tsv"      # several samples: one row of counts each
 REPORT = "report.html"           # report.py, just before run.json
-MQC_JSON = "virnuc_mqc.json"     # report.py: MultiQC custom content, one row per sample
-SAMPLE_OUTPUTS = (PREDICTIONS, HIGHEST, READS, PAIRS)
-FINAL_OUTPUTS = (PREDICTIONS, HIGHEST, READS, PAIRS, SAMPLES_TSV, RUN_JSON, FAILED_BAGS, REPORT, MQC_JSON)
+MQC_JSON = "virnuc_mqc.json"     # multiqc.py: MultiQC custom content, one row per sample
+MQC_GENERAL_STATS = "virnuc_general_stats_mqc.json"  # multiqc.py: columns of General Statistics
+#: viral.fna (or .fastq, gzip-compressed with ``compression: gzip``) of a sample; viral_1/viral_2
+#: per mate file of a paired one (outputs/sequences.py)
+VIRAL_OUTPUTS = tuple(f"{stem}{ext}{gz}" for stem in ("viral", "viral_1", "viral_2")
+                      for ext in (".fna", ".fastq") for gz in ("", ".gz"))
+#: --write-frames: VirNucPro's files, named after their input file, so told by how the name ends
+FRAME_SUFFIXES = ("_identified_nucleotide.fa", "_identified_protein.faa")
+SAMPLE_OUTPUTS = (PREDICTIONS, HIGHEST, READS, PAIRS, *VIRAL_OUTPUTS)
+FINAL_OUTPUTS = (PREDICTIONS, HIGHEST, READS, PAIRS, *VIRAL_OUTPUTS, SAMPLES_TSV, RUN_JSON, FAILED_BAGS, REPORT,
+                 MQC_JSON, MQC_GENERAL_STATS)
 log = logging.getLogger(__name__)
 RANDOM_WEIGHTS_WARNING = ("RANDOM WEIGHTS: produced by randomly initialised models (virnuc-hpc demo/"
                           "test); these numbers are NOT a biological result")
@@ -131,11 +142,13 @@ JOB_REGISTRY = "virnuc-jobs.jsonl"  # marks a job folder of `virnuc-hpc submit` 
 
 def owned_files(outdir: Path) -> list[Path]:
     """Every file virnuc-hpc writes in OUTDIR (told by name) that exists now: what --overwrite removes."""
-    found = [outdir / name for name in (*FINAL_OUTPUTS, CONFIG, MANIFEST, RUN_LOG)]
+    found = [outdir / name for name in (*FINAL_OUTPUTS, CONFIG, MANIFEST, RUN_LOG, INT8_CHECK)]
+    found += frame_files(outdir)
     samples = outdir / SAMPLES_DIR
     if samples.is_dir() and not samples.is_symlink():
         found += [folder / name for folder in samples.iterdir() if folder.is_dir() and not folder.is_symlink()
                   for name in SAMPLE_OUTPUTS]
+        found += [p for folder in samples.iterdir() for p in frame_files(folder)]
     found += bag_files(outdir)
     folder = outdir / BAGS_DIR
     if _own_dir(folder):  # every checksum named like ours, also one whose bag is gone (a kill between the writes)
@@ -190,6 +203,13 @@ def _own_dir(folder: Path) -> bool:
     return folder.is_dir() and not folder.is_symlink()
 
 
+def frame_files(folder: Path) -> list[Path]:
+    """The --write-frames files in a folder of ours (links too: the callers tell them apart)."""
+    if not _own_dir(folder):
+        return []
+    return sorted(p for p in folder.iterdir() if p.name.endswith(FRAME_SUFFIXES) and not _is_temporary(p.name))
+
+
 def _named_like_a_bag(name: str) -> bool:
     stem = name[:-len(CHECKSUM_SUFFIX)] if name.endswith(CHECKSUM_SUFFIX) else name
     return BAG_NAME.fullmatch(stem) is not None
@@ -200,8 +220,10 @@ def linked_entries(outdir: Path) -> list[Path]:
 
     A run follows no link inside OUTDIR: through ``bags`` linked elsewhere, --overwrite would
     remove and rewrite another folder's files, and a resume would take them for its own bags."""
-    found = [outdir / name for name in (BAGS_DIR, SAMPLES_DIR, *FINAL_OUTPUTS, CONFIG, MANIFEST, RUN_LOG)
+    found = [outdir / name for name in (BAGS_DIR, SAMPLES_DIR, *FINAL_OUTPUTS, CONFIG, MANIFEST, RUN_LOG,
+                                        INT8_CHECK)
              if (outdir / name).is_symlink()]
+    found += [p for p in frame_files(outdir) if p.is_symlink()]
     bags, samples = outdir / BAGS_DIR, outdir / SAMPLES_DIR
     if _own_dir(bags):
         found += [p for p in bags.iterdir() if _named_like_a_bag(p.name) and p.is_symlink()]
@@ -211,6 +233,7 @@ def linked_entries(outdir: Path) -> list[Path]:
                 found.append(folder)
             elif folder.is_dir():
                 found += [folder / name for name in SAMPLE_OUTPUTS if (folder / name).is_symlink()]
+                found += [p for p in frame_files(folder) if p.is_symlink()]
     return sorted(found)
 
 
@@ -229,8 +252,7 @@ def refuse_links(outdir: Path) -> None:
 def clear_outputs(outdir: Path, *, bags: bool) -> None:
     """Remove our final tables; with ``bags``, every file we write (bags, checksums, manifest,
     config). The user's own files stay, also inside our folders."""
-    for name in FINAL_OUTPUTS:
-        path = outdir / name
+    for path in [outdir / name for name in FINAL_OUTPUTS] + frame_files(outdir):
         if path.is_file() and not path.is_symlink():
             path.unlink()
     samples = outdir / SAMPLES_DIR
@@ -238,9 +260,9 @@ def clear_outputs(outdir: Path, *, bags: bool) -> None:
         for folder in samples.iterdir():
             if not folder.is_dir() or folder.is_symlink():
                 continue
-            for name in SAMPLE_OUTPUTS:
-                if (folder / name).is_file() and not (folder / name).is_symlink():
-                    (folder / name).unlink()
+            for path in [folder / name for name in SAMPLE_OUTPUTS] + frame_files(folder):
+                if path.is_file() and not path.is_symlink():
+                    path.unlink()
             if not any(folder.iterdir()):
                 folder.rmdir()
     if bags:
@@ -275,7 +297,9 @@ def file_sha256(path: Path) -> str:
 FEATURE_MODES = ("float32", "float16", "none")
 _STRING_COORDS = ("frame", "chunk_id", "read_id", "sample")
 TABLES_GROUP = "tables"  # per-bag table parts, beside the features; xarray does not open groups
-TABLE_PARTS = ("predictions", "chunk_calls", "reads", "ids", "problems")
+#: "viral": the records viral.fna is made from (outputs/sequences.py), in every bag, maybe empty
+TABLE_PARTS = ("predictions", "chunk_calls", "reads", "ids", "problems", "viral")
+FRAME_PARTS = ("nucleotide", "protein")  # only in the bags of a --write-frames run
 
 
 def bag_path(outdir: Path, bag: Any) -> Path:
@@ -351,7 +375,7 @@ def _with_tables(data: bytes, tables: dict[str, str], counts: dict[str, int]) ->
     buffer = io.BytesIO(data)
     with h5netcdf.File(buffer, "a") as f:
         group = f.create_group(TABLES_GROUP)
-        for name in TABLE_PARTS:
+        for name in (*TABLE_PARTS, *(part for part in FRAME_PARTS if part in tables)):
             raw = np.frombuffer(tables.get(name, "").encode(), dtype=np.uint8)
             group.dimensions[f"{name}_bytes"] = len(raw)
             var = group.create_variable(name, (f"{name}_bytes",), dtype=np.uint8,
@@ -370,8 +394,12 @@ def bag_is_complete(outdir: Path, bag: Any, *, with_probability: bool) -> bool:
     return reusable_bag(outdir, bag, with_probability=with_probability) is not None
 
 
-def reusable_bag(outdir: Path, bag: Any, *, with_probability: bool) -> str | None:
+def reusable_bag(outdir: Path, bag: Any, *, with_probability: bool,
+                 parts: Sequence[str] = TABLE_PARTS) -> str | None:
     """The ``numerics`` attribute of a finished bag that may be reused ("" if it has none), else None.
+
+    The bag must hold the table ``parts`` the run needs (a bag of an earlier version, or of a run
+    without --write-frames, lacks some: it is recomputed).
 
     A bag whose bytes differ from its recorded checksum (edited or damaged after it was written)
     is recomputed, with a warning."""
@@ -389,6 +417,7 @@ def reusable_bag(outdir: Path, bag: Any, *, with_probability: bool) -> str | Non
     try:  # h5netcdf directly: no cached file handles, so a file replaced on disk is seen as it is
         with h5netcdf.File(path, "r") as f:
             ok = (f.attrs.get("bag_digest") == bag.digest and TABLES_GROUP in f.groups
+                  and set(parts) <= set(f.groups[TABLES_GROUP].variables)
                   and (not with_probability or "probability" in f.variables))
             return str(f.attrs.get("numerics", "")) if ok else None
     except Exception:  # unreadable or truncated: recompute it

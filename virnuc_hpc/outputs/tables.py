@@ -29,12 +29,14 @@ from virnuc_hpc.outputs import store
 from virnuc_hpc.reads.fasta import DUPLICATE_ID, Record
 from virnuc_hpc.errors import FastaError, Problem
 from virnuc_hpc.merge import merge_sorted
+from virnuc_hpc.outputs.sequences import frame_parts, kept_records
 from virnuc_hpc.reads.validation import Repeat, repeats, sorted_ids
 
 log = logging.getLogger("virnuc_hpc")
 
+# New columns go at the end: readers that count columns keep working.
 READS_HEADER = ("read_id", "file", "length", "status", "chunks", "chunks_with_frames", "frames",
-                "virus_chunks", "call", "chunks_without_frames")
+                "virus_chunks", "call", "chunks_without_frames", "virus_score")
 PAIRS_HEADER = ("pair_id", "call_1", "call_2", "call")
 COUNT_KEYS = ("reads", "chunks", "chunks_without_frames", "reads_without_frames", "virus_reads",
               "virus_chunks", "chunks_called", "frames")
@@ -51,7 +53,7 @@ class ReadColumns:
     chunk_ids: list[str]
     missing: np.ndarray            # (chunks,) bool: the chunk has no open frame
     with_frames: np.ndarray        # (reads,) chunks with at least one frame
-    columns: list[Any]             # READS_HEADER's; "virus_chunks" and "call" are None until with_calls
+    columns: list[Any]             # READS_HEADER's; "virus_chunks", "call", "virus_score" None until with_calls
 
     @classmethod
     def of(cls, table: Any, records: Sequence[Record]) -> ReadColumns:
@@ -72,12 +74,13 @@ class ReadColumns:
             ids, [r.path for r in records], [len(r.seq) for r in records],
             np.where(with_frames > 0, "ok", "no_open_frame").tolist(), n_chunks.tolist(),
             with_frames.tolist(), [frames_per_read[i] for i in ids], None, None,
-            [",".join(missing_names[i]) if i in missing_names else "-" for i in range(n)],
+            [",".join(missing_names[i]) if i in missing_names else "-" for i in range(n)], None,
         ]
         return cls(n, read_of_chunk, chunk_ids, missing, with_frames, columns)
 
-    def with_calls(self, calls: dict[str, bool], classify: bool) -> tuple[list[Any], dict[str, int]]:
-        """All of reads.tsv's columns, and the counts."""
+    def with_calls(self, calls: dict[str, bool], classify: bool,
+                   virus_score: list[str] | None = None) -> tuple[list[Any], dict[str, int]]:
+        """All of reads.tsv's columns, and the counts; ``virus_score``: each read's best P(virus)."""
         n = self.n_reads
         virus_chunk = np.fromiter((calls.get(c, False) for c in self.chunk_ids), dtype=bool,
                                   count=len(self.chunk_ids))
@@ -87,6 +90,7 @@ class ReadColumns:
         columns = list(self.columns)
         columns[7] = virus.tolist() if classify else ["-"] * n
         columns[8] = call.tolist()
+        columns[10] = virus_score if classify and virus_score is not None else ["-"] * n
         counts = {"reads": n, "chunks": len(self.chunk_ids), "chunks_without_frames": int(self.missing.sum()),
                   "reads_without_frames": int((self.with_frames == 0).sum()),
                   "virus_reads": int((call == "virus").sum()),
@@ -94,22 +98,43 @@ class ReadColumns:
         return columns, counts
 
 
+def best_virus_scores(read_ids: Sequence[str], frame_reads: Sequence[str], probability: np.ndarray) -> list[str]:
+    """Each read's highest P(virus) over its frames, as prediction_results.txt prints a float32
+    (``-`` for a read without frames)."""
+    if not len(frame_reads):
+        return ["-"] * len(read_ids)
+    row = {rid: i for i, rid in enumerate(read_ids)}
+    best = np.full(len(read_ids), -1.0, dtype=np.float32)
+    np.maximum.at(best, np.fromiter((row[r] for r in frame_reads), dtype=np.int64, count=len(frame_reads)),
+                  np.asarray(probability, dtype=np.float32).reshape(-1, 2)[:, 1])
+    return [str(v) if v >= 0 else "-" for v in best]
+
+
 def bag_tables(bag_index: int, records: Sequence[Record], valid: Sequence[bool], problems: Iterable[tuple[int, Problem]],
-               table: Any, probability: np.ndarray | None, classify: bool) -> tuple[dict[str, str], dict[str, int]]:
+               table: Any, probability: np.ndarray | None, classify: bool, *, block: Any = None,
+               write_frames: bool = False) -> tuple[dict[str, str], dict[str, int]]:
     """One bag's table parts (text) and counts.
 
     ``records`` are all records of the bag, ``valid`` says which went into ``table`` (the frames
-    of the valid ones), ``problems`` are (record position, problem) of the skipped ones.
+    of the valid ones), ``problems`` are (record position, problem) of the skipped ones. With the
+    bag's ``block`` (its input text), the records viral.fna needs are kept too (sequences.py).
     """
     kept = [r for r, ok in zip(records, valid) if ok]
     calls: dict[str, bool] = {}
-    parts = {"predictions": "", "chunk_calls": ""}
+    parts = {"predictions": "", "chunk_calls": "", "viral": ""}
+    scores = None
     if classify:
         assert probability is not None
         parts["predictions"] = store.format_prediction_rows(table.frame_id, probability)
         calls = store.chunk_calls(table.frame_id, probability)
         parts["chunk_calls"] = "".join(f"{chunk}\t{calls[chunk]}\n" for chunk in sorted(calls))
-    columns, counts = ReadColumns.of(table, kept).with_calls(calls, classify)
+        scores = best_virus_scores([r.id for r in kept], table.read_id, probability)
+    columns, counts = ReadColumns.of(table, kept).with_calls(calls, classify, scores)
+    if classify and block is not None:  # a mate's pair call comes at the end: keep all its reads
+        chosen = kept if block.file.mate is not None else [r for r, c in zip(kept, columns[8]) if c == "virus"]
+        parts["viral"] = kept_records(block, chosen)
+    if write_frames:
+        parts.update(frame_parts(table.frame_id, table.nucleotide, table.protein))
     parts["reads"] = store.format_rows(columns)
     parts["ids"] = sorted_ids(bag_index, list(records), list(valid))
     parts["problems"] = "".join(json.dumps({"pos": pos, "path": p.path, "line": p.line, "record": p.record,
@@ -164,6 +189,7 @@ class SampleTables:
         self.outdir, self.folder, self.refs = outdir, folder, refs
         self.classify, self.skip_invalid, self.comment, self.tmpdir = classify, skip_invalid, comment, tmpdir
         self.by_index = {ref.index: ref for ref in refs}
+        self.dropped: dict[int, set[str]] = {}  # filled by write()
 
     def _part(self, ref: Any, name: str) -> str:
         return store.read_bag_tables(store.bag_path(self.outdir, ref), (name,))[name]
@@ -192,6 +218,7 @@ class SampleTables:
                 problems.append((ref.index, p.pop("pos"), 0, Problem(**p)))
         problems.sort(key=lambda item: item[:3])
         skipped = _skipped_rows([p for *_, p in problems])
+        self.dropped = dropped  # read ids per bag left out as repeats (sequences.py leaves them out too)
 
         self.folder.mkdir(parents=True, exist_ok=True)
         prefix = f"# {self.comment}\n" if self.comment else ""
@@ -316,7 +343,7 @@ def _skipped_rows(problems: list[Problem]) -> list[tuple[Any, ...]]:
         kinds = skipped.setdefault((problem.path, problem.record or f"line {problem.line}"), [])
         if problem.kind not in kinds:
             kinds.append(problem.kind)
-    return [(record_id, path, "-", "skipped:" + "+".join(kinds), 0, 0, 0, "-", "-", "-")
+    return [(record_id, path, "-", "skipped:" + "+".join(kinds), 0, 0, 0, "-", "-", "-", "-")
             for (path, record_id), kinds in skipped.items()]
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
@@ -102,6 +102,28 @@ def bag_sizes(n_pieces: int, pieces_per_bag: int) -> list[int]:
         sizes.append(size)
         remaining -= size
     return sizes
+
+
+def planned_bag_counts(files: Sequence[tuple[int, int]]) -> list[int]:
+    """Bags ``plan_bags`` cuts from each of the files of ``(records, records_per_bag)``, in run
+    order, without reading them: its layout (pieces, full bags, the last file's shrinking tail)
+    counted. The dry run and the progress total use it; a test holds it equal to ``plan_bags``."""
+    counts = []
+    for number, (records, wanted) in enumerate(files):
+        per_bag = min(PIECES_PER_BAG, max(1, wanted))
+        pieces = -(-max(0, records) // (max(1, wanted) // per_bag))
+        if number < len(files) - 1:
+            counts.append(-(-pieces // per_bag))
+            continue
+        hold = (TAIL_BAGS + 1) * per_bag  # what _bag_futures holds back of the last file
+        full = (pieces - hold) // per_bag + 1 if pieces >= hold else 0
+        counts.append(full + len(bag_sizes(pieces - full * per_bag, per_bag)))
+    return counts
+
+
+def planned_bag_count(files: Sequence[tuple[int, int]]) -> int:
+    """All the bags of ``planned_bag_counts``."""
+    return sum(planned_bag_counts(files))
 
 
 def join_blocks(blocks: list[Block]) -> Block:

@@ -9,10 +9,11 @@ and by the progress lines of a run, whose input is cut into bags while it is rea
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from virnuc_hpc.reads.bags import HeadStats, head_stats, records_per_bag
+from virnuc_hpc.reads.bags import HeadStats, head_stats, planned_bag_counts, records_per_bag
 from virnuc_hpc.reads.reading import sniff
 from virnuc_hpc.reads.samples import InputFile
 
@@ -54,6 +55,18 @@ def estimate_file(file: InputFile, chunk_size: int) -> FileEstimate:
     head = head_stats(file, chunk_size)
     text, exact = decompressed_size(file.path)
     return FileEstimate(file, head, Path(file.path).stat().st_size, text, exact)
+
+
+def estimated_file_bags(estimates: Sequence[FileEstimate], bag_size: int) -> list[int]:
+    """Bags a run cuts from each of these files (in run order): the bag layout, the last file's
+    shrinking tail included, applied to each file's estimated records."""
+    return planned_bag_counts([(round(e.head.records * e.scale), records_per_bag(e.head, bag_size))
+                               for e in estimates])
+
+
+def estimated_run_bags(estimates: Sequence[FileEstimate], bag_size: int) -> int:
+    """All the bags of ``estimated_file_bags``."""
+    return sum(estimated_file_bags(estimates, bag_size))
 
 
 def estimated_bags(estimate: FileEstimate, bag_size: int) -> int:

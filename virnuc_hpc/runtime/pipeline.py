@@ -40,7 +40,7 @@ from virnuc_hpc.yaml_files import read_yaml
 from virnuc_hpc.runtime.gpu_monitor import mean_utilization
 from virnuc_hpc.outputs.lock import locked
 from virnuc_hpc.outputs.report import REPORT_FILES, write_report
-from virnuc_hpc.reads.sizing import FileEstimate, decompressed_size, estimated_bags
+from virnuc_hpc.reads.sizing import FileEstimate, decompressed_size, estimated_run_bags
 from virnuc_hpc.runtime.progress import Progress, ProgressLog
 from virnuc_hpc.runtime.runlog import RunLog
 from virnuc_hpc.runtime.threads import (ThreadPlan, available_cpus, busiest_node, io_threads, plan_threads,
@@ -48,10 +48,12 @@ from virnuc_hpc.runtime.threads import (ThreadPlan, available_cpus, busiest_node
 from virnuc_hpc.models.resolve import ModelFile, hash_models, locate_models
 from virnuc_hpc.reads.reading import ReadDigest, sniff
 from virnuc_hpc.reads.samples import InputFile, Sample, read_samplesheet, samples_from_paths
+from virnuc_hpc.outputs.sequences import SampleSequences, SequenceOptions
 from virnuc_hpc.outputs.tables import SampleTables, new_tmpdir, remove_tmpdir
 from virnuc_hpc.timing import StageTimer, peak_rss_mb
+from virnuc_hpc.runtime.int8_check import Int8Decision, decide, read_decision, sample_proteins, write_decision
 from virnuc_hpc.runtime.worker import (BagReport, BagRules, BagSeconds, EncoderPlugin, EncoderStats, ModelSpec,
-                                       run_bag, warm_up)
+                                       check_int8, run_bag, translate_bag, warm_up)
 
 log = logging.getLogger("virnuc_hpc")
 FORMAT_VERSION = 3  # 2: bags cut from the input stream, table parts inside the bag files; 3: checksums
@@ -170,18 +172,21 @@ def _run(held: ExitStack, inputs: Sequence[str | Path] | str | Path, outdir: str
                 random_weights = any(m.random_weights for m in models.values())
                 attrs = _bag_attributes(run_key, config, models, random_weights)
                 rules = BagRules(chunk_size=config.expected_length, skip_invalid=config.skip_invalid,
-                                 classify=classify, features=config.features, compression=config.compression)
+                                 classify=classify, features=config.features, compression=config.compression,
+                                 write_frames=config.write_frames)
             read: dict[InputFile, ReadDigest] = {}  # what the bags were cut from, file by file
             bags = plan_bags(files, lambda f: records_per_bag(heads[f], config.bag_size), run_key,
                              digests=read)
 
             reused: dict[int, str] = {}  # bag index -> numerics, of bags kept from an earlier run
+            int8_decision: Int8Decision | None = None  # an int8 run's self-check (int8_check.py)
 
             progress = Progress(_estimated_bags(files, heads, config.bag_size))
 
             def todo() -> Iterator[Bag]:
                 def check(bag: Bag) -> str | None:
-                    return store.reusable_bag(outdir, bag.ref, with_probability=classify)
+                    return store.reusable_bag(outdir, bag.ref, with_probability=classify,
+                                              parts=rules.table_parts())
                 # only a resume can find kept bags; their checksums are read in threads
                 checked = (_checked_ahead(bags, check, io_threads(config)) if previous is not None
                            else ((b, None) for b in bags))
@@ -197,13 +202,14 @@ def _run(held: ExitStack, inputs: Sequence[str | Path] | str | Path, outdir: str
 
             def compute(pending: Iterator[Bag]) -> list[BagReport]:
                 """Schedule bags; the first one starts the workers (if not yet) and waits for their models."""
-                nonlocal workers, dashboard, worker_load_s, worker_load_phases
+                nonlocal workers, dashboard, worker_load_s, worker_load_phases, rules, int8_decision
                 first = next(pending, None)
                 if first is None:
                     return []
                 if worker_load_s is None:
                     workers = workers or _start_workers(stack, timer, config, client, spec)
                     dashboard = workers.dashboard
+                    sample = hasher.submit(_int8_sample, first, rules) if _checks_int8(config, outdir) else None
                     # Bags are submitted once every worker has its models: a bag that kills its worker
                     # must not take a warm-up (pinned to that worker) down with it.
                     with timer("model_load"):  # what is left of it once the client is ready
@@ -211,6 +217,9 @@ def _run(held: ExitStack, inputs: Sequence[str | Path] | str | Path, outdir: str
                     marks["models_ready"] = time.perf_counter() - t_start
                     slowest = max(loaded, key=lambda p: sum(p.values()), default={})
                     worker_load_s, worker_load_phases = sum(slowest.values()), slowest
+                    with timer("int8_check"):
+                        int8_decision = _int8_decision(workers, config, outdir, sample)
+                    rules = dataclasses.replace(rules, int8_fallback=bool(int8_decision and int8_decision.fell_back))
                 assert workers is not None
                 return _schedule(workers.client, itertools.chain([first], pending), outdir, attrs,
                                  rules, config, marks=marks, t_start=t_start, timer=timer, progress=progress)
@@ -240,7 +249,8 @@ def _run(held: ExitStack, inputs: Sequence[str | Path] | str | Path, outdir: str
             with timer("finalize"):
                 counts, files_written = write_tables(outdir, samples, refs, classify=classify,
                                                      skip_invalid=config.skip_invalid,
-                                                     random_weights=random_weights, stage=stage)
+                                                     random_weights=random_weights, stage=stage,
+                                                     sequences=SequenceOptions.of(config))
             inputs_meta = _inputs_meta(files, read)
     finally:
         if stopping is None:
@@ -272,6 +282,7 @@ def _run(held: ExitStack, inputs: Sequence[str | Path] | str | Path, outdir: str
         "workers": _worker_summary(reports), "environment": _environment(),
         # torch threads per worker (none when every bag was kept from an earlier run: no worker ran)
         "threads": workers.threads.as_dict() if workers is not None else None,
+        "int8_check": int8_decision.as_dict() if int8_decision is not None else _kept_int8_decision(outdir),
         **_timeline(reports, started.timestamp()),
     }
     report_files = _publish(stage, outdir, files_written, payload)
@@ -354,10 +365,12 @@ def _publish(stage: Path, outdir: Path, names: list[str], payload: dict[str, Any
 
 
 def write_tables(outdir: Path, samples: list[Sample], refs: list[BagRef], *, classify: bool,
-                 skip_invalid: bool, random_weights: bool, stage: Path) -> tuple[dict[str, int], list[str]]:
-    """Each sample's tables from its bags, written into ``stage`` (a folder in OUTDIR) with the
-    layout they will have in OUTDIR: in its top for one sample, else in samples/<name>/ with
-    samples.tsv summing them up. Returns the counts and the file names, relative to OUTDIR."""
+                 skip_invalid: bool, random_weights: bool, stage: Path,
+                 sequences: SequenceOptions | None = None) -> tuple[dict[str, int], list[str]]:
+    """Each sample's tables and sequence files (viral.fna, --write-frames) from its bags, written
+    into ``stage`` (a folder in OUTDIR) with the layout they will have in OUTDIR: in its top for one
+    sample, else in samples/<name>/ with samples.tsv summing them up. Returns the counts and the
+    file names, relative to OUTDIR."""
     comment = store.RANDOM_WEIGHTS_WARNING if random_weights else None
     tmpdir = new_tmpdir(stage)
     single = len(samples) == 1
@@ -372,12 +385,15 @@ def write_tables(outdir: Path, samples: list[Sample], refs: list[BagRef], *, cla
             tables = SampleTables(outdir, folder, mine, classify=classify, skip_invalid=skip_invalid,
                                   comment=comment, tmpdir=tmpdir)
             counts, names = tables.write()
+            pairs = None
             if sample.paired:
                 by_mate: dict[int, list[BagRef]] = {}
                 for ref in mine:
                     by_mate.setdefault(ref.mate or 0, []).append(ref)
-                name = tables.pairs(by_mate)
-                names += [name] if name else []
+                pairs = tables.pairs(by_mate)
+                names += [pairs] if pairs else []
+            names += SampleSequences(outdir, folder, sample, mine, sequences or SequenceOptions(),
+                                     tables.dropped).write(classify=classify, pairs_written=pairs is not None)
             prefix = "" if single else f"{store.SAMPLES_DIR}/{sample.name}/"
             written += [prefix + n for n in names]
             for key, value in counts.items():
@@ -402,7 +418,8 @@ def _model_spec(config: RunConfig, located: dict[str, ModelFile]) -> ModelSpec:
                      exact_gelu=config.exact_gelu,
                      esm2_max_tokens=config.esm2_max_tokens, dnabert_max_tokens=config.dnabert_max_tokens,
                      threads=config.threads_per_worker, offline=config.offline,
-                     compile_cache=config.compile_cache, dnabert_layout=config.dnabert_layout)
+                     compile_cache=config.compile_cache, dnabert_layout=config.dnabert_layout,
+                     int8_smoothing=config.int8_smoothing)
 
 
 def _chunk_size_warnings(config: RunConfig, models: dict[str, ModelFile]) -> list[str]:
@@ -551,6 +568,47 @@ def _start_workers(stack: ExitStack, timer: StageTimer, config: RunConfig, clien
     return _Workers(dask_client, futures, dashboard, threads)
 
 
+def _checks_int8(config: RunConfig, outdir: Path) -> bool:
+    """An int8 run with the check on, and no decision kept from an earlier attempt."""
+    return (config.precision == "int8" and config.int8_check_cosine > 0
+            and _kept_int8_decision(outdir) is None)
+
+
+def _kept_int8_decision(outdir: Path) -> dict[str, Any] | None:
+    decision = read_decision(outdir / store.INT8_CHECK)
+    return decision.as_dict() if decision is not None else None
+
+
+def _int8_sample(bag: Bag, rules: BagRules) -> list[str]:
+    """The frames every worker embeds twice: the first bag's, spread over it."""
+    return sample_proteins(translate_bag(bag, rules)[3].protein)
+
+
+def _int8_decision(workers: _Workers, config: RunConfig, outdir: Path,
+                   sample: Future[list[str]] | None) -> Int8Decision | None:
+    """int8 or fp16 for the whole run: kept from an earlier attempt, else checked on every worker
+    now (before any bag), logged once and kept in OUTDIR. None for a run that is not int8."""
+    if config.precision != "int8":
+        return None
+    kept = read_decision(outdir / store.INT8_CHECK)
+    if kept is not None:
+        if kept.fell_back:
+            log.warning("int8: an earlier attempt of this run found int8 drifting; it goes on in %s",
+                        kept.precision)
+        return kept
+    if sample is None:  # the check is off (int8_check_cosine: 0)
+        return None
+    proteins = sample.result()
+    addresses = list(workers.client.scheduler_info(n_workers=-1).get("workers", {}))
+    futures = [workers.client.submit(check_int8, proteins, workers=[w], allow_other_workers=False,
+                                     pure=False, key=f"virnuc-int8-check-{i}") for i, w in enumerate(addresses)]
+    checks = workers.client.gather(futures)
+    decision = decide(checks, config.int8_check_cosine)
+    (log.warning if decision.fell_back else log.info)("%s", decision.message())
+    write_decision(outdir / store.INT8_CHECK, decision)
+    return decision
+
+
 def _remove_plugin(client: Client) -> None:
     """Take the encoders off the workers when the run ends: workers of a client the caller brought
     (or of a scheduler we joined) live on and would otherwise hold the models' memory."""
@@ -693,8 +751,8 @@ def _estimated_bags(files: Sequence[InputFile], heads: dict[InputFile, HeadStats
     """Bags the inputs will make, judged from their heads (the progress lines' total until the
     whole input is cut); None when a file cannot be sized."""
     try:
-        return sum(estimated_bags(FileEstimate(f, heads[f], Path(f.path).stat().st_size,
-                                               *decompressed_size(f.path)), bag_size) for f in files)
+        return estimated_run_bags([FileEstimate(f, heads[f], Path(f.path).stat().st_size,
+                                                *decompressed_size(f.path)) for f in files], bag_size)
     except (OSError, ValueError, EOFError) as err:
         log.debug("no estimate of the run's bags: %s", err)
         return None

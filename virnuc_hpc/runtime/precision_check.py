@@ -5,7 +5,8 @@ benchmarks) give activations unlike a trained model's, so what they show about f
 nothing about real models (int8 above all: its error depends on how outlying a trained model's
 activations are). This embeds a sample of the user's reads with fp32 (the reference) and
 with each faster precision, on the configured device, with the models a run would use, and states
-per precision the cosine to fp32 per encoder, the labels kept and the speed; then it recommends one.
+per precision the cosine to fp32 per encoder, the labels kept (on all frames, and on the frames whose
+fp32 score is far from 0.5, which a small drift cannot flip) and the speed; then it recommends one.
 
 The reads go through the same readers, chunking and six-frame selection a run uses, and the encoders
 load through the configured engine exactly as a worker loads them. The maths of the comparison (cosine
@@ -25,6 +26,7 @@ import numpy as np
 
 from virnuc_hpc.config import RunConfig
 from virnuc_hpc.errors import ConfigError, UserError
+from virnuc_hpc.runtime.cosines import row_cosines
 from virnuc_hpc.spec import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -36,6 +38,12 @@ DEFAULT_PRECISIONS = ("fp16", "bf16", "int8")
 DEFAULT_SAMPLE = 2000
 MIN_COSINE = 0.999          # per encoder, the worst frame of the sample
 MIN_EQUAL_LABELS = 99.9     # percent of frames whose classifier label is fp32's
+# A trained classifier puts most frames far from 0.5, where a small drift cannot flip the label;
+# frames near 0.5 flip under any drift. Labels are judged on the confident frames (fp32 virus score
+# below CONFIDENT_LOW or above CONFIDENT_HIGH) when there are enough of them, else on all frames.
+CONFIDENT_LOW, CONFIDENT_HIGH = 0.1, 0.9
+MIN_CONFIDENT_FRAMES = 100  # enough confident frames: this many ...
+MIN_CONFIDENT_SHARE = 0.5   # ... or this share of the sample
 WARM_UP_SEQUENCES = 16      # the warm-up call's batch: compiles and allocates before the timing
 ENCODERS = ("dnabert", "esm2")
 ENCODER_NAMES = {"dnabert": "DNABERT-S", "esm2": "ESM-2"}
@@ -57,7 +65,9 @@ class PrecisionRow:
 
     precision: str
     cosine: dict[str, CosineStats] | None = None   # "dnabert", "esm2"
-    equal_labels: float | None = None              # percent; None without a classifier
+    equal_labels: float | None = None              # percent of all frames; None without a classifier
+    equal_labels_confident: float | None = None    # percent of the confident frames; None without any
+    labels_basis: str = "all"                      # which of the two decides: "confident" or "all"
     frames_per_s: float | None = None
     seconds: dict[str, float] | None = None        # embedding seconds per encoder
     refused: str | None = None
@@ -65,6 +75,11 @@ class PrecisionRow:
     @property
     def ran(self) -> bool:
         return self.refused is None
+
+    @property
+    def deciding_labels(self) -> float | None:
+        """The label agreement the recommendation uses (``labels_basis`` says which)."""
+        return self.equal_labels_confident if self.labels_basis == "confident" else self.equal_labels
 
 
 @dataclass(frozen=True)
@@ -80,6 +95,8 @@ class PrecisionReport:
     random_weights: bool
     recommended: str
     warnings: tuple[str, ...] = ()  # what predict would warn about these models (chunk size)
+    confident_frames: int | None = None  # frames with a confident fp32 score; None without a classifier
+    labels_basis: str = "all"            # the frames the labels were judged on: "confident" or "all"
 
 
 # --- pure maths -----------------------------------------------------------------------------------
@@ -94,22 +111,6 @@ def parse_precisions(text: str) -> tuple[str, ...]:
         raise ConfigError(f"--precisions {text!r}: {what}; give a comma-separated list of "
                           f"{', '.join(CHECKABLE)} (fp32 is always the reference)")
     return tuple(dict.fromkeys(n for n in names if n != REFERENCE))
-
-
-def row_cosines(reference: np.ndarray, other: np.ndarray) -> np.ndarray:
-    """Cosine of each row of ``other`` to the same row of ``reference``, in float64.
-
-    Two zero rows agree (1.0); a zero row against a non-zero one does not (0.0). A non-finite row
-    gives NaN, which fails every threshold."""
-    a, b = np.asarray(reference, np.float64), np.asarray(other, np.float64)
-    if a.shape != b.shape or a.ndim != 2:
-        raise ValueError(f"expected two (N, D) arrays of one shape, got {a.shape} and {b.shape}")
-    norm_a, norm_b = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
-    denominator = norm_a * norm_b
-    with np.errstate(invalid="ignore", divide="ignore"):
-        cos = np.einsum("ij,ij->i", a, b) / denominator  # NaN stays NaN
-    cos = np.where(denominator == 0, np.where((norm_a == 0) & (norm_b == 0), 1.0, 0.0), cos)
-    return np.minimum(cos, 1.0)  # rounding can pass 1 by an ulp; NaN stays NaN
 
 
 def cosine_stats(reference: np.ndarray, other: np.ndarray) -> CosineStats:
@@ -130,13 +131,43 @@ def label_agreement(reference_proba: np.ndarray, other_proba: np.ndarray) -> flo
     return float(np.mean(ref.argmax(axis=1) == other.argmax(axis=1)) * 100.0)
 
 
+def confident_mask(reference_proba: np.ndarray, low: float = CONFIDENT_LOW,
+                   high: float = CONFIDENT_HIGH) -> np.ndarray:
+    """Frames whose reference virus score (column 1) is below ``low`` or above ``high``."""
+    proba = np.asarray(reference_proba)
+    if proba.ndim != 2 or proba.shape[1] < 2:
+        raise ValueError(f"expected (N, classes) probabilities, got {proba.shape}")
+    return (proba[:, 1] < low) | (proba[:, 1] > high)
+
+
+def labels_basis(confident: int, frames: int, min_frames: int = MIN_CONFIDENT_FRAMES,
+                 min_share: float = MIN_CONFIDENT_SHARE) -> str:
+    """The frames labels are judged on: "confident" when there are enough confident ones (at least
+    ``min_frames``, or at least ``min_share`` of the sample, and at least one), else "all"."""
+    if not 0 <= confident <= frames:
+        raise ValueError(f"{confident} confident frames out of {frames}")
+    enough = confident >= min_frames or confident >= min_share * frames
+    return "confident" if confident >= 1 and enough else "all"
+
+
+def label_agreements(reference_proba: np.ndarray, other_proba: np.ndarray) -> tuple[float, float | None, str]:
+    """(percent equal on all frames, percent equal on the confident ones or None without any,
+    the basis that decides: ``labels_basis`` of the confident frames' count)."""
+    confident = confident_mask(reference_proba)
+    every = label_agreement(reference_proba, other_proba)
+    ref, other = np.asarray(reference_proba), np.asarray(other_proba)
+    on_confident = label_agreement(ref[confident], other[confident]) if confident.any() else None
+    return every, on_confident, labels_basis(int(confident.sum()), len(confident))
+
+
 def passes(row: PrecisionRow, min_cosine: float = MIN_COSINE, min_labels: float = MIN_EQUAL_LABELS) -> bool:
     """Both encoders' worst cosine and, with a classifier, the labels kept meet the bar."""
     if not row.ran or row.cosine is None or row.frames_per_s is None:
         return False
     if not all(stats.min >= min_cosine for stats in row.cosine.values()):  # NaN fails too
         return False
-    return row.equal_labels is None or row.equal_labels >= min_labels
+    labels = row.deciding_labels
+    return labels is None or labels >= min_labels
 
 
 def recommend(rows: Sequence[PrecisionRow], min_cosine: float = MIN_COSINE,
@@ -153,7 +184,7 @@ def recommend(rows: Sequence[PrecisionRow], min_cosine: float = MIN_COSINE,
 # --- the table ------------------------------------------------------------------------------------
 
 _HEADER = (f"{'precision':<10} {'DNABERT-S cos min':>17} {'median':>9} {'ESM-2 cos min':>14} {'median':>9} "
-           f"{'equal labels':>13} {'frames/s':>10} {'vs fp32':>8}")
+           f"{'equal labels':>13} {'confident':>10} {'frames/s':>10} {'vs fp32':>8}")
 
 
 def _number(value: float | None, spec: str, width: int) -> str:
@@ -166,10 +197,11 @@ def format_row(row: PrecisionRow, reference_speed: float | None) -> str:
         return f"{row.precision:<10} not run: {row.refused}"
     dna, esm = row.cosine["dnabert"], row.cosine["esm2"]
     labels = "-" if row.equal_labels is None else f"{row.equal_labels:.2f}%"
+    confident = "-" if row.equal_labels_confident is None else f"{row.equal_labels_confident:.2f}%"
     ratio = (row.frames_per_s / reference_speed
              if row.frames_per_s is not None and reference_speed else None)
     return (f"{row.precision:<10} {dna.min:>17.6f} {dna.median:>9.6f} {esm.min:>14.6f} {esm.median:>9.6f} "
-            f"{labels:>13} {_number(row.frames_per_s, ',.1f', 10)} "
+            f"{labels:>13} {confident:>10} {_number(row.frames_per_s, ',.1f', 10)} "
             f"{'-' if ratio is None else f'{ratio:.2f}x':>8}")
 
 
@@ -184,14 +216,25 @@ def format_report(report: PrecisionReport) -> str:
     lines += [f"warning: {w}" for w in report.warnings] + ([""] if report.warnings else [])
     lines.append(f"{report.reads:,} reads, {report.frames:,} frames, on {report.device}; "
                  f"each precision against fp32 (cosine per frame; labels: the classifier's argmax)")
+    if report.classifier and report.confident_frames is not None:
+        lines.append(f"equal labels: on all frames, and on the {report.confident_frames:,} confident "
+                     f"frames (fp32 virus score below {CONFIDENT_LOW} or above {CONFIDENT_HIGH})")
     reference = next((r.frames_per_s for r in report.rows if r.precision == REFERENCE), None)
     lines += ["", _HEADER, *(format_row(r, reference) for r in report.rows), ""]
     bar = f"min cosine >= {MIN_COSINE} for both encoders"
-    bar += (f" and >= {MIN_EQUAL_LABELS}% equal labels" if report.classifier
-            else " (no classifier: labels not compared)")
+    bar += (f" and >= {MIN_EQUAL_LABELS}% equal labels on {_basis_text(report.labels_basis)}"
+            if report.classifier else " (no classifier: labels not compared)")
     lines.append(f"recommended: {report.recommended}  (the fastest with {bar}; "
                  f"configured: {report.configured})")
+    if report.classifier:
+        lines.append(f"labels decided on {_basis_text(report.labels_basis)}: the confident frames decide "
+                     f"when there are at least {MIN_CONFIDENT_FRAMES} of them or at least "
+                     f"{MIN_CONFIDENT_SHARE:.0%} of the sample, else all frames do")
     return "\n".join(lines)
+
+
+def _basis_text(basis: str) -> str:
+    return "the confident frames" if basis == "confident" else "all frames"
 
 
 # --- running it -----------------------------------------------------------------------------------
@@ -296,11 +339,12 @@ def compare(precision: str, reference: Embedded, other: Embedded, classifier: An
             reference_proba: np.ndarray | None) -> PrecisionRow:
     """One row: cosine per encoder, labels kept (with a classifier), speed."""
     cosine = {name: cosine_stats(reference.features[name], other.features[name]) for name in ENCODERS}
-    labels = None
+    labels: tuple[float | None, float | None, str] = (None, None, "all")
     if classifier is not None and reference_proba is not None:
-        labels = label_agreement(reference_proba, classifier.predict_proba(other.concatenated()))
-    return PrecisionRow(precision, cosine=cosine, equal_labels=labels, frames_per_s=other.frames_per_s,
-                        seconds=dict(other.seconds))
+        labels = label_agreements(reference_proba, classifier.predict_proba(other.concatenated()))
+    every, confident, basis = labels
+    return PrecisionRow(precision, cosine=cosine, equal_labels=every, equal_labels_confident=confident,
+                        labels_basis=basis, frames_per_s=other.frames_per_s, seconds=dict(other.seconds))
 
 
 def _try_precision(precision: str, device: Any, config: RunConfig, located: dict[str, Any],
@@ -339,18 +383,20 @@ def check_precision(inputs: Sequence[str], config: RunConfig, sample: int = DEFA
     if config.threads_per_worker and device.type == "cpu":
         torch.set_num_threads(config.threads_per_worker)  # as a CPU worker runs
     try:
-        rows, classifier = _rows(wanted, device, config, located, frames)
+        rows, confident = _rows(wanted, device, config, located, frames)
     finally:
         torch.set_num_threads(threads)  # the caller's process is left as it was
     return PrecisionReport(rows=rows, reads=frames.reads, frames=len(frames.protein), device=str(device),
-                           configured=config.precision, classifier=classifier,
+                           configured=config.precision, classifier=confident is not None,
                            random_weights=any(m.random_weights for m in located.values()),
-                           recommended=recommend(rows), warnings=warnings)
+                           recommended=recommend(rows), warnings=warnings, confident_frames=confident,
+                           labels_basis=rows[0].labels_basis)
 
 
 def _rows(wanted: Sequence[str], device: Any, config: RunConfig, located: dict[str, Any],
-          frames: FrameSample) -> tuple[list[PrecisionRow], bool]:
-    """fp32's row, then one per wanted precision; and whether labels were compared."""
+          frames: FrameSample) -> tuple[list[PrecisionRow], int | None]:
+    """fp32's row, then one per wanted precision; and how many frames have a confident fp32 score
+    (None when labels were not compared: no classifier)."""
     from virnuc_hpc.models.classifier import load_classifier
 
     reference = embed_sample(model_spec(config, located, REFERENCE), frames)
@@ -364,8 +410,9 @@ def _rows(wanted: Sequence[str], device: Any, config: RunConfig, located: dict[s
         outcome = _try_precision(precision, device, config, located, frames)
         rows.append(PrecisionRow(precision, refused=outcome) if isinstance(outcome, str)
                     else compare(precision, reference, outcome, classifier, reference_proba))
-    return rows, classifier is not None
+    return rows, None if reference_proba is None else int(confident_mask(reference_proba).sum())
 
 
-__all__ = ["CosineStats", "PrecisionReport", "PrecisionRow", "check_precision", "cosine_stats",
-           "format_report", "label_agreement", "parse_precisions", "recommend"]
+__all__ = ["CosineStats", "PrecisionReport", "PrecisionRow", "check_precision", "confident_mask",
+           "cosine_stats", "format_report", "label_agreement", "label_agreements", "labels_basis",
+           "parse_precisions", "recommend"]

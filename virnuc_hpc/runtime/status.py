@@ -5,8 +5,9 @@ The answer is one set of facts (``folder_status``), printed as text (``render``)
 object: both forms say the same, because the text is written from the facts alone.
 
 Where the facts come from: a live lock means a run is writing (its holder, and its progress file:
-bags done/total, rates, ETA); run.json marks a finished run (counts, wall time); a progress file
-holding an error tells why the last run stopped; bags without run.json can be resumed. Every
+bags done/total, rates, ETA); run.json marks a finished run (counts, wall time), and samples.tsv
+gives each sample's reads and % virus; a progress file holding an error tells why the last run
+stopped; bags without run.json can be resumed. Every
 record is read back without trust (``outputs.records``): a damaged one becomes a line in
 ``problems`` (``FILE:LINE: what is wrong``) and is left out. A folder holding none of these is
 not ours, and is refused.
@@ -29,7 +30,11 @@ from virnuc_hpc.runtime.progress import describe, duration, read_progress
 
 TOOL = "virnuc-hpc"  # run.json's "tool": a run.json of ours
 DEFAULT_JOB_FOLDER = "slurm"  # `submit` puts its job folder in OUTDIR/slurm unless --folder says otherwise
+SAMPLES_TSV = "samples.tsv"  # store.SAMPLES_TSV (store imports the NetCDF stack, which status needs not)
 MAX_SAMPLES_LISTED = 1000
+MAX_SAMPLES_TSV = 1 << 20  # characters of samples.tsv read: its first thousand rows, and more
+MAX_NAME = 256
+MAX_SAMPLES_SHOWN = 10
 MAX_ERROR_LINES = 12
 
 
@@ -40,6 +45,9 @@ def folder_status(folder: str | Path) -> dict[str, Any]:
     from virnuc_hpc.runtime import slurm  # submitit: light, but only a job folder needs it
 
     folder = Path(folder).resolve()
+    if not folder.is_dir():
+        raise OutputError(f"{folder}: " + ("not a directory" if folder.exists() else "no such directory")
+                          + f"; status takes an output directory of {TOOL} or a job folder of `{TOOL} submit`")
     problems: list[str] = []
     manifest, problem = read_json_object(folder / MANIFEST)
     manifest_problem = problem
@@ -124,7 +132,45 @@ def _run_facts(folder: Path, run: dict[str, Any], problems: list[str]) -> dict[s
             "counts": counts,
             "virus_percent": round(100 * virus / reads, 2) if virus is not None and reads else None,
             "bags": {k: int_field(bags, k) for k in ("total", "computed_now", "reused")},
-            "samples": [n for n in names if n is not None], **_tables(folder)}
+            "samples": [n for n in names if n is not None],
+            "per_sample": _per_sample(folder / SAMPLES_TSV, problems), **_tables(folder)}
+
+
+def _per_sample(path: Path, problems: list[str]) -> list[dict[str, Any]] | None:
+    """Reads, virus reads and % virus of each sample, from samples.tsv (a run of several samples);
+    None without it. A row that is not ours is a problem, left out."""
+    if not path.is_file():
+        return None
+    try:
+        with open(path, encoding="utf-8") as fh:
+            lines = fh.read(MAX_SAMPLES_TSV + 1).splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        problems.append(f"{path}: cannot be read ({getattr(err, 'strerror', None) or err}); left out")
+        return None
+    rows: list[dict[str, Any]] = []
+    header: list[str] | None = None
+    for number, line in enumerate(lines[:MAX_SAMPLES_LISTED + 10], start=1):
+        if line.startswith("#"):
+            continue
+        cells = line.split("\t")
+        if header is None:
+            header = cells
+            if not {"sample", "reads"} <= set(header):
+                problems.append(f"{path}:{number}: not the header of a samples table; left out")
+                return None
+            continue
+        row = dict(zip(header, cells))
+        reads, virus = _count(row.get("reads")), _count(row.get("virus_reads"))
+        if len(cells) != len(header) or reads is None or (virus is None and row.get("virus_reads") != "-"):
+            problems.append(f"{path}:{number}: not a row of counts; left out")
+            continue
+        rows.append({"sample": row["sample"][:MAX_NAME], "reads": reads, "virus_reads": virus,
+                     "virus_percent": round(100 * virus / reads, 2) if virus is not None and reads else None})
+    return rows[:MAX_SAMPLES_LISTED]
+
+
+def _count(text: str | None) -> int | None:
+    return int(text) if text is not None and text.isascii() and text.isdigit() and len(text) < 20 else None
 
 
 def _wall_s(run: dict[str, Any], started: str | None, finished: str | None) -> float | None:
@@ -240,7 +286,16 @@ def _finished_lines(folder: str, run: dict[str, Any]) -> list[str]:
     if b["total"] is not None:
         lines.append(f"  bags {b['total']:,}" + (f" ({b['computed_now']:,} computed, {b['reused']:,} reused)"
                                                   if b["computed_now"] is not None and b["reused"] is not None else ""))
-    if run["samples"]:
+    if run["per_sample"]:
+        lines.append(f"  samples ({len(run['samples'])}):")
+        width = max(len(r["sample"]) for r in run["per_sample"][:MAX_SAMPLES_SHOWN])
+        for r in run["per_sample"][:MAX_SAMPLES_SHOWN]:
+            calls = "" if r["virus_reads"] is None else f", {r['virus_reads']:,} called virus"
+            pct = "" if r["virus_percent"] is None else f" ({r['virus_percent']:.2f}%)"
+            lines.append(f"    {r['sample']:<{width}}  {r['reads']:,} reads{calls}{pct}")
+        if len(run["per_sample"]) > MAX_SAMPLES_SHOWN:
+            lines.append(f"    ... ({len(run['per_sample']) - MAX_SAMPLES_SHOWN} more in {SAMPLES_TSV})")
+    elif run["samples"]:
         shown = ", ".join(run["samples"][:10]) + (", ..." if len(run["samples"]) > 10 else "")
         lines.append(f"  samples ({len(run['samples'])}): {shown}")
     tables = ", ".join(run["tables"]) or "none"

@@ -100,6 +100,15 @@ class EncoderPlugin(WorkerPlugin):
                     self.utilization = UtilizationSampler.for_current_device()
             return self._encoders
 
+    def fall_back_from_int8(self) -> Encoders:
+        """ESM-2 in fp16 from now on (an int8 run whose self-check failed); idempotent."""
+        enc = self.encoders()
+        with self._lock:
+            if enc.precision == "int8":
+                enc.esm2.fall_back_from_int8()
+                enc.precision = enc.esm2.precision
+        return enc
+
 
 def prepare_distinct(encoder: Any, sequences: list[str]) -> tuple[Any, np.ndarray | None]:
     """A bag's input for ``encoder.embed``: its distinct sequences, tokenised and packed already
@@ -133,6 +142,13 @@ class BagRules:
     classify: bool
     features: str = "float32"
     compression: str = "none"
+    int8_fallback: bool = False  # the run's int8 self-check failed: ESM-2 runs in fp16 (int8_check.py)
+    write_frames: bool = False   # keep the frames' sequences for VirNucPro's frame files (sequences.py)
+
+    def table_parts(self) -> tuple[str, ...]:
+        """The table parts every bag of such a run holds (a kept bag lacking one is recomputed)."""
+        from virnuc_hpc.outputs.store import FRAME_PARTS, TABLE_PARTS
+        return (*TABLE_PARTS, *(FRAME_PARTS if self.write_frames else ()))
 
 
 @dataclass(frozen=True)
@@ -224,6 +240,7 @@ def bag_numerics(enc: Encoders) -> str:
     else:
         processor = _cpu_model()
     return json.dumps({"device": device.type, "processor": processor, "precision": enc.precision,
+                       "int8_smoothing": getattr(enc.esm2, "int8_smoothing", None),
                        "torch_threads": torch.get_num_threads() if device.type == "cpu" else None,
                        "esm2_max_tokens": getattr(enc.esm2, "max_tokens", None),
                        "dnabert_max_tokens": getattr(enc.dnabert, "max_tokens", None)}, sort_keys=True)
@@ -279,7 +296,7 @@ def run_bag(bag: Bag, text: np.ndarray, outdir: str, attrs: dict[str, Any], rule
     frames = _FrameColumns(table.frame_id, table.chunk_id, table.read_id,
                            [bag.ref.first_record + position[r] for r in table.read_id])
     t1 = time.perf_counter()
-    enc = plugin.encoders()
+    enc = plugin.fall_back_from_int8() if rules.int8_fallback else plugin.encoders()
     tparse = time.perf_counter()
     if len(table):
         dna_in, prot_in = prepare_distinct(enc.dnabert, table.nucleotide), prepare_distinct(enc.esm2, table.protein)
@@ -300,7 +317,8 @@ def run_bag(bag: Bag, text: np.ndarray, outdir: str, attrs: dict[str, Any], rule
         proba = (enc.classifier.predict_proba(np.concatenate([dna, prot], axis=1)) if len(table)
                  else np.zeros((0, 2), np.float32))
     t4 = time.perf_counter()
-    parts, counts = bag_tables(bag.index, records, valid, problems, table, proba, rules.classify)
+    parts, counts = bag_tables(bag.index, records, valid, problems, table, proba, rules.classify,
+                               block=bag.block, write_frames=rules.write_frames)
     settled = bag_numerics(enc)
     attrs = {**attrs, "precision": enc.precision, "device": enc.device, "numerics": settled}
     store.write_bag(Path(outdir), bag.ref, frames, dna, prot, proba, attrs, features=rules.features,
@@ -318,6 +336,22 @@ def run_bag(bag: Bag, text: np.ndarray, outdir: str, attrs: dict[str, Any], rule
         gpu_utilization=plugin.utilization.drain() if plugin.utilization is not None else [],
         numerics=settled,
     )
+
+
+def check_int8(proteins: list[str]) -> Any:
+    """This worker's int8 self-check (runtime/int8_check.py): the sample embedded in int8 and in
+    half precision, compared frame by frame. A task, holding the device like a bag."""
+    from virnuc_hpc.runtime.int8_check import compare
+
+    plugin: EncoderPlugin = get_worker().plugins[PLUGIN_NAME]
+    enc = plugin.encoders()
+    with plugin.device_lock:
+        quantized, half = enc.esm2.embed_both(proteins)
+    from virnuc_hpc.devices import activation_precision
+
+    processor = json.loads(bag_numerics(enc))["processor"]
+    fallback = activation_precision("int8", enc.esm2.device)
+    return compare(get_worker().address, processor, quantized, half, fallback)
 
 
 def warm_up() -> dict[str, float]:
