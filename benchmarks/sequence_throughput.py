@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from virnuc_hpc.reads.loading import load_records
+from virnuc_hpc.testing.loading import load_records
 from virnuc_hpc.reads.frames import frames_for_records
 
 RESULTS = Path(__file__).resolve().parent / "results"

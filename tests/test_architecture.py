@@ -145,8 +145,9 @@ def test_no_import_circles() -> None:
 
 
 # The layers, lowest first (docs/architecture.md draws them). A module imports only from its own
-# layer or lower ones; the top-level modules other than cli are the base everyone may use.
-LAYERS = ("base", "reads", "outputs", "encoders", "engines", "models", "runtime", "cli")
+# layer or lower ones; the top-level modules other than cli are the base everyone may use. ``testing``
+# (helpers for tests and benchmarks) lies above them all: the pipeline never imports it.
+LAYERS = ("base", "reads", "outputs", "encoders", "engines", "models", "runtime", "cli", "testing")
 
 
 def layer_of(module: str) -> str:
@@ -181,6 +182,26 @@ READING_AND_OUTPUT = ("outputs.store", "outputs.tables", "outputs.calls", "outpu
 
 def run_python(code: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+def external_imports(path: Path) -> set[str]:
+    """The top-level names of everything a module imports anywhere in its file (absolute imports)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            found.add(node.module.split(".")[0])
+    return found
+
+
+def test_reads_modules_import_no_dask() -> None:
+    """Reading and validating inputs are pure: the runtime layer decides where they run (a cluster
+    for ``virnuc-hpc validate`` is ``runtime.validate``'s)."""
+    reads = {n: p for n, p in package_modules().items() if layer_of(n) == "reads"}
+    assert f"{PACKAGE}.reads.validation" in reads
+    found = {n: sorted(external_imports(p) & {"dask", "distributed", "dask_cuda"}) for n, p in reads.items()}
+    assert not {n: m for n, m in found.items() if m}, found
 
 
 def test_reading_and_output_modules_import_no_torch() -> None:
@@ -224,7 +245,9 @@ def test_cli_exit_status_2_errors_are_user_errors() -> None:
                 for call in ast.walk(node)):
             types = node.type.elts if isinstance(node.type, ast.Tuple) else [node.type]
             caught.update(t.id for t in types)
-    assert {"FastaError", "SampleError", "UserError"} <= caught, caught
+    assert {"FastaError", "UserError"} <= caught, caught
+    from virnuc_hpc.errors import SampleError  # caught as the UserError it is
+    assert issubclass(SampleError, UserError)
     for name in sorted(caught - NOT_OURS.keys()):
         cls = getattr(importlib.import_module(origin[name]), name) if name in origin else getattr(builtins, name)
         assert issubclass(cls, UserError), f"cli.py exits 2 on {name}, which does not derive from UserError"

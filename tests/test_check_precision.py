@@ -1,6 +1,6 @@
 """``virnuc-hpc check-precision``: the demo run prints a parsable table (fp32 exact, a refused
 precision as a row), and the pure parts (cosine statistics, label agreement, the recommendation
-rule, the precision list) do what the README says."""
+rule, the precision list) do what docs/precision.md says."""
 
 from __future__ import annotations
 
@@ -252,13 +252,13 @@ def test_check_warns_about_a_classifier_named_for_another_chunk_size(demo_cache:
     """Issue 34 item 9: a 500_model classifier on 300-bp chunks gets predict's warning here too."""
     from virnuc_hpc.models.demo import ensure_demo_models
     from virnuc_hpc.models.resolve import locate_models
-    from virnuc_hpc.runtime.pipeline import _chunk_size_warnings
+    from virnuc_hpc.runtime.encoding import chunk_size_warnings
 
     named = tmp_path / "500_model.pth"
     named.write_bytes(ensure_demo_models().classifier.read_bytes())
     config = load_config(preset="demo").model_copy(update={"classifier": str(named), "expected_length": 300})
     report = check_precision([str(DEMO_FASTA)], config, sample=4, precisions=["bf16"])
-    predicted = _chunk_size_warnings(config, locate_models(config, classify=True))
+    predicted = chunk_size_warnings(config, locate_models(config, classify=True))
     assert report.warnings == tuple(predicted) and len(predicted) == 1
     assert "500_model.pth" in predicted[0] and "chunk size is 300" in predicted[0]
     assert f"warning: {predicted[0]}" in format_report(report).splitlines()

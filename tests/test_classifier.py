@@ -6,6 +6,7 @@ import hashlib
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -240,9 +241,10 @@ def test_labels_from_proba_tie_goes_to_others() -> None:
 
 
 def test_random_classifier_is_deterministic_and_eval_mode_matters(tmp_path: Path) -> None:
-    a = write_random_classifier(tmp_path / "a.pth", hidden_dim=32, seed=3, whole_module=True)
-    b = write_random_classifier(tmp_path / "b.pth", hidden_dim=32, seed=3)
-    c = write_random_classifier(tmp_path / "c.pth", hidden_dim=32, seed=4)
+    jobs = [("a.pth", 3, True), ("b.pth", 3, False), ("c.pth", 4, False)]
+    with ThreadPoolExecutor(len(jobs)) as pool:  # each write is a subprocess that imports torch
+        a, b, c = pool.map(lambda job: write_random_classifier(tmp_path / job[0], hidden_dim=32, seed=job[1],
+                                                               whole_module=job[2]), jobs)
     x = np.random.default_rng(0).standard_normal((16, 3328), dtype=np.float32)
     ca, cb, cc = (load_classifier(p) for p in (a, b, c))
     assert ca.hidden_dim == 32
@@ -257,6 +259,7 @@ def test_random_classifier_is_deterministic_and_eval_mode_matters(tmp_path: Path
     assert not torch.allclose(eval_out, batch_out)
 
 
+@pytest.mark.e2e  # embeds the demo input and 200 random reads with both demo encoders: an integration check
 def test_demo_classifier_decides_like_a_trained_one(demo_cache: Path, tmp_path: Path) -> None:
     """Issue 31 item 4: the demo classifier's scores sit far from 0.5 (>= 80% of frames below 0.1
     or above 0.9), with both labels, on the demo input and on random reads it was not calibrated on."""
@@ -264,7 +267,8 @@ def test_demo_classifier_decides_like_a_trained_one(demo_cache: Path, tmp_path: 
     from virnuc_hpc.config import load_config
     from virnuc_hpc.models.demo import CALIBRATION_SEED, ensure_demo_models, random_orf_reads
     from virnuc_hpc.models.resolve import locate_models
-    from virnuc_hpc.runtime.precision_check import FrameSample, embed_sample, model_spec, sample_frames
+    from virnuc_hpc.runtime.encoding import model_spec
+    from virnuc_hpc.runtime.precision_check import FrameSample, embed_sample, sample_frames
 
     rng = np.random.default_rng(5)
     reads = random_orf_reads(100, CALIBRATION_SEED + 1) + ["".join(rng.choice(list("ACGT"), 150))
@@ -275,7 +279,7 @@ def test_demo_classifier_decides_like_a_trained_one(demo_cache: Path, tmp_path: 
     demo, random = (sample_frames([str(f)], config, 10_000) for f in (DEMO_FASTA, random_fasta))
     both = FrameSample(demo.reads + random.reads, demo.nucleotide + random.nucleotide,
                        demo.protein + random.protein)
-    features = embed_sample(model_spec(config, locate_models(config, classify=True), "fp32"), both)
+    features = embed_sample(model_spec(config, locate_models(config, classify=True), precision="fp32", classifier=False), both)
     clf = load_classifier(ensure_demo_models().classifier, input_dim=features.concatenated().shape[1])
     virus = clf.predict_proba(features.concatenated())[:, 1]
     for name, score in (("demo", virus[: len(demo.protein)]), ("random", virus[len(demo.protein):])):

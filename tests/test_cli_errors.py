@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import click
 import psutil
 import pytest
 
@@ -84,6 +85,7 @@ def big_fasta(path: Path, copies: int) -> Path:
     ("dask_cuda", ("--device", "cuda"), ("dask-cuda", "pip install", "--device cpu")),
     ("deepspeed", ("--engine", "deepspeed"), ("deepspeed package", "pip install", "--engine native")),
 ], ids=["device-cuda-without-dask-cuda", "engine-deepspeed-without-deepspeed"])
+@pytest.mark.e2e  # the CLI in a subprocess
 def test_option_without_its_package_exits_2(demo_cache: Path, tmp_path: Path, missing: str,
                                             option: tuple[str, str], phrases: tuple[str, ...]):
     t0 = time.perf_counter()
@@ -131,11 +133,13 @@ def dashboard_bind(tmp_path: Path, address: str, port: int) -> str:
 
 
 @pytest.mark.parametrize("form", ["{port}", ":{port}"])
+@pytest.mark.e2e  # the CLI in a subprocess
 def test_dashboard_port_without_host_binds_localhost(demo_cache: Path, tmp_path: Path, form: str):
     port = free_port()
     assert dashboard_bind(tmp_path, form.format(port=port), port) == "127.0.0.1"
 
 
+@pytest.mark.e2e  # the CLI in a subprocess
 def test_dashboard_explicit_host_is_bound(demo_cache: Path, tmp_path: Path):
     port = free_port()
     assert dashboard_bind(tmp_path, f"0.0.0.0:{port}", port) == "0.0.0.0"
@@ -198,6 +202,7 @@ def test_preset_path_is_refused_exits_2(tmp_path: Path, absolute: bool):
 
 # --- 6. Ctrl-C ---------------------------------------------------------------------------------
 
+@pytest.mark.e2e  # the CLI in a subprocess
 def test_ctrl_c_exits_130_with_one_line_and_no_workers_left(demo_cache: Path, tmp_path: Path):
     fasta = big_fasta(tmp_path / "big.fasta", copies=20)
     outdir = tmp_path / "out"
@@ -223,3 +228,34 @@ def test_ctrl_c_exits_130_with_one_line_and_no_workers_left(demo_cache: Path, tm
     assert store.bag_files(outdir)
     _, alive = psutil.wait_procs(started, timeout=15)
     assert not alive, f"left behind: {[(p.pid, p.cmdline()) for p in alive]}"
+
+
+# --- 7. one mapping ----------------------------------------------------------------------------
+
+def test_every_command_maps_its_errors_in_one_place():
+    """Every command (and group) ends through cli.exit_statuses: none may go without it."""
+    from virnuc_hpc import cli
+
+    def commands(group: click.Group) -> list[click.Command]:
+        found: list[click.Command] = [group]
+        for command in group.commands.values():
+            found += commands(command) if isinstance(command, click.Group) else [command]
+        return found
+
+    every = commands(cli.main)
+    assert len(every) >= 10, [c.name for c in every]
+    assert not [c.name for c in every if not isinstance(c, (cli.Command, cli.CommandGroup))]
+    assert [c.name for c in every if getattr(c, "keeps_bags", False)] == ["predict", "embed"]
+
+
+@pytest.mark.parametrize("args, phrase", [
+    (["validate", "--samplesheet", "missing.tsv"], "missing.tsv: cannot read samplesheet"),
+    (["status", "no-such-folder"], "no-such-folder"),
+], ids=["validate", "status"])
+def test_user_errors_of_other_commands_exit_2(tmp_path: Path, args: list[str], phrase: str):
+    from click.testing import CliRunner
+
+    from virnuc_hpc import cli
+    result = CliRunner().invoke(cli.main, args, prog_name="virnuc-hpc")
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("virnuc-hpc: error: ") and phrase in result.output, result.output

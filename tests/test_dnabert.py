@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import shutil
@@ -42,14 +43,21 @@ def twelve(tmp_path_factory) -> Path:
 
 # --------------------------------------------------------------------------- the plain reference
 
-def reference_embed(directory: Path, seq: str) -> np.ndarray:
-    """encoder-facts.md, literally: one sequence, float64, explicit layers, heads, bias matrix, softmax, GeGLU."""
+@functools.lru_cache(maxsize=4)
+def _reference_files(directory: Path):
+    """The directory's config, float64 weights and tokenizer, read once per directory."""
     from safetensors.torch import load_file
     from tokenizers import Tokenizer
 
     cfg = json.loads((directory / "config.json").read_text())
     w = {k: v.double() for k, v in load_file(str(directory / "model.safetensors")).items()}
-    ids = Tokenizer.from_file(str(directory / "tokenizer.json")).encode(seq).ids  # [CLS] ... [SEP]
+    return cfg, w, Tokenizer.from_file(str(directory / "tokenizer.json"))
+
+
+def reference_embed(directory: Path, seq: str) -> np.ndarray:
+    """encoder-facts.md, literally: one sequence, float64, explicit layers, heads, bias matrix, softmax, GeGLU."""
+    cfg, w, tokenizer = _reference_files(directory)
+    ids = tokenizer.encode(seq).ids  # [CLS] ... [SEP]
     D, H, I, eps = cfg["hidden_size"], cfg["num_attention_heads"], cfg["intermediate_size"], cfg["layer_norm_eps"]
     d, L = D // H, len(ids)
     slopes = MODELS_MD_SLOPES_12 if H == 12 else [2 ** (-8 * (h + 1) / H) for h in range(H)]
@@ -62,7 +70,8 @@ def reference_embed(directory: Path, seq: str) -> np.ndarray:
     def gelu(a):
         return 0.5 * a * (1 + torch.erf(a / math.sqrt(2)))
 
-    distance = torch.tensor([[abs(i - j) for j in range(L)] for i in range(L)], dtype=torch.float64)
+    pos = torch.arange(L, dtype=torch.float64)
+    distance = (pos[:, None] - pos[None, :]).abs()  # |i - j|
     bias = torch.stack([-slopes[h] * distance for h in range(H)])  # symmetric, non-causal
     x = w["embeddings.word_embeddings.weight"][ids] + w["embeddings.token_type_embeddings.weight"][0]
     x = ln(x, "embeddings.LayerNorm")

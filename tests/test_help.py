@@ -70,7 +70,7 @@ def test_the_group_is_read_from_the_config_definition(monkeypatch: pytest.Monkey
     """Moving a field to another group in RunConfig moves its option in the help."""
     monkeypatch.setattr(RunConfig.model_fields["bag_size"], "json_schema_extra", {"group": "cluster"})
 
-    @click.command(cls=cli._GroupedCommand)
+    @click.command(cls=cli.GroupedCommand)
     @cli.config_option("bag_size")
     @cli.config_option("workers")
     def probe(**_: object) -> None:

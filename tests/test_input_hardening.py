@@ -22,7 +22,7 @@ from conftest import DEMO, DEMO_FASTA, assert_nothing_finished, cli
 from virnuc_hpc.config import load_config
 from virnuc_hpc.errors import SampleError
 from virnuc_hpc.reads.fasta import UNREADABLE, FastaError
-from virnuc_hpc.reads.loading import load_records
+from virnuc_hpc.testing.loading import load_records
 from virnuc_hpc.reads.reading import ReadDigest, iter_blocks, open_binary
 from virnuc_hpc.reads.samples import (
     InputFile,
@@ -31,7 +31,7 @@ from virnuc_hpc.reads.samples import (
     read_samplesheet,
     samples_from_paths,
 )
-from virnuc_hpc.reads.validation import validate_samples
+from virnuc_hpc.runtime.validate import validate_samples
 
 try:
     from compression import zstd  # Python >= 3.14
@@ -225,7 +225,7 @@ def test_a_file_that_grows_while_read_is_recorded_as_read(tmp_path: Path, how: s
         assert digest.size == len(content) and text == start + more
 
 
-def test_run_json_describes_the_bytes_that_were_classified(tmp_path: Path, demo_cache: Path,
+def test_run_json_describes_the_bytes_that_were_classified(tmp_path: Path, client,
                                                            monkeypatch: pytest.MonkeyPatch):
     """A bzip2 input of two streams gets a third appended while its bags are cut: every read of
     the three streams is classified, and run.json's size and sha256 are those of all three."""
@@ -249,7 +249,7 @@ def test_run_json_describes_the_bytes_that_were_classified(tmp_path: Path, demo_
 
     monkeypatch.setattr(bags, "iter_blocks", growing)
     config = load_config(preset="demo", overrides={"bag_size": 8, "progress": False})
-    result = virnuc_hpc.predict([path], tmp_path / "out", config=config)
+    result = virnuc_hpc.predict([path], tmp_path / "out", config=config, client=client)
     content = path.read_bytes()
     run = json.loads((result.outdir / "run.json").read_text())
     assert [(i["size"], i["sha256"]) for i in run["inputs"]] == [(len(content), hashlib.sha256(content).hexdigest())]

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import DEMO, DEMO_FASTA, assert_nothing_finished, cli, finished_outputs
+from conftest import DEMO, DEMO_FASTA, assert_nothing_finished, cli, finished_outputs, shared_scheduler
 from virnuc_hpc.outputs import store
 from virnuc_hpc.reads.fasta import DUPLICATE_ID, INVALID_CHAR
-from virnuc_hpc.reads.loading import load_records
+from virnuc_hpc.testing.loading import load_records
 from virnuc_hpc.reads.samples import samples_from_paths
-from virnuc_hpc.reads.validation import validate_samples
+from virnuc_hpc.runtime.validate import validate_samples
 
 COMPLEMENT = str.maketrans("ACGTacgt", "TGCAtgca")
 
@@ -35,14 +35,14 @@ def compress(data: bytes, how: str) -> bytes:
 
 @pytest.mark.parametrize("how", ["gzip", "bzip2", "xz", "zstd"])
 def test_fastq_in_every_compression_gives_the_fasta_tables(how: str, reference: Path, tmp_path: Path,
-                                                           demo_cache: Path):
+                                                           client):
     """The same reads as FASTQ (compressed, with a misleading name) give the very same tables:
     same bags, same frames, same probabilities; only reads.tsv's file column differs."""
     records = load_records([DEMO_FASTA], skip_invalid=False).records
     path = tmp_path / "demo.txt"  # no extension says what it is
     path.write_bytes(compress(fastq(records), how))
     outdir = tmp_path / "out"
-    proc = cli("predict", str(path), "-o", str(outdir), *DEMO)
+    proc = cli("predict", str(path), "-o", str(outdir), *DEMO, *shared_scheduler(client))
     assert proc.returncode == 0, proc.stderr
     got, want = finished_outputs(outdir), finished_outputs(reference)
     for name in ("prediction_results.txt", "prediction_results_highestscore.csv"):
@@ -50,7 +50,7 @@ def test_fastq_in_every_compression_gives_the_fasta_tables(how: str, reference: 
     assert got["reads.tsv"].decode().replace(str(path), "F") == want["reads.tsv"].decode().replace(str(DEMO_FASTA), "F")
 
 
-def test_samples_with_clashing_ids_get_their_own_tables(tmp_path: Path, demo_cache: Path):
+def test_samples_with_clashing_ids_get_their_own_tables(tmp_path: Path, client):
     """Two files holding the same read ids are two samples (ids only need to be unique within a
     sample); each gets VirNucPro's tables in OUTDIR/samples/<name>/, and samples.tsv sums them up."""
     text = DEMO_FASTA.read_text()
@@ -58,7 +58,7 @@ def test_samples_with_clashing_ids_get_their_own_tables(tmp_path: Path, demo_cac
     a.write_text(text)
     b.write_bytes(gzip.compress(fastq(load_records([DEMO_FASTA], skip_invalid=False).records[:30])))
     outdir = tmp_path / "out"
-    proc = cli("predict", str(a), str(b), "-o", str(outdir), *DEMO)
+    proc = cli("predict", str(a), str(b), "-o", str(outdir), *DEMO, *shared_scheduler(client))
     assert proc.returncode == 0, proc.stderr
     assert not (outdir / store.PREDICTIONS).exists()
     records = load_records([DEMO_FASTA], skip_invalid=False).records
@@ -78,7 +78,7 @@ def test_samples_with_clashing_ids_get_their_own_tables(tmp_path: Path, demo_cac
         assert set(ds["sample"].values) == {"gut", "soil"}
 
 
-def test_samplesheet_with_r1_and_r2(tmp_path: Path, demo_cache: Path):
+def test_samplesheet_with_r1_and_r2(tmp_path: Path, client):
     """R1/R2 of one sample: each mate is classified as its own read (ids get /1 and /2), and
     pairs.tsv gives one call per pair: virus when either mate is."""
     records = load_records([DEMO_FASTA], skip_invalid=False).records
@@ -88,7 +88,7 @@ def test_samplesheet_with_r1_and_r2(tmp_path: Path, demo_cache: Path):
     sheet = tmp_path / "sheet.csv"
     sheet.write_text("sample,fastq_1,fastq_2\npairs,s_R1.fq.gz,s_R2.fq.gz\n")
     outdir = tmp_path / "out"
-    proc = cli("predict", "--samplesheet", str(sheet), "-o", str(outdir), *DEMO)
+    proc = cli("predict", "--samplesheet", str(sheet), "-o", str(outdir), *DEMO, *shared_scheduler(client))
     assert proc.returncode == 0, proc.stderr
     reads = [r.split("\t") for r in (outdir / store.READS).read_text().splitlines()[2:]]
     assert [r[0] for r in reads] == [f"{r.id}/1" for r in records] + [f"{r.id}/2" for r in records]
@@ -103,7 +103,7 @@ def test_samplesheet_with_r1_and_r2(tmp_path: Path, demo_cache: Path):
     assert {p[3] for p in pairs[2:]} >= {"virus", "others"}
 
 
-def test_bad_record_mid_run_stops_the_run_with_its_line(tmp_path: Path, demo_cache: Path):
+def test_bad_record_mid_run_stops_the_run_with_its_line(tmp_path: Path, client):
     """A bad record far into the input is found by the worker that takes its bag: exit 2 with
     file:line, the other bags are cancelled, nothing looks finished; --skip-invalid then goes on."""
     lines = DEMO_FASTA.read_text().splitlines()
@@ -113,12 +113,13 @@ def test_bad_record_mid_run_stops_the_run_with_its_line(tmp_path: Path, demo_cac
     path = tmp_path / "late.fa"
     path.write_text("\n".join(lines) + "\n")
     outdir = tmp_path / "out"
-    proc = cli("predict", str(path), "-o", str(outdir), *DEMO)
+    proc = cli("predict", str(path), "-o", str(outdir), *DEMO, *shared_scheduler(client))
     assert proc.returncode == 2, proc.stderr
     assert f"late.fa:{bad_line}: record 'broken_read': invalid character 'X'" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert_nothing_finished(outdir)
-    proc = cli("predict", str(path), "-o", str(outdir), *DEMO, "--skip-invalid", "--overwrite")
+    proc = cli("predict", str(path), "-o", str(outdir), *DEMO, "--skip-invalid", "--overwrite",
+               *shared_scheduler(client))
     assert proc.returncode == 0, proc.stderr
     rows = (outdir / store.READS).read_text().splitlines()
     assert rows[-1].startswith("broken_read\t") and "skipped:invalid-char" in rows[-1]

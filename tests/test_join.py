@@ -11,10 +11,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from distributed import Client, LocalCluster
 
 from conftest import DEMO, DEMO_FASTA, finished_outputs
 from virnuc_hpc.runtime.worker import PLUGIN_NAME
+
+pytestmark = pytest.mark.e2e  # workers joining a scheduler, and the CLI in subprocesses
 
 
 def _popen(*args: str) -> subprocess.Popen:

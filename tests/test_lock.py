@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import DEMO, DEMO_FASTA, ROOT, cli, finished_outputs
+from conftest import DEMO, DEMO_FASTA, ROOT, cli, finished_outputs, shared_scheduler
 from virnuc_hpc.errors import OutputLockedError
 from virnuc_hpc.outputs.lock import LOCK_NAME, locked, read_lock
 
@@ -131,12 +131,12 @@ def test_overwrite_does_not_break_a_running_runs_lock(reference: Path, tmp_path:
 
 # --- stale locks (runs into a copy of the finished reference: they reuse every bag) -----------
 
-def test_lock_of_a_dead_process_is_taken_over(reference: Path, tmp_path: Path, demo_cache: Path):
+def test_lock_of_a_dead_process_is_taken_over(reference: Path, tmp_path: Path, client):
     outdir = tmp_path / "out"
     shutil.copytree(reference, outdir)
     dead = _dead_pid()
     _write_lock(outdir, host=socket.gethostname(), pid=dead)
-    proc = cli("predict", str(DEMO_FASTA), "-o", str(outdir), *DEMO)
+    proc = cli("predict", str(DEMO_FASTA), "-o", str(outdir), *DEMO, *shared_scheduler(client))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "stale lock" in proc.stderr and f"pid {dead} " in proc.stderr, proc.stderr
     assert finished_outputs(outdir) == finished_outputs(reference)
@@ -144,7 +144,7 @@ def test_lock_of_a_dead_process_is_taken_over(reference: Path, tmp_path: Path, d
 
 
 def test_lock_of_another_host_is_refused_while_fresh_and_taken_over_when_silent(
-        reference: Path, tmp_path: Path, demo_cache: Path):
+        reference: Path, tmp_path: Path, client):
     outdir = tmp_path / "out"
     shutil.copytree(reference, outdir)
     path = _write_lock(outdir, host=OTHER_HOST, pid=os.getpid())
@@ -156,15 +156,14 @@ def test_lock_of_another_host_is_refused_while_fresh_and_taken_over_when_silent(
 
     ten_minutes_ago = time.time() - 600
     os.utime(path, (ten_minutes_ago, ten_minutes_ago))
-    proc = cli("predict", str(DEMO_FASTA), "-o", str(outdir), *DEMO)
+    proc = cli("predict", str(DEMO_FASTA), "-o", str(outdir), *DEMO, *shared_scheduler(client))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "stale lock" in proc.stderr and OTHER_HOST in proc.stderr and "no heartbeat" in proc.stderr
     assert finished_outputs(outdir) == finished_outputs(reference)
     assert _leftovers(outdir) == []
 
 
-def test_requeued_slurm_job_takes_its_own_lock_back(reference: Path, tmp_path: Path,
-                                                    demo_cache: Path):
+def test_requeued_slurm_job_takes_its_own_lock_back(reference: Path, tmp_path: Path, client):
     """A fresh lock of another node is taken over by the same Slurm job (requeued), not by another."""
     outdir = tmp_path / "out"
     shutil.copytree(reference, outdir)
@@ -172,7 +171,8 @@ def test_requeued_slurm_job_takes_its_own_lock_back(reference: Path, tmp_path: P
     other_job = cli("predict", str(DEMO_FASTA), "-o", str(outdir), *DEMO, timeout=60,
                     env_extra={"SLURM_JOB_ID": "999"})
     assert other_job.returncode == 2 and "Slurm job 4242" in other_job.stderr, other_job.stderr[-3000:]
-    requeued = cli("predict", str(DEMO_FASTA), "-o", str(outdir), *DEMO, env_extra={"SLURM_JOB_ID": "4242"})
+    requeued = cli("predict", str(DEMO_FASTA), "-o", str(outdir), *DEMO, *shared_scheduler(client),
+                   env_extra={"SLURM_JOB_ID": "4242"})
     assert requeued.returncode == 0, requeued.stderr[-3000:]
     assert "earlier attempt of this Slurm job" in requeued.stderr, requeued.stderr
     assert _leftovers(outdir) == []
@@ -265,6 +265,7 @@ except OutputLockedError:
 """
 
 
+@pytest.mark.e2e  # 36 interpreters racing: the slowest test of the unit tier otherwise
 @pytest.mark.parametrize("stale", ["dead_pid", "silent_other_host", "half_written"])
 def test_processes_racing_for_a_stale_lock_exactly_one_wins(tmp_path: Path, stale: str):
     for round_ in range(2):

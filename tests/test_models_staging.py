@@ -281,7 +281,7 @@ def test_python_http_server_serves_a_mirror_and_a_stale_part_is_replaced(served:
     assert not (models / "500_model.pth.part").exists()
 
 
-def test_submit_refuses_a_staged_file_whose_size_is_not_the_manifests(tmp_path: Path):
+def test_submit_refuses_a_staged_file_whose_size_is_not_the_manifests(tmp_path: Path, demo_cache: Path):
     """A copy cut short on its way to the shared disk is caught before the job is queued."""
     from virnuc_hpc.config import RunConfig
     from virnuc_hpc.errors import ModelFileError
@@ -298,7 +298,7 @@ def test_submit_refuses_a_staged_file_whose_size_is_not_the_manifests(tmp_path: 
                                                        "https://example.org/500_model.pth", "", "")})
 
     config = RunConfig(models_dir=str(models), esm2_model="demo", dnabert_model="demo", classifier="500",
-                       cache_dir=str(tmp_path / "demo"))
+                       cache_dir=str(demo_cache))  # the session's demo models, made once
     staged(size)
     check_models(config, classify=True)
     staged(size + 1)

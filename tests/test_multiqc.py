@@ -15,6 +15,7 @@ import pytest
 from conftest import THREE_SAMPLES as SAMPLES
 from virnuc_hpc.outputs import store
 from virnuc_hpc.outputs.multiqc import GENERAL_STATS, HEADERS, MQC_FILES, general_stats, multiqc_table
+from virnuc_hpc.outputs.run_record import RunRecord
 
 
 def tsv(path: Path) -> list[dict[str, str]]:
@@ -99,11 +100,11 @@ class Counts:
 def test_no_calls_no_percent_and_no_marker_without_random_weights() -> None:
     """An embed run (no calls) gives reads only; a sample of no reads gives no % virus; trained
     weights give plain titles."""
-    embed = general_stats({"random_weights": True}, [Counts("a", {"reads": 5, "virus_reads": None})])
+    embed = general_stats(RunRecord(random_weights=True), [Counts("a", {"reads": 5, "virus_reads": None})])
     assert list(embed["headers"]) == ["reads"] and embed["data"] == {"a": {"reads": 5}}
-    empty = multiqc_table({}, [Counts("e", {"reads": 0, "virus_reads": 0}),
+    empty = multiqc_table(RunRecord(), [Counts("e", {"reads": 0, "virus_reads": 0}),
                                Counts("f", {"reads": 4, "virus_reads": 1})])
     assert empty["data"] == {"e": {"reads": 0, "virus_reads": 0},
                              "f": {"reads": 4, "virus_reads": 1, "virus_percent": 25.0}}
-    trained = general_stats({"random_weights": False}, [Counts("f", {"reads": 4, "virus_reads": 1})])
+    trained = general_stats(RunRecord(random_weights=False), [Counts("f", {"reads": 4, "virus_reads": 1})])
     assert {k: h["title"] for k, h in trained["headers"].items()} == {k: HEADERS[k]["title"] for k in GENERAL_STATS}

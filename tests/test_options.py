@@ -20,7 +20,10 @@ from virnuc_hpc.config import (CONFIG_DIR, ENVIRONMENT, RunConfig, environment_d
 from virnuc_hpc.errors import ConfigError, OutputError
 from virnuc_hpc.models.resolve import ModelFile
 from virnuc_hpc.outputs import store
-from virnuc_hpc.runtime import pipeline
+from virnuc_hpc.runtime.outdir import claim_outdir
+from virnuc_hpc.runtime.scheduling import checked_ahead
+from virnuc_hpc.runtime.summary import guard_totals, worker_summary
+from virnuc_hpc.runtime.encoding import model_spec
 from virnuc_hpc.runtime.worker import BagReport, BagSeconds, EncoderStats
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -147,8 +150,8 @@ def test_only_config_reads_the_switches():
 def test_the_workers_get_the_switches_in_their_spec(clean_environment):
     config = RunConfig(offline=True, compile_cache="/ssd/cc", dnabert_layout="padded")
     located = {role: ModelFile(role, "demo", f"/m/{role}", f"/m/{role}", "", True) for role in ("esm2", "dnabert")}
-    spec = pipeline._model_spec(config, located)
-    assert (spec.offline, spec.compile_cache, spec.dnabert_layout) == (True, "/ssd/cc", "padded")
+    spec = model_spec(config, located)
+    assert (spec.offline, spec.compile_cache, spec.encoder("dnabert").option("layout")) == (True, "/ssd/cc", "padded")
 
 
 # --- presets inside the package ------------------------------------------------------------------
@@ -166,7 +169,7 @@ def test_presets_ship_inside_the_package():
 def claim(outdir: Path, config: RunConfig, run_key: str, sha: str = "a" * 64, path: str = "in.fa") -> None:
     models = {"esm2": ModelFile("esm2", "demo", "/m/e", "/m/e", sha, True)}
     inputs = [{"sample": "in", "path": path, "mate": None, "size": 1}]
-    pipeline._claim_outdir(outdir, store.read_manifest(outdir), run_key, config, models, inputs, True)
+    claim_outdir(outdir, store.read_manifest(outdir), run_key, config, models, inputs, True)
 
 
 def test_refused_resume_names_each_changed_setting(tmp_path: Path):
@@ -197,8 +200,9 @@ class FakeEncoder:
 
 def report(worker: str, esm2: EncoderStats, dnabert: EncoderStats, start: float) -> BagReport:
     return BagReport(bag=0, records=2, frames=3, protein_tokens=40, worker=worker,
-                     device_interval=(start, start + 1), seconds=BagSeconds(esm2=1.5, dnabert=0.5),
-                     esm2=esm2, dnabert=dnabert, gpu_utilization=[])
+                     device_interval=(start, start + 1),
+                     seconds=BagSeconds(encoders=(("dnabert", 0.5), ("esm2", 1.5))),
+                     encoders={"dnabert": dnabert, "esm2": esm2}, gpu_utilization=[])
 
 
 def test_encoder_stats_are_typed_differences():
@@ -213,13 +217,14 @@ def test_run_json_summaries_from_typed_reports():
     reports = [report("w1", EncoderStats(sequences=3, nonfinite_recomputed_batches=1), EncoderStats(sequences=3), 0),
                report("w1", EncoderStats(sequences=4, oom_split_batches=2), EncoderStats(sequences=4), 10),
                report("w2", EncoderStats(sequences=1), EncoderStats(sequences=1, nonfinite_recomputed_batches=5), 0)]
-    assert pipeline._guard_totals(reports) == {
+    assert guard_totals(reports) == {
         "esm2_nonfinite_recomputed_batches": 1, "esm2_oom_split_batches": 2,
         "dnabert_nonfinite_recomputed_batches": 5, "dnabert_oom_split_batches": 0}
-    workers = pipeline._worker_summary(reports)
+    workers = worker_summary(reports)
     assert workers["w1"]["bags"] == 2 and workers["w1"]["frames"] == 6
     assert workers["w1"]["counters"]["esm2_sequences"] == 7 and workers["w2"]["counters"]["dnabert_sequences"] == 1
-    assert workers["w1"]["seconds"]["esm2"] == 3.0 and list(workers["w1"]["seconds"]) == list(BagSeconds().as_dict())
+    assert workers["w1"]["seconds"]["esm2"] == 3.0 and list(workers["w1"]["seconds"]) == [
+        "parse_translate", "model_load", "prepare", "device_wait", "dnabert", "esm2", "classifier", "tables_write"]
     assert workers["w1"]["device_busy_fraction"] == pytest.approx(2 / 11)
     assert pickle.loads(pickle.dumps(reports[0])) == reports[0]
 
@@ -230,7 +235,7 @@ def test_resume_checks_kept_bags_in_threads_in_order():
     def check(bag: int) -> str:
         seen.append(threading.current_thread().name)
         return f"numerics-{bag}"
-    out = list(pipeline._checked_ahead(iter(range(20)), check, threads=3))
+    out = list(checked_ahead(iter(range(20)), check, threads=3))
     assert out == [(i, f"numerics-{i}") for i in range(20)]
     assert all(name.startswith("virnuc-bag-sha256") for name in seen)
 

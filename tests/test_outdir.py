@@ -16,9 +16,11 @@ from pathlib import Path
 import h5py
 import pytest
 
-from conftest import DEMO, DEMO_FASTA, assert_nothing_finished, cli, finished_outputs, killed_run
+from conftest import (DEMO, DEMO_FASTA, assert_nothing_finished, cli, finished_outputs, killed_run,
+                      shared_scheduler)
 from virnuc_hpc.outputs import store
-from virnuc_hpc.runtime.pipeline import _publish
+from virnuc_hpc.outputs.run_record import RunRecord
+from virnuc_hpc.runtime.outdir import publish
 
 
 def _killed_run(outdir: Path) -> int:
@@ -35,24 +37,24 @@ def _snapshot(folder: Path) -> dict[str, bytes]:
 
 # --- case 2: files the tool did not write -------------------------------------------------------
 
-def test_case2_a_directory_of_user_files_is_refused_also_with_overwrite(tmp_path: Path, demo_cache: Path):
+def test_case2_a_directory_of_user_files_is_refused_also_with_overwrite(tmp_path: Path, client):
     outdir = tmp_path / "mine"
     (outdir / "bags").mkdir(parents=True)
     for name in ("reads.tsv", "config.yaml", "run.json", "bags/bag-000000.nc", "notes.txt"):
         (outdir / name).write_text(f"the user's own {name}\n")
     before = _snapshot(outdir)
     for extra in ([], ["--overwrite"]):
-        proc = cli("predict", str(DEMO_FASTA), "-o", str(outdir), *DEMO, *extra)
+        proc = cli("predict", str(DEMO_FASTA), "-o", str(outdir), *DEMO, *extra, *shared_scheduler(client))
         assert proc.returncode == 2, proc.stderr
         assert "not written by virnuc-hpc" in proc.stderr and "Traceback" not in proc.stderr
         assert _snapshot(outdir) == before
 
 
-def test_case2_the_inputs_own_folder_is_refused(tmp_path: Path, demo_cache: Path):
+def test_case2_the_inputs_own_folder_is_refused(tmp_path: Path, client):
     data = tmp_path / "data"
     data.mkdir()
     shutil.copy(DEMO_FASTA, data / "reads.fasta")
-    proc = cli("predict", str(data / "reads.fasta"), "-o", str(data), *DEMO)
+    proc = cli("predict", str(data / "reads.fasta"), "-o", str(data), *DEMO, *shared_scheduler(client))
     assert proc.returncode == 2 and "reads.fasta" in proc.stderr
     assert sorted(p.name for p in data.iterdir()) == ["reads.fasta"]
 
@@ -60,7 +62,7 @@ def test_case2_the_inputs_own_folder_is_refused(tmp_path: Path, demo_cache: Path
 # --- case 7: --overwrite removes exactly our files -----------------------------------------------
 
 def test_case7_overwrite_keeps_user_files_and_foreign_bags_are_never_read(reference: Path, tmp_path: Path,
-                                                                         demo_cache: Path):
+                                                                         client):
     outdir = tmp_path / "ours"
     shutil.copytree(reference, outdir)
     (outdir / "bags" / "bag-user-notes.nc").write_text("mine")
@@ -69,13 +71,15 @@ def test_case7_overwrite_keeps_user_files_and_foreign_bags_are_never_read(refere
     (outdir / "notes.txt").write_text("my notes")
     with store.open_features(outdir) as ds:  # foreign bag-*.nc files are not read
         assert ds.sizes["frame"] == json.loads((reference / "run.json").read_text())["counts"]["frames"]
-    proc = cli("predict", str(DEMO_FASTA), "-o", str(outdir), *DEMO, "--expected-length", "300", "--overwrite")
+    proc = cli("predict", str(DEMO_FASTA), "-o", str(outdir), *DEMO, "--expected-length", "300", "--overwrite",
+               *shared_scheduler(client))
     assert proc.returncode == 0, proc.stderr
     assert (outdir / "bags" / "bag-user-notes.nc").read_text() == "mine"
     assert (outdir / "bags" / "bag-x.nc" / "inside.txt").read_text() == "mine too"
     assert (outdir / "notes.txt").read_text() == "my notes"
     fresh = tmp_path / "fresh"
-    assert cli("predict", str(DEMO_FASTA), "-o", str(fresh), *DEMO, "--expected-length", "300").returncode == 0
+    assert cli("predict", str(DEMO_FASTA), "-o", str(fresh), *DEMO, "--expected-length", "300",
+               *shared_scheduler(client)).returncode == 0
     assert finished_outputs(outdir) == finished_outputs(fresh)
     assert sorted(p.name for p in store.bag_files(outdir)) == sorted(p.name for p in store.bag_files(fresh))
 
@@ -83,7 +87,7 @@ def test_case7_overwrite_keeps_user_files_and_foreign_bags_are_never_read(refere
 # --- case 6: a failed start does not block its correction ----------------------------------------
 
 def test_case6_a_failed_start_does_not_block_the_corrected_rerun(reference: Path, tmp_path: Path,
-                                                                demo_cache: Path):
+                                                                client):
     from virnuc_hpc.models.demo import ensure_demo_models
     demo = ensure_demo_models()
     bad = tmp_path / "bad_dnabert"
@@ -95,7 +99,7 @@ def test_case6_a_failed_start_does_not_block_the_corrected_rerun(reference: Path
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr
     assert_nothing_finished(outdir)
-    proc = cli("predict", str(DEMO_FASTA), "-o", str(outdir), *DEMO)
+    proc = cli("predict", str(DEMO_FASTA), "-o", str(outdir), *DEMO, *shared_scheduler(client))
     assert proc.returncode == 0, proc.stderr
     assert finished_outputs(outdir) == finished_outputs(reference)
 
@@ -104,7 +108,7 @@ def test_case6_a_failed_start_does_not_block_the_corrected_rerun(reference: Path
 
 @pytest.mark.parametrize("changed", [["--threads-per-worker", "2"], ["--config", "BUDGET"]])
 def test_case4_changed_setting_between_kill_and_resume_is_refused(changed: list[str], reference: Path,
-                                                                 tmp_path: Path, demo_cache: Path):
+                                                                 tmp_path: Path, client):
     outdir = tmp_path / "killed"
     _killed_run(outdir)
     if changed[-1] == "BUDGET":
@@ -115,13 +119,13 @@ def test_case4_changed_setting_between_kill_and_resume_is_refused(changed: list[
     proc = cli("predict", str(DEMO_FASTA), "-o", str(outdir), *DEMO, *changed)
     assert proc.returncode == 2 and "--overwrite" in proc.stderr, proc.stderr
     assert _snapshot(outdir / "bags") == before  # nothing was mixed in
-    proc = cli("predict", str(DEMO_FASTA), "-o", str(outdir), *DEMO)
+    proc = cli("predict", str(DEMO_FASTA), "-o", str(outdir), *DEMO, *shared_scheduler(client))
     assert proc.returncode == 0, proc.stderr
     assert finished_outputs(outdir) == finished_outputs(reference)
 
 
 def test_case4_bags_of_other_numerics_are_recomputed_on_resume(reference: Path, tmp_path: Path,
-                                                               demo_cache: Path):
+                                                               client):
     """Budgets left unset are derived by the workers from their card, so a resume on another GPU
     model runs with other numerics. No second kind of card exists in CI: the bags a killed run
     left are relabelled as another card's (their recorded checksums updated, as that run would
@@ -134,7 +138,7 @@ def test_case4_bags_of_other_numerics_are_recomputed_on_resume(reference: Path, 
             f.attrs["numerics"] = json.dumps({**numerics, "processor": "NVIDIA H100 80GB HBM3",
                                               "esm2_max_tokens": 106496}, sort_keys=True)
         store.checksum_path(path).write_text(hashlib.sha256(path.read_bytes()).hexdigest() + "\n")
-    proc = cli("predict", str(DEMO_FASTA), "-o", str(outdir), *DEMO)
+    proc = cli("predict", str(DEMO_FASTA), "-o", str(outdir), *DEMO, *shared_scheduler(client))
     assert proc.returncode == 0, proc.stderr
     assert "other numerics" in proc.stderr
     assert finished_outputs(outdir) == finished_outputs(reference)
@@ -145,13 +149,13 @@ def test_case4_bags_of_other_numerics_are_recomputed_on_resume(reference: Path, 
 
 # --- bag checksums ---------------------------------------------------------------------------
 
-def test_a_tampered_bag_is_recomputed_with_a_warning(reference: Path, tmp_path: Path, demo_cache: Path):
+def test_a_tampered_bag_is_recomputed_with_a_warning(reference: Path, tmp_path: Path, client):
     outdir = tmp_path / "tampered"
     shutil.copytree(reference, outdir)
     path = store.bag_files(outdir)[1]
     with h5py.File(path, "a") as f:  # a plausible edit: the calls flipped
         f["probability"][...] = f["probability"][...][:, ::-1]
-    proc = cli("predict", str(DEMO_FASTA), "-o", str(outdir), *DEMO)
+    proc = cli("predict", str(DEMO_FASTA), "-o", str(outdir), *DEMO, *shared_scheduler(client))
     assert proc.returncode == 0, proc.stderr
     assert "does not match the checksum" in proc.stderr and path.name in proc.stderr
     assert json.loads((outdir / "run.json").read_text())["bags"]["computed_now"] == 1
@@ -167,24 +171,24 @@ def test_case8_tables_never_stand_without_run_json(tmp_path: Path):
     for name in ("reads.tsv", "samples/s1/prediction_results.txt"):
         (stage / name).write_text("table\n")
     with pytest.raises(store.OutputError):
-        _publish(stage, outdir, ["reads.tsv", "samples/s1/prediction_results.txt"], {"x": 1})
+        publish(stage, outdir, ["reads.tsv", "samples/s1/prediction_results.txt"], RunRecord.parse({"x": 1})[0])
     assert not (outdir / "reads.tsv").exists()
     assert not (outdir / "samples" / "s1" / "prediction_results.txt").exists()
 
 
-def test_case8_an_input_path_with_a_tab_is_refused(tmp_path: Path, demo_cache: Path):
+def test_case8_an_input_path_with_a_tab_is_refused(tmp_path: Path, client):
     odd = tmp_path / "my\treads.fasta"
     shutil.copy(DEMO_FASTA, odd)
-    proc = cli("predict", str(odd), "-o", str(tmp_path / "out"), *DEMO)
+    proc = cli("predict", str(odd), "-o", str(tmp_path / "out"), *DEMO, *shared_scheduler(client))
     assert proc.returncode == 2 and "tab" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "out" / "reads.tsv").exists()
 
 
-def test_case8_a_duplicate_megabyte_id_gives_a_short_message(tmp_path: Path, demo_cache: Path):
+def test_case8_a_duplicate_megabyte_id_gives_a_short_message(tmp_path: Path, client):
     long_id = "r" + "x" * 1_000_000
     fasta = tmp_path / "dup.fasta"
     fasta.write_text(f">{long_id}\nACGTACGTAC\n>{long_id}\nACGTACGTAC\n")
-    proc = cli("predict", str(fasta), "-o", str(tmp_path / "out"), *DEMO)
+    proc = cli("predict", str(fasta), "-o", str(tmp_path / "out"), *DEMO, *shared_scheduler(client))
     assert proc.returncode == 2 and "duplicate id" in proc.stderr
     assert len(proc.stderr) < 5_000
     assert "1,000,001 characters" in proc.stderr
@@ -214,7 +218,7 @@ def _tree(folder: Path) -> dict[str, tuple[bytes, int]]:
 
 @pytest.mark.parametrize("linked", ["bags", "bags/bag-000000.nc", "reads.tsv", "run.json"])
 def test_a_link_inside_outdir_is_refused_by_resume_and_overwrite(linked: str, reference: Path, tmp_path: Path,
-                                                                 demo_cache: Path):
+                                                                 client):
     """OUTDIR/bags linked to another folder of bag files (or one file of ours linked elsewhere):
     neither a resume nor --overwrite removes, rewrites or reads what the link points to."""
     outdir, elsewhere = tmp_path / "ours", tmp_path / "elsewhere"
@@ -225,7 +229,7 @@ def test_a_link_inside_outdir_is_refused_by_resume_and_overwrite(linked: str, re
     (outdir / linked).symlink_to(target, target_is_directory=target.is_dir())
     before, inside = _tree(elsewhere), sorted(p.name for p in outdir.rglob("*"))
     for extra in ([], ["--overwrite", "--skip-invalid"]):  # the same run resumed; another run replacing it
-        proc = cli("predict", str(DEMO_FASTA), "-o", str(outdir), *DEMO, *extra)
+        proc = cli("predict", str(DEMO_FASTA), "-o", str(outdir), *DEMO, *extra, *shared_scheduler(client))
         assert proc.returncode == 2, proc.stderr
         assert proc.stderr.startswith("virnuc-hpc: error: ") and "Traceback" not in proc.stderr, proc.stderr
         assert "symbolic link" in proc.stderr and linked in proc.stderr, proc.stderr
@@ -288,5 +292,5 @@ def test_a_full_disk_while_the_report_is_written_leaves_no_run_json(reference: P
             assert full.value.errno == errno.ENOSPC
         (disk / "spare").unlink()
         with pytest.raises(store.OutputError, match="No space left on device"):
-            _publish(stage, outdir, names, payload)
+            publish(stage, outdir, names, RunRecord.parse(payload)[0])
         assert sorted(p.name for p in outdir.iterdir()) == [".merge-stage"], "something finished-looking stands"

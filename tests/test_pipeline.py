@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from conftest import (DEMO, DEMO_FASTA, FINAL, assert_nothing_finished, cli, finished_bags,
-                      finished_outputs, killed_run, small_tmpfs)
+                      finished_outputs, killed_run, shared_scheduler, small_tmpfs)
 from virnuc_hpc.outputs import store
 from virnuc_hpc.config import load_config
-from virnuc_hpc.reads.loading import load_records
+from virnuc_hpc.testing.loading import load_records
 from virnuc_hpc.reads.frames import frames_for_records
 
 
@@ -95,56 +95,51 @@ def test_kill_9_then_resume_is_identical(reference: Path, demo_cache: Path, tmp_
         np.testing.assert_array_equal(a.features.values, b.features.values)
 
 
-def test_damaged_bags_are_recomputed(reference: Path, tmp_path: Path, demo_cache: Path):
+def test_damaged_bags_are_recomputed(reference: Path, tmp_path: Path, client):
     import shutil
     outdir = tmp_path / "damaged"
     shutil.copytree(reference, outdir)
     bags = sorted((outdir / "bags").glob("bag-*.nc"))
     bags[0].unlink()
     bags[1].write_bytes(bags[1].read_bytes()[:500])
-    proc = cli("predict", str(DEMO_FASTA), "-o", str(outdir), *DEMO)
+    proc = cli("predict", str(DEMO_FASTA), "-o", str(outdir), *DEMO, *shared_scheduler(client))
     assert proc.returncode == 0, proc.stderr
     assert json.loads((outdir / "run.json").read_text())["bags"]["computed_now"] == 2
     assert finished_outputs(outdir) == finished_outputs(reference)
 
 
-def test_changed_configuration_is_refused_unless_overwrite(reference: Path, tmp_path: Path,
-                                                           demo_cache: Path):
+def test_changed_configuration_is_refused_unless_overwrite(reference: Path, tmp_path: Path, client):
     import shutil
     outdir = tmp_path / "changed"
     shutil.copytree(reference, outdir)
-    proc = cli("predict", str(DEMO_FASTA), "-o", str(outdir), *DEMO, "--expected-length", "500")
+    proc = cli("predict", str(DEMO_FASTA), "-o", str(outdir), *DEMO, "--expected-length", "500",
+               *shared_scheduler(client))
     assert proc.returncode == 2 and "--overwrite" in proc.stderr
     assert (outdir / "run.json").exists()  # the old finished run is left untouched
     proc = cli("predict", str(DEMO_FASTA), "-o", str(outdir), *DEMO, "--expected-length", "500",
-               "--overwrite")
+               "--overwrite", *shared_scheduler(client))
     assert proc.returncode == 0, proc.stderr
     assert json.loads((outdir / "run.json").read_text())["config"]["expected_length"] == 500
 
 
-def test_bring_your_own_client(reference: Path, tmp_path: Path, demo_cache: Path):
-    from distributed import Client, LocalCluster
-
+def test_bring_your_own_client(reference: Path, tmp_path: Path, client):
     import virnuc_hpc
-    with LocalCluster(n_workers=1, threads_per_worker=1, host="127.0.0.1", dashboard_address=":0",
-                      processes=True) as cluster, Client(cluster) as client:
-        result = virnuc_hpc.predict([DEMO_FASTA], tmp_path / "byo", client=client,
-                                    config=load_config(preset="demo"), progress=False, bag_size=8)
-        assert client.status == "running"  # the caller's client is not closed
+    result = virnuc_hpc.predict([DEMO_FASTA], tmp_path / "byo", client=client,
+                                config=load_config(preset="demo"), progress=False, bag_size=8)
+    assert client.status == "running"  # the caller's client is not closed
     assert finished_outputs(result.outdir) == finished_outputs(reference)
 
 
-def test_embed_writes_features_only(tmp_path: Path, demo_cache: Path):
+def test_embed_writes_features_only(tmp_path: Path, client):
     outdir = tmp_path / "embed"
-    proc = cli("embed", str(DEMO_FASTA), "-o", str(outdir), *DEMO)
+    proc = cli("embed", str(DEMO_FASTA), "-o", str(outdir), *DEMO, *shared_scheduler(client))
     assert proc.returncode == 0, proc.stderr
     assert not (outdir / "prediction_results.txt").exists()
     with store.open_features(outdir) as ds:
         assert "probability" not in ds and ds.features.shape[0] > 20
 
 
-def test_duplicate_reads_are_embedded_once_with_the_same_vectors(reference: Path, tmp_path: Path,
-                                                                 demo_cache: Path):
+def test_duplicate_reads_are_embedded_once_with_the_same_vectors(reference: Path, tmp_path: Path, client):
     """Repeated sequences (other ids) are embedded once per bag: every copy gets the same vector as
     the original, the original keeps the vector of the run without copies, and run.json shows fewer
     sequences embedded than frames."""
@@ -157,7 +152,7 @@ def test_duplicate_reads_are_embedded_once_with_the_same_vectors(reference: Path
     fasta = tmp_path / "dups.fa"
     fasta.write_text("".join(lines))
     outdir = tmp_path / "dups"
-    proc = cli("embed", str(fasta), "-o", str(outdir), *DEMO)
+    proc = cli("embed", str(fasta), "-o", str(outdir), *DEMO, *shared_scheduler(client))
     assert proc.returncode == 0, proc.stderr[-3000:]
     with store.open_features(outdir) as ds, store.open_features(reference) as ref:
         got = dict(zip(map(str, ds.frame.values), ds.features.values))
@@ -189,12 +184,12 @@ BAD_INPUTS = {
 
 
 @pytest.mark.parametrize("case", sorted(BAD_INPUTS))
-def test_bad_input_is_refused(case: str, tmp_path: Path, demo_cache: Path):
+def test_bad_input_is_refused(case: str, tmp_path: Path, client):
     content, expected = BAD_INPUTS[case]
     fasta = tmp_path / "in.fa"
     fasta.write_bytes(content)
     outdir = tmp_path / "out"
-    proc = cli("predict", str(fasta), "-o", str(outdir), *DEMO)
+    proc = cli("predict", str(fasta), "-o", str(outdir), *DEMO, *shared_scheduler(client))
     assert proc.returncode == 2, proc.stderr
     assert "in.fa" in proc.stderr and expected.lower() in proc.stderr.lower(), proc.stderr
     assert "Traceback" not in proc.stderr
@@ -202,12 +197,12 @@ def test_bad_input_is_refused(case: str, tmp_path: Path, demo_cache: Path):
     assert cli("validate", str(fasta)).returncode == 2
 
 
-def test_skip_invalid_reports_skipped_records(tmp_path: Path, demo_cache: Path):
+def test_skip_invalid_reports_skipped_records(tmp_path: Path, client):
     fasta = tmp_path / "mixed.fa"
     good = DEMO_FASTA.read_text()
     fasta.write_text(good + ">empty_one\n>demo_read_000\nACGT\n>bad_chars\nACGT123\n")
     outdir = tmp_path / "out"
-    proc = cli("predict", str(fasta), "-o", str(outdir), *DEMO, "--skip-invalid")
+    proc = cli("predict", str(fasta), "-o", str(outdir), *DEMO, "--skip-invalid", *shared_scheduler(client))
     assert proc.returncode == 0, proc.stderr
     rows = [r.split("\t") for r in (outdir / "reads.tsv").read_text().splitlines()[2:]]
     skipped = {(r[0], r[3]) for r in rows if r[3].startswith("skipped")}
@@ -244,13 +239,14 @@ def test_full_disk_fails_cleanly(tmp_path: Path, demo_cache: Path):
         assert not list(mnt.rglob(".*.tmp-*"))
 
 
-def test_classifier_named_for_another_chunk_size_warns(tmp_path: Path, demo_cache: Path):
+def test_classifier_named_for_another_chunk_size_warns(tmp_path: Path, client):
     import shutil
     from virnuc_hpc.models.demo import ensure_demo_models
     clf = tmp_path / "500_model.pth"
     shutil.copy(ensure_demo_models().classifier, clf)
     outdir = tmp_path / "out"
-    proc = cli("predict", str(DEMO_FASTA), "-o", str(outdir), *DEMO, "--classifier", str(clf))
+    proc = cli("predict", str(DEMO_FASTA), "-o", str(outdir), *DEMO, "--classifier", str(clf),
+               *shared_scheduler(client))
     assert proc.returncode == 0, proc.stderr
     assert "chunk size" in proc.stderr and "500" in proc.stderr
     warned = [line for line in proc.stderr.splitlines() if "chunk size" in line]

@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from conftest import DEMO, DEMO_FASTA, cli
 from virnuc_hpc.outputs.store import PROGRESS
 from virnuc_hpc.runtime.progress import Progress, bags_text, describe, duration
@@ -56,6 +58,7 @@ def test_duration_is_one_word() -> None:
     assert [duration(s) for s in (0, 12.4, 250, 3 * 3600 + 5 * 60 + 59)] == ["0s", "12s", "4m10s", "3h05m"]
 
 
+@pytest.mark.e2e
 def test_batch_log_has_progress_lines(tmp_path: Path, demo_cache: Path) -> None:
     """Piped to a file (no terminal), a run longer than the interval logs done/total and an ETA."""
     log_file = tmp_path / "job.log"

@@ -32,9 +32,9 @@ from virnuc_hpc.reads.fasta import (
     UNREADABLE,
     FastaError,
 )
-from virnuc_hpc.reads.loading import load_records, read_fasta, validate
-from virnuc_hpc.reads.reading import FASTA, FASTQ, Block, iter_blocks, open_binary, parse_block, sniff
-from virnuc_hpc.reads.validation import check_records, id_line, sorted_ids
+from virnuc_hpc.testing.loading import load_records, read_fasta, validate
+from virnuc_hpc.reads.reading import FASTA, FASTQ, Block, iter_blocks, open_binary, sniff
+from virnuc_hpc.reads.validation import check_records, id_line, parse_block, sorted_ids
 from virnuc_hpc.reads.samples import (
     InputFile,
     Sample,

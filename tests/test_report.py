@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from conftest import DEMO, DEMO_FASTA, cli
+from conftest import DEMO, DEMO_FASTA, cli, shared_scheduler
 from virnuc_hpc.outputs import store
 from virnuc_hpc.outputs.report import (COLUMNS, CSP, HIST_BINS, MQC_JSON, OVERLAY_MAX, REPORT, SORT_JS,
                                        Distribution, distribution_svg, length_edges, write_report)
@@ -496,7 +496,7 @@ FIFTY = 50
 
 
 @pytest.fixture(scope="module")
-def fifty(demo_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def fifty(client, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One demo run of 50 tiny samples (FASTA files of two or three demo reads each)."""
     records = [r for r in DEMO_FASTA.read_text().split(">") if r]
     inputs = tmp_path_factory.mktemp("fifty-in")
@@ -504,7 +504,8 @@ def fifty(demo_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
         picked = [records[(3 * i + j) % len(records)] for j in range(2 + i % 2)]
         (inputs / f"s{i:02d}.fasta").write_text("".join(">" + r for r in picked))
     outdir = tmp_path_factory.mktemp("fifty") / "out"
-    proc = cli("predict", *sorted(str(p) for p in inputs.iterdir()), "-o", str(outdir), *DEMO)
+    proc = cli("predict", *sorted(str(p) for p in inputs.iterdir()), "-o", str(outdir), *DEMO,
+               *shared_scheduler(client))
     assert proc.returncode == 0, proc.stderr[-3000:]
     return outdir
 

@@ -29,7 +29,7 @@ from virnuc_hpc.reads.fasta import (
     Problem,
     Record,
 )
-from virnuc_hpc.reads.loading import load_records, read_fasta, validate
+from virnuc_hpc.testing.loading import load_records, read_fasta, validate
 from virnuc_hpc.reads.frames import FrameTable, frames_for_records, six_frames
 
 # ----------------------------------------------------------------------------- reference

@@ -21,7 +21,7 @@ import pytest
 
 from conftest import DEMO, DEMO_FASTA, cli, finished_outputs
 from virnuc_hpc.runtime import slurm
-from virnuc_hpc.reads.loading import load_records
+from virnuc_hpc.testing.loading import load_records
 from virnuc_hpc.reads.frames import frames_for_records
 
 pytestmark = pytest.mark.slurm
@@ -33,6 +33,7 @@ class Submission:
     folder: Path
     outdir: Path
     job_ids: list[str]
+    args: tuple[str, ...] = ()  # submit's arguments
 
     def logs(self) -> str:
         return "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(self.folder.glob("*_log.*")))
@@ -41,12 +42,20 @@ class Submission:
 def _submit(tmp: Path, name: str, inputs: list[Path], *options: str, run_args: tuple[str, ...] = (),
             ) -> Submission:
     outdir, folder = tmp / name, tmp / f"{name}-jobs"
-    proc = cli("submit", "--folder", str(folder), *options, "--",
-               *map(str, inputs), "-o", str(outdir), *DEMO, *run_args)
+    args = ("--folder", str(folder), *options, "--", *map(str, inputs), "-o", str(outdir), *DEMO, *run_args)
+    proc = cli("submit", *args)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     ids = re.findall(r"^submitted job (\S+):", proc.stdout, re.M)
     assert ids, proc.stdout
-    return Submission(folder, outdir, ids)
+    return Submission(folder, outdir, ids, args)
+
+
+def _assert_preview_is_submitted_script(sub: Submission, script: Path) -> None:
+    """``submit --show-script`` with the same arguments prints the very script submitit submitted
+    (our template, script.py, against submitit's own)."""
+    proc = cli("submit", "--show-script", *sub.args)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == script.read_text(), f"--show-script:\n{proc.stdout}\nsubmitted:\n{script.read_text()}"
 
 
 def _wait(sub: Submission, timeout: float = JOB_TIMEOUT_S) -> list[slurm.JobStatus]:
@@ -164,6 +173,7 @@ def test_submitted_job_matches_local_run(jobs: Jobs, reference: Path):
                  "--wckey=virnuc"):
         assert f"#SBATCH {flag}" in script, script
     assert script.count("--wckey") == 1, script  # the user's replaces submitit's default
+    _assert_preview_is_submitted_script(sub, sub.folder / f"{state.job_id}_submission.sh")
     recorded = subprocess.run(["scontrol", "show", "job", "-o", state.job_id], capture_output=True,
                               text=True).stdout  # what Slurm holds of the job (kept MinJobAge seconds)
     for field in ("Features=virnuc-test", "Comment=virnuc-site-options", "MailUser=nobody@localhost",
@@ -207,6 +217,10 @@ def test_job_array_over_three_inputs(jobs: Jobs):
     sub = jobs.array
     states = _wait(sub)
     assert len(states) == 3 and len({s.job_id.split("_")[0] for s in states}) == 1  # one array
+    array_id = states[0].job_id.split("_")[0]
+    script = sub.folder / f"{array_id}_submission.sh"
+    assert "#SBATCH --array=0-2%3" in script.read_text().splitlines(), script.read_text()
+    _assert_preview_is_submitted_script(sub, script)
     for part, state in zip(jobs.parts, states):
         outdir = Path(state.outdir)
         assert outdir == sub.outdir / part.stem and (outdir / "run.json").is_file()
@@ -259,9 +273,8 @@ def test_second_task_joins_first_tasks_scheduler(jobs: Jobs, reference: Path):
 
 
 def slurm_result(folder: Path, job_id: str, task: int) -> dict:
-    from submitit.core.utils import JobPaths, pickle_load
+    """What task ``task`` of the (finished) job returned, through submitit's Job API."""
+    import submitit
 
-    outcome, value = pickle_load(JobPaths(folder, job_id=job_id, task_id=task).result_pickle)
-    assert outcome == "success", value
-    return value
+    return submitit.SlurmJob(folder=folder, job_id=job_id, tasks=(0, 1)).task(task).result()
 

@@ -19,6 +19,8 @@ import yaml
 
 from conftest import DEMO_FASTA, ROOT
 
+pytestmark = pytest.mark.e2e  # snakemake, and the CLI it runs
+
 SNAKEFILE = ROOT / "workflow" / "Snakefile"
 
 

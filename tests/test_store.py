@@ -78,7 +78,8 @@ def test_bag_roundtrip_and_completeness(tmp_path: Path):
         dna, prot = rng.random((n, 8), np.float32), rng.random((n, 12), np.float32)
         proba = rng.random((n, 2), np.float32)
         parts = {"predictions": store.format_prediction_rows(_frames(bag).frame_id, proba), "ids": "x\n"}
-        store.write_bag(out, bag.ref, _frames(bag), dna, prot, proba, {"x": 1}, tables=parts, counts={"frames": n})
+        store.write_bag(out, bag.ref, _frames(bag), [("dnabert", dna), ("esm2", prot)], proba, {"x": 1}, tables=parts,
+                        counts={"frames": n})
         assert store.bag_is_complete(out, bag.ref, with_probability=True)
         back = store.read_bag_tables(store.bag_path(out, bag.ref))
         assert back["predictions"] == parts["predictions"] and back["ids"] == "x\n" and back["reads"] == ""
@@ -111,7 +112,7 @@ def test_every_features_mode_reads_lazily_with_plain_xarray(tmp_path: Path, comp
     for mode in store.FEATURE_MODES:
         out = tmp_path / mode
         store.check_writable(out)
-        store.write_bag(out, bag.ref, _frames(bag), dna, prot, proba, {}, features=mode,
+        store.write_bag(out, bag.ref, _frames(bag), [("dnabert", dna), ("esm2", prot)], proba, {}, features=mode,
                         compression=compression, tables={})
         path = store.bag_path(out, bag.ref)
         sizes[mode] = path.stat().st_size
@@ -137,7 +138,7 @@ def test_full_disk_leaves_no_partial_bag(tmp_path: Path):
         store.check_writable(mnt)
         big = np.ones((bag.n_records, 1000), np.float32)
         with pytest.raises(store.OutputError, match="No space left"):
-            store.write_bag(mnt, bag.ref, _frames(bag), big, big, None, {}, tables={})
+            store.write_bag(mnt, bag.ref, _frames(bag), [("dnabert", big), ("esm2", big)], None, {}, tables={})
         assert not store.bag_path(mnt, bag.ref).exists()
         assert not list(mnt.rglob(".*.tmp-*"))
 

@@ -24,7 +24,7 @@ from virnuc_hpc import merge
 from virnuc_hpc.outputs import store, tables
 from virnuc_hpc.reads.bags import plan_bags
 from virnuc_hpc.errors import FastaError
-from virnuc_hpc.reads.loading import load_records
+from virnuc_hpc.testing.loading import load_records
 from virnuc_hpc.reads.frames import frames_for_records
 from virnuc_hpc.reads.samples import samples_from_paths
 from virnuc_hpc.runtime.worker import BagRules, parse_bag
@@ -113,7 +113,7 @@ def run_bags(path: Path, outdir: Path, records_per_bag: int, chunk_size: int, sk
         position = {r.id: i for i, r in enumerate(records) if valid[i]}
         frames = SimpleNamespace(frame_id=table.frame_id, chunk_id=table.chunk_id, read_id=table.read_id,
                                  record=[bag.ref.first_record + position[r] for r in table.read_id])
-        store.write_bag(outdir, bag.ref, frames, None, None, proba, {}, features="none", tables=parts, counts=counts)
+        store.write_bag(outdir, bag.ref, frames, None, proba, {}, features="none", tables=parts, counts=counts)
         refs.append(bag.ref)
     return refs
 

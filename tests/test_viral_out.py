@@ -136,13 +136,7 @@ def fastq_text(records: list[tuple[str, str]], rng: random.Random) -> str:
     return "".join(f"@{head}\n{seq}\n+\n{''.join(rng.choice('5?II#') for _ in seq)}\n" for head, seq in records)
 
 
-@pytest.fixture(scope="module")
-def client():
-    from distributed import Client, LocalCluster
-
-    with LocalCluster(n_workers=1, threads_per_worker=2, host="127.0.0.1", dashboard_address=":0",
-                      processes=True) as cluster, Client(cluster) as client:
-        yield client
+# ``client``: the session's shared cluster (tests/conftest.py)
 
 
 def _predict(client, inputs, outdir: Path, **options):

@@ -9,6 +9,7 @@ exit with status 2 and one clear message, never a traceback.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shlex
 import signal
@@ -16,15 +17,15 @@ import sys
 import threading
 import types
 import typing
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, NoReturn
 
 import click
 from pydantic import ValidationError
 from pydantic.fields import FieldInfo
 
 from virnuc_hpc.config import ENVIRONMENT, OPTION_GROUPS, RunConfig, describe_errors, load_config
-from virnuc_hpc.errors import BagsFailedError, FastaError, SampleError, UserError
+from virnuc_hpc.errors import BagsFailedError, FastaError, UserError
 from virnuc_hpc.models.sources import CLASSIFIER_LENGTHS, DEFAULT_DNABERT, DEFAULT_ESM2
 
 EXIT_USAGE = 2
@@ -66,7 +67,47 @@ class _GroupedOption(click.Option):
         self.group = group
 
 
-class _GroupedCommand(click.Command):
+@contextlib.contextmanager
+def exit_statuses(*, keeps_bags: bool = False, dry_run: bool = False) -> Iterator[None]:
+    """The one mapping from what ends a command to what the user sees: a UserError (and pydantic's
+    and the system's errors about what the user gave) is one message and exit status 2, a Ctrl-C one
+    line and 130, bags that failed 1; anything else is a bug and keeps its traceback. ``keeps_bags``:
+    a run (predict, embed) whose finished bags a rerun reuses, which its messages say."""
+    try:
+        yield
+    except FastaError as err:
+        _fail(f"invalid input; the run stopped and left no final tables (finished bags are kept for a "
+              f"rerun; `virnuc-hpc validate` lists every problem):\n{err}" if keeps_bags else str(err))
+    except ValidationError as err:
+        _fail(f"invalid configuration: {describe_errors(err)}")
+    except KeyboardInterrupt:  # a run's cluster is shut down by now (pipeline.run's cleanup)
+        resume = ": finished bags are kept; rerun the same command to resume" if keeps_bags and not dry_run else ""
+        click.echo(f"virnuc-hpc: interrupted{resume}", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    except BagsFailedError as err:
+        click.echo(f"virnuc-hpc: error: {err}", err=True)
+        sys.exit(1)
+    except UserError as err:  # FastaError, SampleError, ConfigError, a model not found, ...
+        _fail(str(err))
+    except BrokenPipeError:
+        raise  # stdout closed by the reader (`| head`): click's own quiet exit
+    except OSError as err:
+        _fail(f"{err.strerror or err}: {err.filename or ''}".rstrip(": "))
+
+
+class Command(click.Command):
+    """A command whose errors end as ``exit_statuses`` says (every command of the CLI is one)."""
+
+    def __init__(self, *args: Any, keeps_bags: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.keeps_bags = keeps_bags
+
+    def invoke(self, ctx: click.Context) -> Any:
+        with exit_statuses(keeps_bags=self.keeps_bags, dry_run=bool(ctx.params.get("dry_run"))):
+            return super().invoke(ctx)
+
+
+class GroupedCommand(Command):
     """Help with the options under headings (``groups``, in order; predict's are the configuration's
     ``OPTION_GROUPS``): one flat list of 40 options hides the few that every run needs. An option's
     heading is its own ``group``, else ``group_of[its name]``, else the last heading (--help)."""
@@ -153,7 +194,7 @@ def _interrupt_once(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     click.echo(f"virnuc-hpc: error: {message}", err=True)
     sys.exit(EXIT_USAGE)
 
@@ -163,33 +204,15 @@ def _execute(command: str, inputs: tuple[str, ...], outdir: str, preset: str | N
              **overrides: Any) -> None:
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, _interrupt_once)
-    try:
-        config = load_config(preset=preset, config_file=config_file, overrides=overrides)
-        if dry_run:
-            from virnuc_hpc.runtime.dryrun import dry_run as estimate
-            click.echo(estimate(list(inputs), config, samplesheet=samplesheet, classify=command == "predict"))
-            return
-        from virnuc_hpc.runtime import pipeline
-        result = pipeline.run(list(inputs), outdir, config=config, classify=command == "predict",
-                              samplesheet=samplesheet, command_line=shlex.join(sys.argv))
-    except FastaError as err:
-        _fail(f"invalid input; the run stopped and left no final tables (finished bags are kept for a "
-              f"rerun; `virnuc-hpc validate` lists every problem):\n{err}")
-    except ValidationError as err:
-        _fail(f"invalid configuration: {describe_errors(err)}")
-    except KeyboardInterrupt:  # the cluster is shut down by now (pipeline.run's cleanup)
-        click.echo("virnuc-hpc: interrupted" + ("" if dry_run else ": finished bags are kept; rerun the "
-                                                "same command to resume"), err=True)
-        sys.exit(EXIT_INTERRUPTED)
-    except BagsFailedError as err:
-        click.echo(f"virnuc-hpc: error: {err}", err=True)
-        sys.exit(1)
-    except UserError as err:  # anything else is a bug: its traceback is kept
-        _fail(str(err))
-    except OSError as err:
-        _fail(f"{err.strerror or err}: {err.filename or ''}".rstrip(": "))
-    else:
-        click.echo(render_summary(result))
+    config = load_config(preset=preset, config_file=config_file, overrides=overrides)
+    if dry_run:
+        from virnuc_hpc.runtime.dryrun import dry_run as estimate
+        click.echo(estimate(list(inputs), config, samplesheet=samplesheet, classify=command == "predict"))
+        return
+    from virnuc_hpc.runtime import pipeline
+    result = pipeline.run(list(inputs), outdir, config=config, classify=command == "predict",
+                          samplesheet=samplesheet, command_line=shlex.join(sys.argv))
+    click.echo(render_summary(result))
 
 
 def render_summary(result: Any) -> str:
@@ -217,18 +240,18 @@ def render_summary(result: Any) -> str:
     return "\n".join(lines)
 
 
-class _Commands(click.Group):
-    """Commands interrupted by Ctrl-C exit 130 with one line (click would print "Aborted!" and exit 1)."""
+class CommandGroup(click.Group):
+    """A group whose commands are ``Command``s; what ends the group's own part (options, callback)
+    maps as theirs does, so a Ctrl-C exits 130 with one line (click would print "Aborted!", exit 1)."""
+
+    command_class = Command
 
     def invoke(self, ctx: click.Context) -> Any:
-        try:
+        with exit_statuses():
             return super().invoke(ctx)
-        except KeyboardInterrupt:
-            click.echo("virnuc-hpc: interrupted", err=True)
-            sys.exit(EXIT_INTERRUPTED)
 
 
-@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=CommandGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="virnuc-hpc")
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
 def main(verbose: int) -> None:
@@ -241,7 +264,7 @@ def main(verbose: int) -> None:
     logging.getLogger("distributed").setLevel(logging.INFO if verbose else logging.ERROR)
 
 
-@main.command(cls=_GroupedCommand)
+@main.command(cls=GroupedCommand, keeps_bags=True)
 @_run_options(classifier=True)
 def predict(inputs: tuple[str, ...], outdir: str, preset: str | None, config_file: str | None,
             **overrides: Any) -> None:
@@ -249,7 +272,7 @@ def predict(inputs: tuple[str, ...], outdir: str, preset: str | None, config_fil
     _execute("predict", inputs, outdir, preset, config_file, **overrides)
 
 
-@main.command(cls=_GroupedCommand)
+@main.command(cls=GroupedCommand, keeps_bags=True)
 @_run_options(classifier=False)
 def embed(inputs: tuple[str, ...], outdir: str, preset: str | None, config_file: str | None,
           **overrides: Any) -> None:
@@ -264,14 +287,10 @@ def embed(inputs: tuple[str, ...], outdir: str, preset: str | None, config_file:
 def validate(inputs: tuple[str, ...], samplesheet: str | None, workers: int | None) -> None:
     """Report every problem in FASTA/FASTQ inputs, in parallel, without running any model."""
     from virnuc_hpc.runtime.pipeline import resolve_samples
-    from virnuc_hpc.reads.validation import validate_samples
+    from virnuc_hpc.runtime.validate import validate_samples
 
-    try:
-        samples = resolve_samples(list(inputs), samplesheet)
-        problems = validate_samples(samples, workers=workers)
-    except (SampleError, FastaError) as err:
-        _fail(str(err))
-        return
+    samples = resolve_samples(list(inputs), samplesheet)
+    problems = validate_samples(samples, workers=workers)
     for problem in problems:
         click.echo(str(problem), err=True)
     if problems:
@@ -292,7 +311,7 @@ _SUBMIT_GROUPS = {
 }
 
 
-@main.command(context_settings={"ignore_unknown_options": True}, cls=_GroupedCommand,
+@main.command(context_settings={"ignore_unknown_options": True}, cls=GroupedCommand,
               groups=tuple(_SUBMIT_GROUPS),
               group_of={name: group for group, names in _SUBMIT_GROUPS.items() for name in names})
 @click.option("--partition", help="Slurm partition.")
@@ -359,10 +378,7 @@ def submit(run_args: tuple[str, ...], folder: str | None, time_limit: str, per_i
 
     command = embed if embed_only else predict
     params = command.make_context("virnuc-hpc submit [SLURM OPTIONS] --", list(run_args)).params
-    try:
-        check_run_args(run_args)  # OUTDIR and other paths reach the job script
-    except UserError as err:
-        _fail(str(err))
+    check_run_args(run_args)  # OUTDIR and other paths reach the job script
     inputs, outdir = params.pop("inputs"), params.pop("outdir")
     preset, config_file = params.pop("preset"), params.pop("config_file")
     samplesheet, dry_run = params.pop("samplesheet"), params.pop("dry_run")
@@ -374,29 +390,22 @@ def submit(run_args: tuple[str, ...], folder: str | None, time_limit: str, per_i
         _fail("no input given (FASTA/FASTQ files, or --samplesheet)")
     if samplesheet:
         from virnuc_hpc.reads.samples import read_samplesheet
-        try:
-            read_samplesheet(samplesheet)  # a mistake in the sheet is reported now, not in the job
-        except SampleError as err:
-            _fail(str(err))
+        read_samplesheet(samplesheet)  # a mistake in the sheet is reported now, not in the job
     missing = [p for p in inputs if not Path(p).is_file()]
     if missing:
         _fail(f"input file(s) not found: {', '.join(missing)}")
-    try:  # every value the job script gets, then what the job will need: before anything is written
-        config = load_config(preset=preset, config_file=config_file, overrides=params)
-        extra = slurm.parse_slurm_opts(slurm_opts)
-        options = slurm.SlurmOptions(folder=Path(folder or Path(outdir) / "slurm").resolve(),
-                                     time=time_limit, extra=extra, **sbatch)
-        slurm.check_options(options)
-        slurm.time_minutes(time_limit)
-        outdirs = slurm.job_outdirs(inputs, outdir, per_input=per_input, samplesheet=samplesheet)
-        job_checks.check_job(inputs, samplesheet, outdirs, options.folder, config, classify=not embed_only,
-                             python=options.python, launcher=options.launcher)
-    except ValidationError as err:
-        _fail(f"invalid configuration: {describe_errors(err)}")
-    except UserError as err:
-        _fail(str(err))
+    # every value the job script gets, then what the job will need: before anything is written
+    config = load_config(preset=preset, config_file=config_file, overrides=params)
+    extra = slurm.parse_slurm_opts(slurm_opts)
+    options = slurm.SlurmOptions(folder=Path(folder or Path(outdir) / "slurm").resolve(),
+                                 time=time_limit, extra=extra, **sbatch)
+    slurm.check_options(options)
+    slurm.time_minutes(time_limit)
+    outdirs = slurm.job_outdirs(inputs, outdir, per_input=per_input, samplesheet=samplesheet)
+    job_checks.check_job(inputs, samplesheet, outdirs, options.folder, config, classify=not embed_only,
+                         python=options.python, launcher=options.launcher)
     if show_script:
-        click.echo(slurm.job_script(slurm.build_executor(options, create=False)), nl=False)
+        click.echo(slurm.job_script(options, jobs=len(outdirs)), nl=False)
         return
     try:
         jobs = slurm.submit(inputs, outdir, config, options, classify=not embed_only,
@@ -431,10 +440,9 @@ def status(folder: str, as_json: bool) -> None:
     try:
         facts = folder_status(folder)
     except UserError as err:
-        if as_json:  # a script reading stdout gets its object too
+        if as_json:  # a script reading stdout gets its object too; the message follows as for any command
             click.echo(json.dumps({"folder": folder, "error": str(err)}))
-        _fail(str(err))
-        return
+        raise
     for problem in facts["problems"]:  # damaged records, left out of the answer
         click.echo(f"virnuc-hpc: warning: {problem}", err=True)
     click.echo(json.dumps(facts) if as_json else render(facts))
@@ -468,24 +476,16 @@ def worker(scheduler_address: str | None, scheduler_file: str | None, host: str 
 
     if bool(scheduler_address) == bool(scheduler_file):
         _fail("give --scheduler-address or --scheduler-file (one of them)")
-    try:
-        # the address is checked as predict's is (its form; then that a scheduler answers in time)
-        config = load_config(preset=preset, config_file=config_file,
-                             overrides={**overrides, "scheduler_address": scheduler_address})
-        if scheduler_file:
-            scheduler_address = read_scheduler_file(scheduler_file, death_timeout)
-    except ValidationError as err:
-        _fail(f"invalid configuration: {describe_errors(err)}")
-    except UserError as err:
-        _fail(str(err))
+    # the address is checked as predict's is (its form; then that a scheduler answers in time)
+    config = load_config(preset=preset, config_file=config_file,
+                         overrides={**overrides, "scheduler_address": scheduler_address})
+    if scheduler_file:
+        scheduler_address = read_scheduler_file(scheduler_file, death_timeout)
     assert scheduler_address is not None
     if host is None:
         local = any(h in scheduler_address for h in ("127.0.0.1", "localhost", "[::1]"))
         host = "127.0.0.1" if local else node_address(host=config.host)
-    try:
-        serve_workers(scheduler_address, config, host=host, name=name, death_timeout=death_timeout)
-    except UserError as err:  # e.g. device cuda without dask-cuda
-        _fail(str(err))
+    serve_workers(scheduler_address, config, host=host, name=name, death_timeout=death_timeout)
 
 
 #: The RunConfig fields that change what check-precision embeds or how (models, device, engine, chunks).
@@ -518,18 +518,10 @@ def check_precision(inputs: tuple[str, ...], sample: int, precisions: str, confi
     encoder, equal labels, speed; recommends the fastest precision that keeps them."""
     from virnuc_hpc.runtime import precision_check as check
 
-    try:
-        wanted = check.parse_precisions(precisions)
-        config = load_config(preset=preset, config_file=config_file, overrides=overrides)
-        report = check.check_precision(list(inputs), config, sample=sample, precisions=wanted)
-    except ValidationError as err:
-        _fail(f"invalid configuration: {describe_errors(err)}")
-    except UserError as err:  # FastaError, SampleError, ConfigError, a model not found
-        _fail(str(err))
-    except OSError as err:
-        _fail(f"{err.strerror or err}: {err.filename or ''}".rstrip(": "))
-    else:
-        click.echo(check.format_report(report))
+    wanted = check.parse_precisions(precisions)
+    config = load_config(preset=preset, config_file=config_file, overrides=overrides)
+    report = check.check_precision(list(inputs), config, sample=sample, precisions=wanted)
+    click.echo(check.format_report(report))
 
 
 # --- models: staged once on a login node, verified on the compute nodes ----------------------------
@@ -541,10 +533,7 @@ def _models_dir(given: str | None) -> Any:
     from virnuc_hpc.models.sources import default_models_dir
     if given:
         return Path(given).expanduser()
-    try:
-        configured = load_config().models_dir
-    except UserError as err:
-        _fail(str(err))
+    configured = load_config().models_dir
     return Path(configured).expanduser() if configured else default_models_dir()
 
 
@@ -555,7 +544,7 @@ def _models_dir_option(fn: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--models-dir", type=click.Path(file_okay=False), help=help_text)(fn)
 
 
-@main.group(cls=_Commands)
+@main.group(cls=CommandGroup)
 def models() -> None:
     """Stage the models in one directory (fetch, where there is network), check them where they
     run (verify, offline), and show what is staged (list)."""
@@ -583,15 +572,12 @@ def models_fetch(models_dir: str | None, esm2: str, dnabert: str, classifiers: s
     if mirror is not None and not mirror.startswith(("http://", "https://")):
         _fail(f"--mirror {mirror!r}: expected an http:// or https:// URL")
     skip = {"", "none"}
-    try:
-        wanted = [*([] if esm2.lower() in skip else sources.esm2_sources(esm2)),
-                  *([] if dnabert.lower() in skip else sources.dnabert_sources(dnabert)),
-                  *([] if classifiers.lower() in skip else sources.classifier_sources(classifiers))]
-        if not wanted:
-            _fail("nothing to fetch: --esm2, --dnabert and --classifiers are all none")
-        done = staging.fetch(directory, wanted, mirror=mirror, retries=retries)
-    except UserError as err:
-        _fail(str(err))
+    wanted = [*([] if esm2.lower() in skip else sources.esm2_sources(esm2)),
+              *([] if dnabert.lower() in skip else sources.dnabert_sources(dnabert)),
+              *([] if classifiers.lower() in skip else sources.classifier_sources(classifiers))]
+    if not wanted:
+        _fail("nothing to fetch: --esm2, --dnabert and --classifiers are all none")
+    done = staging.fetch(directory, wanted, mirror=mirror, retries=retries)
     for item in done:
         e = item.entry
         how = f"fetched from {e.fetched_from}" if item.downloaded else "already staged"
@@ -609,10 +595,7 @@ def models_verify(models_dir: str | None) -> None:
     from virnuc_hpc.models.inventory import partial_downloads, verify
 
     directory = _models_dir(models_dir)
-    try:
-        checks = verify(directory)
-    except UserError as err:
-        _fail(str(err))
+    checks = verify(directory)
     for check in checks:
         click.echo(f"{'ok' if check.ok else 'FAILED':<7} {check.file}: {check.detail}")
     for part in partial_downloads(directory):
@@ -636,10 +619,7 @@ def models_list(models_dir: str | None, as_json: bool) -> None:
     from virnuc_hpc.models.inventory import partial_downloads, staged
 
     directory = _models_dir(models_dir)
-    try:
-        items = staged(directory)
-    except UserError as err:
-        _fail(str(err))
+    items = staged(directory)
     flag = {True: "yes", False: "no", None: "-"}
     if as_json:
         for item in items:

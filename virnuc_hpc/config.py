@@ -79,7 +79,7 @@ class RunConfig(BaseModel):
     precision: Literal["auto", "fp32", "fp16", "bf16", "int8"] = Field(
         "auto", description="auto (fp32 on CPU, fp16 on GPU), fp32, fp16, bf16 or int8 (ESM-2's linear "
                             "layers in int8, the rest fp16: faster; check it on your models first with "
-                            "check-precision; README, 'Precision and inference engines')",
+                            "check-precision; docs/precision.md)",
         json_schema_extra=_group("performance"))
     int8_smoothing: Literal["weights", "none"] = Field(
         "weights", description="int8: migrate outlier channels into the weights before quantising "
@@ -94,7 +94,7 @@ class RunConfig(BaseModel):
                                                    json_schema_extra=_group("performance"))
     engine: Literal["native", "deepspeed"] = Field(
         "native", description="native: our PyTorch modules; deepspeed: the same modules inside DeepSpeed's "
-                              "InferenceEngine, needs the deepspeed package (README, 'Precision and inference engines')",
+                              "InferenceEngine, needs the deepspeed package (docs/precision.md)",
         json_schema_extra=_group("advanced"))
     zero_offload: Literal["none", "cpu", "nvme"] = Field(
         "none", description="deepspeed engine only: ZeRO-3 parameter offload of ESM-2 (models that do not fit)",
@@ -106,7 +106,7 @@ class RunConfig(BaseModel):
         False, strict=True,
         description="fp16/bf16 on GPU: keep ESM-2's erf GELU instead of the tanh form fused into "
                     "fc1's GEMM (the fused form is 4% faster and within half-precision noise; "
-                    "README, 'Precision and inference engines')", json_schema_extra=_group("advanced"))
+                    "docs/precision.md)", json_schema_extra=_group("advanced"))
     workers: int | None = Field(None, ge=1, strict=True,
                                 description="Dask workers (default: one per GPU, or 1 on CPU)",
                                 json_schema_extra=_group("performance"))

@@ -2,7 +2,7 @@
 
 Our own forward pass over fair-esm's released checkpoint files (pre-LayerNorm transformer with
 rotary attention, parameters named as in fair-esm's esm/model/esm2.py), so that we can load them
-safely (weights_only), pick precision and batching ourselves, and later swap the attention kernel.
+safely (weights_only) and choose precision, batching and the attention kernel ourselves.
 In fp32 it reproduces fair-esm 2.0.0 to ~1e-6 (tests/test_esm2.py).
 
 Pooling follows the original VirNucPro `extract_esm`: the whole protein goes through the model
@@ -226,9 +226,11 @@ class ESM2(nn.Module):
     def cast(self, device: torch.device, dtype: torch.dtype) -> ESM2:
         """Move to device; matmul weights to dtype, LayerNorms kept fp32."""
         self.to(device)
-        for m in self.modules():
+        for m in self.modules():  # a file may store the LayerNorms in half precision (an fp16 checkpoint)
             if isinstance(m, (nn.Linear, nn.Embedding)):
                 m.to(dtype)
+            elif isinstance(m, nn.LayerNorm):
+                m.float()
         return self
 
 

@@ -227,7 +227,7 @@ def attend_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: Devi
 def attend_efficient(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: DeviceProteinBatch) -> torch.Tensor:
     """Memory-efficient (cutlass) varlen attention, the GPU default: its 64-row tiles fit short
     proteins, where flash's 128-row tile per protein and head is mostly empty (faster on
-    50-residue proteins, measured: benchmarks/attention_varlen.py); default scale head_dim^-0.5."""
+    50-residue proteins, measured: benchmarks/probes/attention_varlen.py); default scale head_dim^-0.5."""
     cu, n = batch.cu_seqlens, batch.max_seqlen
     out = torch.ops.aten._efficient_attention_forward(q[None], k[None], v[None], None, cu, cu, n, n,
                                                       0.0, 0)[0]

@@ -18,12 +18,12 @@ from .dnabert import DNABERTEncoder, load_dnabert_parts
 from .esm2 import ESM2Encoder, load_esm2_model, model_name, resolve_esm2_checkpoint
 
 if TYPE_CHECKING:
+    from ..spec import EncoderSpec
     from .dnabert_packed import PackedDNABERTEncoder
 
 CPU_PACKED_TOKENS = 1024  # packed batch on CPU (int8 checks): its block-diagonal mask is T x T
 
-# The packed modules are imported on first use, as before the move: a CPU run never imports
-# FlexAttention.
+# The packed modules are imported on first use, so that a CPU run never imports FlexAttention.
 
 
 def load_esm2(spec: str, device: str = "auto", precision: str = "auto",
@@ -96,3 +96,17 @@ def load_dnabert(spec: str, device: str = "auto", precision: str = "auto",
                                     precision=prec, max_tokens=max_tokens)
     return DNABERTEncoder(model, tokenizer, name=spec, weights=weights, device=str(dev), precision=prec,
                           max_tokens=max_tokens)
+
+
+def esm2_from_spec(encoder: "EncoderSpec", *, device: str = "auto", precision: str = "auto",
+                   host_weights: bool = False) -> ESM2Encoder:
+    """The roster's ESM-2 loader (encoders/roster.py): ``load_esm2`` with the worker's settings."""
+    return load_esm2(str(encoder.path), device=device, precision=precision, max_tokens=encoder.max_tokens,
+                     host_weights=host_weights, **dict(encoder.options))
+
+
+def dnabert_from_spec(encoder: "EncoderSpec", *, device: str = "auto",
+                      precision: str = "auto") -> DNABERTEncoder | PackedDNABERTEncoder:
+    """The roster's DNABERT-S loader (encoders/roster.py): ``load_dnabert`` with the worker's settings."""
+    return load_dnabert(str(encoder.path), device=device, precision=precision, max_tokens=encoder.max_tokens,
+                        **dict(encoder.options))

@@ -13,28 +13,14 @@ import os
 import re
 from pathlib import Path
 
+from ..checksums import HASH_BLOCK, file_sha256  # noqa: F401  (models/ imports both from here)
 from ..errors import ModelFileError, ModelNotFoundError
-
-HASH_BLOCK = 1 << 24  # 16 MB reads: few syscalls, little memory per thread
 
 # Set by models/random_weights: in cfg['model'] of an ESM-2 checkpoint, in config.json of a DNABERT directory.
 RANDOM_WEIGHTS_FLAG = "virnuc_hpc_random_weights"
 
 DNABERT_HUB_FILES = ["config.json", "*.safetensors", "pytorch_model.bin", "tokenizer.json",
                      "tokenizer_config.json", "special_tokens_map.json"]
-
-
-def file_sha256(path: Path) -> str:
-    """sha256 of a file's bytes, always read: size and mtime prove nothing (weights rewritten in place
-    with the mtime restored keep both). Streams 16 MB blocks; hashlib releases the GIL on each, so
-    several files hash in parallel threads."""
-    h = hashlib.sha256()
-    buf = bytearray(HASH_BLOCK)
-    view = memoryview(buf)
-    with open(path, "rb", buffering=0) as fh:
-        while n := fh.readinto(buf):
-            h.update(view[:n])
-    return h.hexdigest()
 
 
 # --------------------------------------------------------------------------- DNABERT directories

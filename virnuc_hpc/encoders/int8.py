@@ -1,22 +1,22 @@
 """int8 linear layers for ESM-2 (precision "int8"): half the bytes and twice the tensor-core rate of fp16.
 
-Why: ESM-2 3B's linear layers are nearly all of its GPU time, and fp16 tensor cores were already at
-about 0.7 of their ceiling; Hopper's int8 tensor cores run about twice as fast. The scheme (the
+Why: ESM-2 3B's linear layers are nearly all of its GPU time, and fp16 tensor cores run them close
+to their ceiling; Hopper's int8 tensor cores run about twice as fast. The scheme (the
 fidelity and speed measured in benchmarks/esm2_throughput.py; docs/precision.md):
 - weights are quantised once at load, symmetric, one scale per output channel (row of W);
 - activations are quantised per token (row), symmetric. After a LayerNorm (before q/k/v and fc1)
   ``layer_norm_quantize`` does the residual add, the LayerNorm and the quantisation in one pass (one
   kernel of ours on CUDA), so the normalised row is quantised straight from fp32. The other two
   inputs, the attention output before out_proj and fc1's output before fc2, go through ``quantize``,
-  one bandwidth-bound kernel of ours on CUDA (TorchInductor's standalone kernels for them moved
-  0.2-0.3 of the bytes per second a device copy does, ours 0.6-0.9 of it: benchmarks/int8_tiles.py);
+  one bandwidth-bound kernel of ours on CUDA (faster than TorchInductor's standalone kernels for
+  them: benchmarks/probes/int8_tiles.py);
 - the GEMM ``int8_linear`` multiplies int8 x int8 into int32 and dequantises in its epilogue:
   ``acc * row_scale * column_scale + bias``, optionally GELU (tanh form like the fp16 path's fused
   epilogue, or erf with exact_gelu), written in the bias's dtype; for fc1 the epilogue also records
   each row's max |value| (``int8_linear_absmax``), so fc2's input is quantised without a reduction.
   On CUDA both are our Triton kernels (encoders/int8_triton.py); elsewhere torch (torch._int_mm for
   the GEMM), so CPU tests check the very maths the GPU runs (integer products are exact).
-Attention, LayerNorm statistics, rotary, the residual stream and pooling stay in fp16/fp32 as before.
+Attention, LayerNorm statistics, rotary, the residual stream and pooling stay in fp16/fp32.
 
 Outlier channels: trained transformers have a few hidden dimensions 10-100x larger than the rest, and
 one scale per token then leaves the other dimensions a handful of int8 steps. ``smoothing_scales``

@@ -1,22 +1,24 @@
 """The int8 GEMM of encoders/int8.py on CUDA: Triton, int8 tensor cores, dequantisation in the epilogue.
 
-Why our own kernel: through torch, cuBLAS's int8 path (torch._int_mm) plus a dequantisation pass ran
-at 0.3-0.8x fp16 on an H200; this kernel reads int8, accumulates in int32 registers and writes the
+Why a kernel of its own: through torch, cuBLAS's int8 path (torch._int_mm) plus a dequantisation
+pass runs slower than fp16; this kernel reads int8, accumulates in int32 registers and writes the
 dequantised tile once. It is persistent (one program per SM walking the output tiles) and moves its
-operands with TMA descriptors, which on Hopper ran 1.16x faster than one program per tile
-(benchmarks/int8_gemm_probe.py). Imported only on CUDA (Triton ships with CUDA builds of torch).
+operands with TMA descriptors, which on Hopper beats one program per tile
+(benchmarks/probes/int8_gemm_probe.py measures both). Imported only on CUDA (Triton ships with CUDA builds of torch).
 
-One tile shape serves every packed length (``TILE``): on an H200 it was the fastest of seven
-candidates from 8,192 tokens up, where nearly all of a run's time is, and 3-13% behind from 128 to
-4,096 tokens (benchmarks/int8_tiles.py). So a cold start compiles two GEMM kernels (with and without
-fc1's GELU and row maxima) and tunes nothing; autotuning ~40 (shape, length) pairs had cost it 23-25 s.
+One tile shape serves every packed length (``TILE``): it is the fastest candidate, or close to it,
+from 8,192 tokens up, where nearly all of a run's time is, and a few % behind at short lengths, where
+a GEMM takes a fraction of a millisecond (benchmarks/probes/int8_tiles.py compares the candidates). So a cold
+start compiles two GEMM kernels (with and without fc1's GELU and row maxima) and tunes nothing:
+autotuning over every (shape, length) pair would cost tens of seconds of start-up.
 
 The activation quantisation that cannot fuse into a LayerNorm (the attention output before out_proj,
-fc1's output before fc2) is ``quantize_rows`` here: at 65,536 tokens it moved 2.4-3.9 TB/s where
-TorchInductor's kernels for it moved 0.8-1.2 (a device copy: 4.1-4.2), same benchmark.
+fc1's output before fc2) is ``quantize_rows`` here: a bandwidth-bound row kernel that gets close to
+a device copy's bytes per second, where TorchInductor's standalone kernels for it stay well below
+(the same benchmark measures both).
 
-The rest of the int8 forward is two more small kernels, so that it needs no torch.compile (a cold
-start's graph compilation cost 13 s more than these few kernels): ``layer_norm_quantize`` (residual
+The rest of the int8 forward is two more small kernels, so that it needs no torch.compile (graph
+compilation would cost a cold start many seconds more than these few kernels): ``layer_norm_quantize`` (residual
 add, LayerNorm in fp32 and per-row quantisation, each row read once; as fast as TorchInductor's
 fusion of the same graph) and ``rotary_qk`` (q and k read out of the fused q/k/v output, rotated in
 fp32, written contiguous for the attention kernel).
@@ -83,7 +85,7 @@ def _int8_gemm(a_desc, w_desc, c_desc, sa_ptr, sw_ptr, bias_ptr, absmax_ptr, M, 
         bias = tl.load(bias_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)
         c = acc.to(tl.float32) * sa[:, None] * sw[None, :] + bias[None, :]
         if GELU == 1:  # 0.5 c (1 + tanh(u)) = c * sigmoid(2u), u = sqrt(2/pi) (c + 0.044715 c^3); the
-            # approximate division (2 ulp) made fc1 4-7% faster (benchmarks/int8_ws_probe.py)
+            # approximate division (2 ulp) makes fc1 a few % faster (benchmarks/probes/int8_ws_probe.py)
             c = libdevice.fast_dividef(c, 1.0 + tl.exp(-1.5957691216057308 * (c + 0.044715 * c * c * c)))
         elif GELU == 2:
             c = 0.5 * c * (1.0 + tl.math.erf(c * 0.7071067811865476))
@@ -99,7 +101,7 @@ def int8_gemm(a: torch.Tensor, a_scale: torch.Tensor, w: torch.Tensor, w_scale: 
     """See int8.int8_linear: (out in bias.dtype, per-row max |out| in fp32 or None).
 
     a, w int8 with K a multiple of 16 (TMA's row alignment); scales float32. ``tile``: TILE unless given
-    (benchmarks/int8_tiles.py)."""
+    (benchmarks/probes/int8_tiles.py)."""
     a, w, a_scale = a.contiguous(), w.contiguous(), a_scale.float().contiguous()
     (M, K), N = a.shape, w.shape[0]
     tile = tile or TILE

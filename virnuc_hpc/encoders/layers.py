@@ -40,8 +40,8 @@ class LayerNorm(nn.LayerNorm):
 
 def cast_keeping_fp32_layer_norms(model: nn.Module, device: torch.device, dtype: torch.dtype) -> nn.Module:
     """Move ``model`` to ``device`` in ``dtype``, then put its nn.LayerNorm parameters back in fp32
-    (in place; returns the model). The parameters pass through ``dtype`` on the way, as they always
-    have for DNABERT (its features were validated that way)."""
+    (in place; returns the model). The parameters pass through ``dtype`` on the way: DNABERT's
+    features are validated against exactly that rounding."""
     model = model.to(device, dtype)
     for m in model.modules():
         if isinstance(m, nn.LayerNorm):

@@ -16,8 +16,9 @@ if TYPE_CHECKING:
     from ..spec import ModelSpec
 
 
-def load_engine_encoders(spec: "ModelSpec") -> tuple["Encoder", "Encoder"]:
-    """(esm2, dnabert) encoders, each with ``.embed(list[str]) -> (N, D) float32``.
+def load_engine_encoders(spec: "ModelSpec") -> dict[str, "Encoder"]:
+    """The roster's encoders by role, in feature-column order (``spec.encoders``), each with
+    ``.embed(list[str]) -> (N, D) float32``.
 
     The compile cache is pointed at ``spec.compile_cache`` first (when set), so the packed encoders'
     compiled graphs land there whatever the worker's environment says."""

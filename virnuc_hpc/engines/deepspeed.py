@@ -11,7 +11,7 @@ Why this shape:
   class. The packed paths keep their torch.compile'd layer halves and their attention kernels;
   every batch goes through `InferenceEngine.forward`.
 - DeepSpeed's CUDA graphs capture one static input signature per engine; a packed batch carries its
-  own cu_seqlens/max_seqlen and length, so they are not offered (benchmarks/README.md says what was measured).
+  own cu_seqlens/max_seqlen and length, so they are not offered.
 - `zero_offload: cpu | nvme` runs ESM-2 under ZeRO-3 parameter offload (`deepspeed.initialize`
   without an optimizer, the "ZeRO-Inference" recipe): weights live in host memory (or on NVMe) and
   are fetched layer by layer by forward hooks, so a model larger than the card runs. The hooks sit
@@ -34,10 +34,11 @@ from torch import nn
 
 from ..devices import dtype_of, resolve_device, resolve_precision
 from ..encoders.contract import Encoder
+from ..encoders.roster import load_encoder
 from ..errors import ConfigError
 
 if TYPE_CHECKING:
-    from ..spec import ModelSpec
+    from ..spec import EncoderSpec, ModelSpec
 
 
 def import_deepspeed(device: torch.device) -> Any:
@@ -184,16 +185,15 @@ def check_nvme(deepspeed: Any, nvme_path: str | None) -> None:
         raise RuntimeError(f"nvme_path {path} is not a writable directory: {err}") from err
 
 
-def load_esm2_zero(deepspeed: Any, spec: "ModelSpec", device: torch.device, precision: str) -> Encoder:
-    """The factory's padded ESM-2 encoder, weights left on the host, run under ZeRO-3 parameter
-    offload."""
-    from ..encoders import load_esm2
-
+def load_zero(deepspeed: Any, spec: "ModelSpec", encoder_spec: "EncoderSpec", device: torch.device,
+              precision: str) -> Encoder:
+    """The roster encoder's padded form (its ``offload`` loader, ESM-2's), weights left on the host,
+    run under ZeRO-3 parameter offload."""
     if spec.zero_offload == "nvme":
         check_nvme(deepspeed, spec.nvme_path)
     init_single_process_group(deepspeed, device)
-    encoder = load_esm2(spec.esm2_path, device=str(device), precision=precision,
-                        max_tokens=spec.esm2_max_tokens, host_weights=True)  # LayerNorms stay fp32
+    encoder = load_encoder(encoder_spec, device=str(device), precision=precision,
+                           host_weights=True)  # LayerNorms stay fp32
     config = zero3_config(spec.zero_offload, params_per_layer=esm2_params_per_layer(encoder.dim),
                           pin_memory=device.type == "cuda", nvme_path=spec.nvme_path)
     encoder.with_engine(f"deepspeed-zero3-{spec.zero_offload}",
@@ -201,22 +201,19 @@ def load_esm2_zero(deepspeed: Any, spec: "ModelSpec", device: torch.device, prec
     return encoder
 
 
-def load_deepspeed(spec: "ModelSpec") -> tuple[Encoder, Encoder]:
-    """(esm2, dnabert) encoders run by DeepSpeed; same API and maths as native."""
-    from ..encoders import load_dnabert, load_esm2
-
+def load_deepspeed(spec: "ModelSpec") -> dict[str, Encoder]:
+    """The roster's encoders run by DeepSpeed; same API and maths as native. With ZeRO-3 offload,
+    the encoder the roster marks ``offload`` (ESM-2) is the one offloaded."""
     device = resolve_device(spec.device)
     precision = resolve_precision(spec.precision, device)
     if precision == "int8":
         raise ConfigError("precision int8 runs on the native engine only (its int8 kernels are ours)")
     deepspeed = import_deepspeed(device)
-    if spec.zero_offload == "none":
-        esm2 = wrap_encoder(deepspeed, load_esm2(spec.esm2_path, device=str(device), precision=precision,
-                                                 max_tokens=spec.esm2_max_tokens,
-                                                 exact_gelu=spec.exact_gelu))
-    else:
-        esm2 = load_esm2_zero(deepspeed, spec, device, precision)
-    dnabert = wrap_encoder(deepspeed, load_dnabert(spec.dnabert_path, device=str(device),
-                                                   precision=precision, max_tokens=spec.dnabert_max_tokens,
-                                                   layout=spec.dnabert_layout))
-    return esm2, dnabert
+    encoders: dict[str, Encoder] = {}
+    for entry in spec.encoders:
+        if entry.offload and spec.zero_offload != "none":
+            encoders[entry.role] = load_zero(deepspeed, spec, entry, device, precision)
+        else:
+            encoders[entry.role] = wrap_encoder(deepspeed, load_encoder(entry, device=str(device),
+                                                                        precision=precision))
+    return encoders

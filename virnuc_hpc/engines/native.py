@@ -7,16 +7,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..encoders import Encoder, load_dnabert, load_esm2
+from ..encoders import Encoder
+from ..encoders.roster import load_encoder
 
 if TYPE_CHECKING:
     from ..spec import ModelSpec
 
 
-def load_native(spec: "ModelSpec") -> tuple[Encoder, Encoder]:
-    esm2 = load_esm2(spec.esm2_path, device=spec.device, precision=spec.precision,
-                     max_tokens=spec.esm2_max_tokens, exact_gelu=spec.exact_gelu,
-                     int8_smoothing=spec.int8_smoothing)
-    dnabert = load_dnabert(spec.dnabert_path, device=spec.device, precision=spec.precision,
-                           max_tokens=spec.dnabert_max_tokens, layout=spec.dnabert_layout)
-    return esm2, dnabert
+def load_native(spec: "ModelSpec") -> dict[str, Encoder]:
+    """Each roster encoder from its own loader, as it is."""
+    return {e.role: load_encoder(e, device=spec.device, precision=spec.precision) for e in spec.encoders}

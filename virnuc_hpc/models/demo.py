@@ -87,13 +87,15 @@ def calibration_features(esm2: Path, dnabert: Path, *, reads: int = CALIBRATION_
     from virnuc_hpc.engines import load_engine_encoders
     from virnuc_hpc.reads.fasta import Record
     from virnuc_hpc.reads.frames import frames_for_records
+    from virnuc_hpc.config import RunConfig
+    from virnuc_hpc.encoders.roster import STANDARD_ROSTER
     from virnuc_hpc.spec import ModelSpec
 
     sequences = random_orf_reads(reads, seed)
     records = [Record(f"calibration_{i}", seq, "", i + 1) for i, seq in enumerate(sequences)]
     table = frames_for_records(records, 300)
-    spec = ModelSpec(esm2_path=str(esm2), dnabert_path=str(dnabert), classifier_path=None, device="cpu",
-                     precision="fp32", offline=True)
-    esm2_encoder, dnabert_encoder = load_engine_encoders(spec)
-    return np.concatenate([dnabert_encoder.embed(table.nucleotide), esm2_encoder.embed(table.protein)],
-                          axis=1)
+    paths = {"esm2": str(esm2), "dnabert": str(dnabert)}
+    spec = ModelSpec(encoders=tuple(e.encoder_spec(RunConfig(), paths[e.role]) for e in STANDARD_ROSTER),
+                     device="cpu", precision="fp32", offline=True)
+    encoders = load_engine_encoders(spec)
+    return np.concatenate([encoders[e.role].embed(getattr(table, e.sequences)) for e in spec.encoders], axis=1)

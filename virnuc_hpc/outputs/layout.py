@@ -19,6 +19,9 @@ FAILED_BAGS = "failed_bags.tsv"  # only after bags that kept killing their worke
 SAMPLES_DIR = "samples"          # several samples: one folder of tables each
 BAG_NAME = re.compile(r"bag-\d{6}\.nc")
 PROGRESS = LOCK_NAME + ".progress"  # a running run's progress, for `virnuc-hpc status` (runtime/progress.py)
+#: The job registry `virnuc-hpc submit` writes first into its job folder: it tells that folder as
+#: ours inside OUTDIR (store.py) and lists the jobs for `virnuc-hpc status` (runtime/slurm/registry.py).
+JOB_REGISTRY = "virnuc-jobs.jsonl"
 
 
 def bag_files(outdir: str | Path) -> list[Path]:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from virnuc_hpc.outputs import store
+from virnuc_hpc.outputs.run_record import RunRecord
 
 MQC_JSON = store.MQC_JSON
 MQC_GENERAL_STATS = store.MQC_GENERAL_STATS
@@ -75,15 +76,15 @@ def _columns(rows: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> list[str
     return [k for k in keys if any(k in row for row in rows)]
 
 
-def multiqc_table(run: dict[str, Any], samples: Sequence[SampleCounts]) -> dict[str, Any]:
+def multiqc_table(run: RunRecord, samples: Sequence[SampleCounts]) -> dict[str, Any]:
     """The virnuc-hpc section (plot_type table): one row per sample, one column per count."""
-    random_note = " RANDOM WEIGHTS: not a biological result." if run.get("random_weights") else ""
+    random_note = " RANDOM WEIGHTS: not a biological result." if run.random_weights else ""
     rows = {s.name: sample_row(s.counts) for s in samples}
     keys = _columns(list(rows.values()), list(HEADERS))
     return {
         "id": "virnuc_hpc",
         "section_name": NAMESPACE,
-        "description": f"Reads and calls per sample (virnuc-hpc {_esc(run.get('version', ''))}).{random_note}",
+        "description": f"Reads and calls per sample (virnuc-hpc {_esc(run.version or '')}).{random_note}",
         "plot_type": "table",
         "pconfig": {"id": "virnuc_hpc_table", "title": "virnuc-hpc: reads and calls", "col1_header": "Sample"},
         "headers": {k: {**HEADERS[k], "namespace": NAMESPACE} for k in keys},
@@ -91,7 +92,7 @@ def multiqc_table(run: dict[str, Any], samples: Sequence[SampleCounts]) -> dict[
     }
 
 
-def general_stats(run: dict[str, Any], samples: Sequence[SampleCounts]) -> dict[str, Any]:
+def general_stats(run: RunRecord, samples: Sequence[SampleCounts]) -> dict[str, Any]:
     """Columns for MultiQC's General Statistics (plot_type generalstats): reads, % virus, virus reads.
 
     With random weights the calls' titles say so: this table is read first, away from the section's
@@ -99,7 +100,7 @@ def general_stats(run: dict[str, Any], samples: Sequence[SampleCounts]) -> dict[
     rows = {s.name: sample_row(s.counts) for s in samples}
     keys = _columns(list(rows.values()), GENERAL_STATS)
     headers = {k: {**HEADERS[k], "namespace": NAMESPACE} for k in keys}
-    if run.get("random_weights"):  # the calls' columns: the read counts do not depend on the weights
+    if run.random_weights:  # the calls' columns: the read counts do not depend on the weights
         for h in (headers[k] for k in (PERCENT, "virus_reads") if k in headers):
             h["title"] += " (random weights)"
             h["description"] += ". RANDOM WEIGHTS: not a biological result"
@@ -111,7 +112,7 @@ def general_stats(run: dict[str, Any], samples: Sequence[SampleCounts]) -> dict[
     }
 
 
-def multiqc_files(run: dict[str, Any], samples: Sequence[SampleCounts]) -> dict[str, str]:
+def multiqc_files(run: RunRecord, samples: Sequence[SampleCounts]) -> dict[str, str]:
     """Both files' text, by name (made before any is written: an error writes neither)."""
     return {MQC_JSON: json.dumps(multiqc_table(run, samples), indent=1) + "\n",
             MQC_GENERAL_STATS: json.dumps(general_stats(run, samples), indent=1) + "\n"}

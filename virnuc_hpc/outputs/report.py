@@ -18,7 +18,6 @@ import base64
 import csv
 import hashlib
 import html
-import json
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -30,6 +29,7 @@ import pandas as pd
 
 from virnuc_hpc.outputs import store
 from virnuc_hpc.outputs.multiqc import MQC_FILES, multiqc_files, write_multiqc
+from virnuc_hpc.outputs.run_record import RunRecord
 
 REPORT = store.REPORT
 MQC_JSON = store.MQC_JSON
@@ -67,17 +67,20 @@ class SampleSummary:
 
 # --- reading the run back ---------------------------------------------------------------------
 
-def read_run(outdir: Path) -> dict[str, Any]:
-    """run.json of a finished run (the report describes finished runs only)."""
-    try:
-        return json.loads((outdir / store.RUN_JSON).read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{outdir} holds no finished run ({store.RUN_JSON} is missing)") from None
+def read_run(outdir: Path) -> RunRecord:
+    """run.json of a finished run (the report describes finished runs only); a value of the wrong
+    type is left out of the report, a run.json that is no JSON object is refused (ValueError)."""
+    run, problems = RunRecord.read(outdir)
+    if run is None and not problems:
+        raise FileNotFoundError(f"{outdir} holds no finished run ({store.RUN_JSON} is missing)")
+    if run is None:
+        raise ValueError(problems[0])
+    return run
 
 
-def sample_folder(outdir: Path, run: dict[str, Any], name: str) -> Path:
+def sample_folder(outdir: Path, run: RunRecord, name: str) -> Path:
     """Where a sample's tables are: OUTDIR itself for a single sample, else samples/<name>/."""
-    return outdir if len(run.get("samples", [])) <= 1 else outdir / store.SAMPLES_DIR / name
+    return outdir if len(run.samples) <= 1 else outdir / store.SAMPLES_DIR / name
 
 
 def _comment_lines(path: Path) -> int:
@@ -154,16 +157,16 @@ def summarise_sample(folder: Path, name: str, classify: bool) -> SampleSummary:
 
 # --- the files --------------------------------------------------------------------------------
 
-def write_report(outdir: str | Path, run: dict[str, Any] | None = None) -> Path:
+def write_report(outdir: str | Path, run: RunRecord | None = None) -> Path:
     """Write report.html and the MultiQC files into OUTDIR (atomically, like every output); returns
     the report's path.
 
-    ``run`` is the content of run.json: a run passes the one it is about to write (run.json comes
+    ``run`` is run.json's record: a run passes the one it is about to write (run.json comes
     last, marking the run finished), ``write_report(OUTDIR)`` reads it back from a finished run."""
     outdir = Path(outdir)
     run = read_run(outdir) if run is None else run
-    classify = run.get("command") != "embed"
-    names = [s["name"] for s in run.get("samples", [])]
+    classify = run.command != "embed"
+    names = [s["name"] for s in run.samples]
     samples = [summarise_sample(sample_folder(outdir, run, name), name, classify) for name in names]
     tables, page = multiqc_files(run, samples), render(run, samples)
     path = outdir / REPORT  # both made before either is written: a drawing error writes neither
@@ -294,28 +297,30 @@ def _duration(seconds: float) -> str:
     return f"{minutes} min {s:02d} s" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"
 
 
-def wall_seconds(run: dict[str, Any]) -> float | None:
+def wall_seconds(run: RunRecord) -> float | None:
     """From run.json's start to its end, or None where they are missing or unreadable."""
+    if run.started is None or run.finished is None:
+        return None
     try:
-        start = datetime.fromisoformat(str(run["started"]))
-        end = datetime.fromisoformat(str(run["finished"]))
-    except (KeyError, ValueError):
+        start = datetime.fromisoformat(run.started)
+        end = datetime.fromisoformat(run.finished)
+    except ValueError:
         return None
     return (end - start).total_seconds()
 
 
-def render(run: dict[str, Any], samples: list[SampleSummary]) -> str:
+def render(run: RunRecord, samples: list[SampleSummary]) -> str:
     """The whole page."""
     names = [s.name for s in samples]
     shown = ", ".join(names) if len(names) <= 3 else f"{len(names)} samples"
-    title = f"virnuc-hpc {run.get('command', 'run')}: {shown}"
+    title = f"virnuc-hpc {run.command or 'run'}: {shown}"
     colours = worker_colours(run)
     body = [
         _banner(run),
         f"<h1>{esc(title)}</h1>",
         _run_facts(run, samples),
         _samples_section(samples),
-        _scores_section(samples, bool(run.get("random_weights"))),
+        _scores_section(samples, run.random_weights),
         _lengths_section(samples),
         _folded("timing", "Timing", _timeline_section(run, colours)),
         _folded("devices", "Device utilisation", _gpu_section(run, colours)),
@@ -331,10 +336,10 @@ def _folded(ident: str, heading: str, content: str) -> str:
     return f"<details id=\"{ident}\"><summary>{esc(heading)}</summary>{content}</details>"
 
 
-def _banner(run: dict[str, Any]) -> str:
-    if not run.get("random_weights"):
+def _banner(run: RunRecord) -> str:
+    if not run.random_weights:
         return ""
-    warning = run.get("warning") or store.RANDOM_WEIGHTS_WARNING
+    warning = run.warning or store.RANDOM_WEIGHTS_WARNING
     return (f"<div class=\"banner\" id=\"random-weights\"><strong>Random weights: not a biological "
             f"result.</strong> {esc(warning)}</div>")
 
@@ -355,34 +360,34 @@ def _short_sha(value: Any) -> str:
     return f"<code title=\"{esc(text)}\">{esc(text[:12])}</code>" if text else "-"
 
 
-def _run_facts(run: dict[str, Any], samples: list[SampleSummary]) -> str:
-    config, bags, env = run.get("config", {}), run.get("bags", {}), run.get("environment", {})
-    inputs = [f for f in run.get("inputs", []) if isinstance(f, dict)]
+def _run_facts(run: RunRecord, samples: list[SampleSummary]) -> str:
+    config, bags, env = run.config, run.bags, run.environment
+    inputs = run.inputs
     sizes = [f["size"] for f in inputs if isinstance(f.get("size"), int)]
     wall = wall_seconds(run)
     facts: list[tuple[str, str]] = [
-        ("command line", f"<div class=\"scroll cmd\"><code>{esc(run.get('command_line') or '-')}</code></div>"),
-        ("started", esc(run.get("started", "-"))), ("finished", esc(run.get("finished", "-"))),
+        ("command line", f"<div class=\"scroll cmd\"><code>{esc(run.command_line or '-')}</code></div>"),
+        ("started", esc(run.started or "-")), ("finished", esc(run.finished or "-")),
         ("wall time", esc(_duration(wall)) if wall is not None else "-"),
         ("samples", esc(f"{len(samples)} ({len(inputs)} input files, {_size(sum(sizes))})")),
         ("device", esc(" / ".join(f"{k} {config.get(k, '-')}" for k in ("device", "precision", "engine")))),
         ("chunk size, features", esc(f"{config.get('expected_length', '-')} bp, {config.get('features', '-')}")),
         ("bags (total / computed now / reused)",
          esc(f"{bags.get('total', '-')} / {bags.get('computed_now', '-')} / {bags.get('reused', '-')}")),
-        ("workers", esc(f"{len(run.get('workers', {}))} on {env.get('host', '-')}")),
+        ("workers", esc(f"{len(run.workers)} on {env.get('host', '-')}")),
     ]
     packages = env.get("packages", {}) if isinstance(env.get("packages"), dict) else {}
-    versions = [f"virnuc-hpc {run.get('version', '-')}", f"Python {env.get('python', '-')}",
+    versions = [f"virnuc-hpc {run.version or '-'}", f"Python {env.get('python', '-')}",
                 *(f"{name} {version}" for name, version in packages.items())]
     facts.append(("versions", esc(" · ".join(versions))))
     rows = [[f"<th scope=\"row\">{esc(k)}</th>", f"<td>{v}</td>"] for k, v in facts]
-    warnings = "".join(f"<p class=\"note\">warning: {esc(w)}</p>" for w in run.get("warnings", []))
+    warnings = "".join(f"<p class=\"note\">warning: {esc(w)}</p>" for w in run.warnings)
     return ("<h2 id=\"run\">What was run</h2>" + _table([], rows, cls="facts") + warnings
             + _models_table(run) + _inputs_table(inputs))
 
 
-def _models_table(run: dict[str, Any]) -> str:
-    models = {role: m for role, m in run.get("models", {}).items() if isinstance(m, dict)}
+def _models_table(run: RunRecord) -> str:
+    models = run.models
     if not models:
         return ""
     rows = [[f"<td>{esc(role)}</td>", f"<td>{esc(m.get('spec', '-'))}</td>", f"<td>{_short_sha(m.get('sha256'))}</td>",
@@ -635,37 +640,37 @@ def _lengths_section(samples: list[SampleSummary]) -> str:
 
 # --- timing and devices -----------------------------------------------------------------------
 
-def worker_colours(run: dict[str, Any]) -> dict[str, str]:
+def worker_colours(run: RunRecord) -> dict[str, str]:
     """A colour per worker, the same in the bag timeline and the GPU chart."""
-    names = list(dict.fromkeys([*map(str, run.get("workers", {})),
-                                *(str(t.get("worker")) for t in run.get("bag_timeline") or []),
-                                *map(str, run.get("gpu_utilization") or {})]))
+    names = list(dict.fromkeys([*map(str, run.workers),
+                                *(str(t.get("worker")) for t in run.bag_timeline or []),
+                                *map(str, run.gpu_utilization or {})]))
     return {name: PALETTE[i % len(PALETTE)] for i, name in enumerate(names)}
 
 
-def _timeline_section(run: dict[str, Any], colours: dict[str, str]) -> str:
+def _timeline_section(run: RunRecord, colours: dict[str, str]) -> str:
     parts = []
-    seconds = run.get("seconds", {})
+    seconds = run.seconds
     if seconds:
         parts.append("<h3>Client stages (seconds)</h3>" + bar_chart_svg(seconds, unit="s"))
-    milestones = run.get("milestones_s", {})
+    milestones = run.milestones_s
     if milestones:
         rows = [[f"<td>{esc(k)}</td>", f"<td class=\"num\">{v:.2f}</td>"] for k, v in milestones.items()]
         parts.append("<h3>Milestones (seconds from the start)</h3>" + _table(["milestone", "s"], rows))
-    parts.append(_chart_or_note(run.get("bag_timeline"), "Bags on workers",
+    parts.append(_chart_or_note(run.bag_timeline, "Bags on workers",
                                 lambda timeline: gantt_svg(timeline, colours),
                                 "This run.json records no start and end per bag: the stage seconds of "
                                 "the bags are shown summed per worker."))
-    workers = {w: v.get("seconds", {}) for w, v in run.get("workers", {}).items()}
+    workers = {w: v.get("seconds", {}) for w, v in run.workers.items()}
     if workers:
         parts.append("<h3>Bag stages per worker (seconds, summed over its bags)</h3>" + stacked_bars_svg(workers))
     return "".join(parts)
 
 
-def _gpu_section(run: dict[str, Any], colours: dict[str, str]) -> str:
+def _gpu_section(run: RunRecord, colours: dict[str, str]) -> str:
     parts = []
     rows = []
-    for worker, w in run.get("workers", {}).items():
+    for worker, w in run.workers.items():
         rows.append([f"<td>{esc(worker)}</td>", f"<td class=\"num\">{_number(w.get('bags'))}</td>"]
                     + [f"<td class=\"num\">{_percent(w.get(k))}</td>" for k in
                        ("device_busy_fraction", "device_busy_fraction_steady", "gpu_utilization_steady")])
@@ -675,7 +680,7 @@ def _gpu_section(run: dict[str, Any], colours: dict[str, str]) -> str:
         parts.append("<div class=\"scroll\">" + _table(header, rows, cls="wrap") + "</div>")
         parts.append("<p class=\"note\">The device lock's hold time is an upper bound on device busy; "
                      "NVML's figure is absent without a GPU.</p>")
-    parts.append(_chart_or_note(run.get("gpu_utilization"), "GPU utilisation over time (NVML)",
+    parts.append(_chart_or_note(run.gpu_utilization, "GPU utilisation over time (NVML)",
                                 lambda series: line_chart_svg(series, colours),
                                 "No GPU utilisation time series is recorded in this run.json; the means "
                                 "above are what the run keeps."))

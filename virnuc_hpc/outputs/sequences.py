@@ -9,16 +9,15 @@ formats, names and the VirNucPro rules the frame files follow.
 
 from __future__ import annotations
 
-import gzip
 import logging
-import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-from virnuc_hpc.errors import OutputError
 from virnuc_hpc.outputs import store
+from virnuc_hpc.outputs.read_rows import read_rows
+from virnuc_hpc.outputs.atomic import AtomicStream
 from virnuc_hpc.reads.fasta import Record, record_id
 from virnuc_hpc.reads.reading import FASTQ, Block, sniff
 from virnuc_hpc.reads.samples import Sample, mate_read_id
@@ -76,47 +75,6 @@ class SequenceOptions:
     def of(cls, config: Any) -> SequenceOptions:
         return cls(viral_format=config.viral_format, compressed=config.compression == "gzip",
                    write_frames=config.write_frames)
-
-
-class AtomicStream:
-    """A text file (gzip-compressed when asked) written to a temporary name, renamed by ``commit``."""
-
-    def __init__(self, path: Path, compressed: bool) -> None:
-        self.path, self.tmp = path, store.tmp_name(path)
-        try:
-            self.raw: IO[bytes] = open(self.tmp, "xb")
-        except OSError as err:
-            raise OutputError(f"cannot write {path}: {err.strerror or err}") from err
-        # mtime=0 and no name: the same records give the same bytes
-        self.out: IO[bytes] = (gzip.GzipFile(filename="", mode="wb", fileobj=self.raw, compresslevel=6, mtime=0)
-                               if compressed else self.raw)
-
-    def write(self, text: str) -> None:
-        try:
-            self.out.write(text.encode())
-        except OSError as err:
-            self.discard()
-            raise OutputError(f"cannot write {self.path}: {err.strerror or err}") from err
-
-    def commit(self) -> None:
-        try:
-            if self.out is not self.raw:
-                self.out.close()
-            self.raw.flush()
-            os.fsync(self.raw.fileno())
-            self.raw.close()
-            os.replace(self.tmp, self.path)
-        except OSError as err:
-            self.discard()
-            raise OutputError(f"cannot write {self.path}: {err.strerror or err}") from err
-
-    def discard(self) -> None:
-        try:
-            self.out.close()
-            self.raw.close()
-        except OSError:
-            pass
-        self.tmp.unlink(missing_ok=True)
 
 
 def _records(text: str) -> Iterator[tuple[str, list[str]]]:
@@ -211,13 +169,12 @@ class SampleSequences:
         """(read id as in reads.tsv, the read's call, its lines) of every valid record of a mate
         file's bag."""
         parts = self._parts(ref, "viral", "reads")
-        rows = parts["reads"].split("\n")[:-1]
+        rows = list(read_rows(parts["reads"]))
         records = list(_records(parts["viral"]))
         if len(rows) != len(records):
             raise RuntimeError(f"{ref.name}: {len(rows)} reads but {len(records)} kept records")
         for row, (_rid, lines) in zip(rows, records):
-            cells = row.split("\t")
-            yield cells[0], cells[8], lines
+            yield row.read_id, row.call, lines
 
     def _write_pairs(self, opened: list[AtomicStream]) -> None:
         """viral_1 and viral_2: both mates of every pair with a mate called virus (pairs.tsv's

@@ -3,7 +3,9 @@
 Layout of OUTDIR:
     manifest.json                         run identity (inputs + configuration), written first
     config.yaml                           the effective configuration
-    bags/bag-NNNNNN.nc                    one NetCDF file per bag, written atomically
+    bags/bag-NNNNNN.nc                    one file per bag, written atomically, in the bag format
+                                          (bag_format.py; NetCDF-4 today: netcdf_bags.py), and
+    bags/bag-NNNNNN.nc.sha256             its checksum, written just before it (checksums.py)
     prediction_results.txt                VirNucPro-compatible, one row per kept frame
     prediction_results_highestscore.csv   VirNucPro-compatible (tab-separated), one row per chunk
     reads.tsv                             one row per input record: chunks, calls, what was missing
@@ -20,33 +22,35 @@ is done, so nothing that looks finished is left behind by a failed or killed run
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
 import logging
-import os
 import shutil
-import uuid
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import dask
-import h5netcdf
-import h5py
-import numpy as np
-import pandas as pd
-import xarray as xr
-
-from virnuc_hpc.outputs.calls import LABELS as CLASSES, labels_from_proba
+# Several of these names are re-exported: callers use store.write_text_atomic, store.TABLE_PARTS...
+from virnuc_hpc.checksums import CHECKSUM_SUFFIX, checksum_path, checksum_text, file_sha256, recorded_checksum  # noqa: F401
+from virnuc_hpc.outputs.atomic import tmp_name, write_bytes_atomic, write_text_atomic  # noqa: F401
+from virnuc_hpc.outputs.bag_format import (FEATURE_MODES, FRAME_PARTS, SOURCE_LABELS, TABLE_PARTS,  # noqa: F401
+                                           BagFormat, BagPayload, BagTables)
 from virnuc_hpc.errors import OutputError
-from virnuc_hpc.outputs.layout import (BAG_NAME, BAGS_DIR, FAILED_BAGS, MANIFEST, PROGRESS, RUN_JSON,
-                                       SAMPLES_DIR, bag_files)
+from virnuc_hpc.outputs.layout import (BAG_NAME, BAGS_DIR, FAILED_BAGS, JOB_REGISTRY, MANIFEST, PROGRESS,
+                                       RUN_JSON, SAMPLES_DIR, bag_files)
 from virnuc_hpc.outputs.lock import LOCK_NAME
+from virnuc_hpc.outputs.netcdf_bags import NetCDFBags
 from virnuc_hpc.outputs.records import read_json_object
+from virnuc_hpc.outputs.run_record import RunRecord
+from virnuc_hpc.outputs.table_text import (PREDICTION_HEADER, chunk_calls, format_columns,  # noqa: F401
+                                           format_highest_scores, format_prediction_results,
+                                           format_prediction_rows, format_rows)
 
-ENGINE = "h5netcdf"
+if TYPE_CHECKING:
+    import numpy as np
+    import xarray as xr
+
+#: how bags are encoded on disk (bag_format.py says what a format provides)
+BAGS: BagFormat = NetCDFBags()
 PREDICTIONS = "prediction_results.txt"
 HIGHEST = "prediction_results_highestscore.csv"
 READS = "reads.tsv"
@@ -72,29 +76,7 @@ RANDOM_WEIGHTS_WARNING = ("RANDOM WEIGHTS: produced by randomly initialised mode
                           "test); these numbers are NOT a biological result")
 
 
-# --- atomic files ---------------------------------------------------------------------------
-
-def tmp_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    write_bytes_atomic(path, text.encode())
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    tmp = tmp_name(path)
-    try:  # a new file (O_EXCL), never through a link placed at the temporary's name
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o666)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except OSError as err:
-        tmp.unlink(missing_ok=True)
-        raise OutputError(f"cannot write {path}: {err.strerror or err}") from err
-
+# --- temporaries (outputs/atomic.py writes every file) ---------------------------------------
 
 def remove_stale_temporaries(outdir: Path) -> None:
     """Temporaries of an earlier run that was killed (the lock says no run is writing now)."""
@@ -135,9 +117,7 @@ def write_json(path: Path, payload: dict[str, Any]) -> None:
     write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=False, default=str) + "\n")
 
 
-CHECKSUM_SUFFIX = ".sha256"  # bags/bag-000001.nc.sha256: the sha256 of the bag file's bytes
 LOCK = LOCK_NAME  # held by a running run (lock.py)
-JOB_REGISTRY = "virnuc-jobs.jsonl"  # marks a job folder of `virnuc-hpc submit` (runtime/slurm.REGISTRY)
 
 
 def owned_files(outdir: Path) -> list[Path]:
@@ -278,114 +258,31 @@ def remove_bags_beyond(outdir: Path, total: int) -> None:
             checksum_path(path).unlink(missing_ok=True)
 
 
-def checksum_path(bag_file: Path) -> Path:
-    return bag_file.with_name(bag_file.name + CHECKSUM_SUFFIX)
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 24), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 # --- bag files ------------------------------------------------------------------------------
 
-#: bytes of each features mode: float32 (NetCDF-4), float16 (HDF5 half floats), none (ids and
-#: probabilities only). See README, "Features".
-FEATURE_MODES = ("float32", "float16", "none")
-_STRING_COORDS = ("frame", "chunk_id", "read_id", "sample")
-TABLES_GROUP = "tables"  # per-bag table parts, beside the features; xarray does not open groups
-#: "viral": the records viral.fna is made from (outputs/sequences.py), in every bag, maybe empty
-TABLE_PARTS = ("predictions", "chunk_calls", "reads", "ids", "problems", "viral")
-FRAME_PARTS = ("nucleotide", "protein")  # only in the bags of a --write-frames run
-
-
 def bag_path(outdir: Path, bag: Any) -> Path:
-    return outdir / BAGS_DIR / f"{bag.name}.nc"
+    return outdir / BAGS_DIR / f"{bag.name}{BAGS.suffix}"
 
 
-def write_bag(outdir: Path, bag: Any, frames: Any, dnabert: np.ndarray | None, esm2: np.ndarray | None,
+def write_bag(outdir: Path, bag: Any, frames: Any, parts: Sequence[tuple[str, np.ndarray]] | None,
               probability: np.ndarray | None, attrs: dict[str, Any], *, features: str = "float32",
               compression: str = "none", tables: dict[str, str] | None = None,
-              counts: dict[str, int] | None = None) -> Path:
+              counts: dict[str, int] | None = None, sources: Mapping[str, str] | None = None) -> Path:
     """Write one bag (features per ``features`` mode, probabilities, frame coordinates and the
-    bag's table parts) as one NetCDF-4/HDF5 file, atomically.
+    bag's table parts) in the bag format, atomically, its checksum first.
 
     ``frames`` has columns frame_id, chunk_id, read_id and ``record`` (record number in its file).
+    ``parts`` is (role, vectors) per encoder in feature column order (not needed with features
+    "none"); ``sources`` labels each role's columns (default ``SOURCE_LABELS``, else the role).
     """
-    if features not in FEATURE_MODES:
-        raise ValueError(f"features must be one of {FEATURE_MODES}, got {features!r}")
-    n = len(frames.frame_id)
-    packed = compression == "gzip"
-    gz: dict[str, Any] = {"compression": "gzip", "compression_opts": 4, "shuffle": True} if packed else {}
-    data_vars: dict[str, Any] = {}
-    encoding: dict[str, Any] = {name: {"dtype": "S1", **gz} for name in _STRING_COORDS}
-    encoding["record"] = dict(gz)
-    dims = {"dnabert_dim": 0, "esm2_dim": 0}
-    if features != "none":
-        assert dnabert is not None and esm2 is not None
-        if dnabert.shape[0] != n or esm2.shape[0] != n:
-            raise ValueError(f"{bag.name}: {n} frames but {dnabert.shape[0]}/{esm2.shape[0]} vectors")
-        feats = np.concatenate([dnabert, esm2], axis=1).astype(np.float32, copy=False)
-        data_vars["features"] = (("frame", "feature"), feats)
-        # HDF5 stores whole chunks: rows per chunk split the bag evenly, so no chunk is mostly empty
-        rows = -(-n // max(1, -(-n // 1024))) if n else 1
-        encoding["features"] = {"chunksizes": (rows, feats.shape[1]), **gz}
-        if features == "float16":
-            encoding["features"]["dtype"] = "float16"
-        dims = {"dnabert_dim": dnabert.shape[1], "esm2_dim": esm2.shape[1]}
-    if probability is not None:
-        data_vars["probability"] = (("frame", "class"), probability.astype(np.float32, copy=False))
-        encoding["probability"] = dict(gz)
-    coords: dict[str, Any] = {
-        "frame": np.array(frames.frame_id, dtype=object),
-        "chunk_id": ("frame", np.array(frames.chunk_id, dtype=object)),
-        "read_id": ("frame", np.array(frames.read_id, dtype=object)),
-        "sample": ("frame", np.array([bag.sample] * n, dtype=object)),
-        "record": ("frame", np.asarray(frames.record, dtype=np.int64)),
-        "class": np.array(CLASSES, dtype=object),
-    }
-    if features != "none":
-        source = ["dnabert_s"] * dims["dnabert_dim"] + ["esm2"] * dims["esm2_dim"]
-        coords["feature"] = np.arange(len(source), dtype=np.int32)
-        coords["source"] = ("feature", np.array(source, dtype=object))
-    ds = xr.Dataset(data_vars, coords=coords, attrs={
-        **attrs, "bag": bag.index, "bag_digest": bag.digest, "n_frames": n, "features_mode": features,
-        "input_file": bag.path, "first_record": bag.first_record, "n_records": bag.n_records, **dims})
-    # Serialise in memory, then write plain bytes: HDF5 crashes the process on a full disk,
-    # while a Python write raises ENOSPC that we can report.
-    # Inside a Dask worker xarray would take a cluster-wide lock for the in-memory file; this
-    # write is local to the task, so a plain (synchronous) writer is right.
-    with dask.config.set(scheduler="synchronous"):
-        data = ds.to_netcdf(None, engine=ENGINE, encoding=encoding, invalid_netcdf=features == "float16")
-    data = bytes(data) if not isinstance(data, bytes) else data
-    if tables is not None:
-        data = _with_tables(data, tables, counts or {})
+    payload = BagPayload(bag, frames, parts, probability, attrs, features=features, compression=compression,
+                         tables=tables, counts=counts or {}, sources=SOURCE_LABELS if sources is None else sources)
+    data = BAGS.encode(payload)
     path = bag_path(outdir, bag)
     # The checksum first: a kill between the two writes leaves a checksum that matches no bag file
-    write_text_atomic(checksum_path(path), hashlib.sha256(data).hexdigest() + "\n")
+    write_text_atomic(checksum_path(path), checksum_text(data))
     write_bytes_atomic(path, data)
     return path
-
-
-def _with_tables(data: bytes, tables: dict[str, str], counts: dict[str, int]) -> bytes:
-    """Add the bag's table parts (UTF-8 text, gzip-compressed) as a group of the in-memory file."""
-    buffer = io.BytesIO(data)
-    with h5netcdf.File(buffer, "a") as f:
-        group = f.create_group(TABLES_GROUP)
-        for name in (*TABLE_PARTS, *(part for part in FRAME_PARTS if part in tables)):
-            raw = np.frombuffer(tables.get(name, "").encode(), dtype=np.uint8)
-            group.dimensions[f"{name}_bytes"] = len(raw)
-            var = group.create_variable(name, (f"{name}_bytes",), dtype=np.uint8,
-                                        **({"compression": "gzip", "compression_opts": 1,
-                                            "chunks": (min(len(raw), 1 << 20),)} if len(raw) else {}))
-            if len(raw):
-                var[...] = raw
-        for key, value in counts.items():
-            group.attrs[key] = int(value)
-    return buffer.getvalue()
 
 
 def bag_is_complete(outdir: Path, bag: Any, *, with_probability: bool) -> bool:
@@ -406,70 +303,40 @@ def reusable_bag(outdir: Path, bag: Any, *, with_probability: bool,
     path = bag_path(outdir, bag)
     if not path.is_file():
         return None
-    try:
-        recorded = checksum_path(path).read_text().strip()
-    except OSError:
+    recorded = recorded_checksum(path)
+    if recorded is None:
         return None  # never finished writing (or written before checksums were kept)
     if file_sha256(path) != recorded:
         log.warning("%s does not match the checksum recorded when it was written (edited or damaged "
                     "since?): it is recomputed", path)
         return None
-    try:  # h5netcdf directly: no cached file handles, so a file replaced on disk is seen as it is
-        with h5netcdf.File(path, "r") as f:
-            ok = (f.attrs.get("bag_digest") == bag.digest and TABLES_GROUP in f.groups
-                  and set(parts) <= set(f.groups[TABLES_GROUP].variables)
-                  and (not with_probability or "probability" in f.variables))
-            return str(f.attrs.get("numerics", "")) if ok else None
+    try:
+        info = BAGS.describe(path)
     except Exception:  # unreadable or truncated: recompute it
         return None
-
-
-@dataclass(frozen=True)
-class BagTables:
-    """One bag's table parts as text, and its counts (read back from its file)."""
-
-    parts: dict[str, str]
-    counts: dict[str, int]
-
-    def __getitem__(self, name: str) -> str:
-        return self.parts[name]
+    ok = (info.attrs.get("bag_digest") == bag.digest and set(parts) <= info.tables
+          and (not with_probability or "probability" in info.variables))
+    return str(info.attrs.get("numerics", "")) if ok else None
 
 
 def read_bag_tables(path: Path, names: Sequence[str] = TABLE_PARTS) -> BagTables:
-    """Some (default all) of a bag's table parts, and its counts. h5py directly: the tables are
-    plain byte arrays, and h5netcdf's dimension bookkeeping would cost more than reading them."""
-    with h5py.File(path, "r") as f:
-        group = f[TABLES_GROUP]
-        parts = {name: group[name][()].tobytes().decode() for name in names}
-        counts = {k: int(np.asarray(v).reshape(-1)[0]) for k, v in group.attrs.items()
-                  if not k.startswith("_") and np.size(v) == 1}
-    return BagTables(parts, counts)
+    """Some (default all) of a bag's table parts, and its counts."""
+    return BAGS.read_tables(path, names)
 
 
 def read_bag_frames(path: Path) -> tuple[list[str], list[str]]:
     """(frame ids, read ids) of one bag, in order."""
-    with h5netcdf.File(path, "r") as f:
-        return [_text(x) for x in f.variables["frame"][...]], [_text(x) for x in f.variables["read_id"][...]]
-
-
-def _text(value: Any) -> str:
-    if isinstance(value, bytes):
-        return value.decode()
-    if isinstance(value, np.ndarray):  # a char array row
-        return value.tobytes().decode().rstrip("\0")
-    return str(value)
+    return BAGS.read_frames(path)
 
 
 def open_features(outdir: str | Path) -> xr.Dataset:
     """One lazy Dataset over all bags of OUTDIR, frames in input order (coordinate ``sample`` says
     which sample a frame belongs to; frame ids are unique within a sample)."""
     outdir = Path(outdir)
-    try:  # a finished run names its bags: files that merely look like ours are not read
-        total = int(json.loads((outdir / RUN_JSON).read_text())["bags"]["total"])
-    except (OSError, ValueError, KeyError, TypeError):
-        total = None
+    run, _ = RunRecord.read(outdir)  # a finished run names its bags: files that merely look like ours are not read
+    total = run.bags_total() if run is not None else None
     if total is not None:
-        paths = [outdir / BAGS_DIR / f"bag-{i:06d}.nc" for i in range(total)]
+        paths = [outdir / BAGS_DIR / f"bag-{i:06d}{BAGS.suffix}" for i in range(total)]
         missing = [p.name for p in paths if not p.is_file()]
         if missing:
             raise FileNotFoundError(f"{outdir}: {len(missing)} of the run's {total} bag files are missing "
@@ -482,53 +349,4 @@ def open_features(outdir: str | Path) -> xr.Dataset:
                           stacklevel=2)
     if not paths:
         raise FileNotFoundError(f"no bag files under {outdir / BAGS_DIR}")
-    return xr.open_mfdataset(paths, engine=ENGINE, combine="nested", concat_dim="frame",
-                             data_vars="minimal", coords="minimal", compat="override",
-                             join="override", chunks={}, combine_attrs="drop_conflicts")
-
-
-# --- VirNucPro-compatible tables (pure functions) -------------------------------------------
-
-PREDICTION_HEADER = "Sequence_ID\tPrediction\tscore1\tscore2\n"
-
-
-def format_prediction_rows(frame_ids: Sequence[str], probability: np.ndarray) -> str:
-    """prediction_results.txt's rows (no header): frames of consecutive bags concatenate."""
-    prob = np.asarray(probability, dtype=np.float32)
-    return "".join(f"{fid}\t{label}\t{str(p[0])}\t{str(p[1])}\n"
-                   for fid, label, p in zip(frame_ids, labels_from_proba(prob), prob))
-
-
-def format_prediction_results(frame_ids: Sequence[str], probability: np.ndarray) -> str:
-    return PREDICTION_HEADER + format_prediction_rows(frame_ids, probability)
-
-
-def chunk_calls(frame_ids: Sequence[str], probability: np.ndarray) -> dict[str, bool]:
-    """Chunk id (frame id minus its last 2 characters) -> max P(virus) >= max P(others)."""
-    prob = np.asarray(probability, dtype=np.float32).reshape(-1, 2)
-    best = pd.DataFrame({"others": prob[:, 0], "virus": prob[:, 1]},
-                        index=pd.Index([fid[:-2] for fid in frame_ids])).groupby(level=0, sort=False).max()
-    return dict(zip(best.index.tolist(), (best["virus"].to_numpy() >= best["others"].to_numpy()).tolist()))
-
-
-def format_highest_scores(calls: dict[str, bool]) -> str:
-    lines = ["Modified_ID\tIs_Virus\n"]
-    lines += [f"{chunk}\t{calls[chunk]}\n" for chunk in sorted(calls)]
-    return "".join(lines)
-
-
-def format_columns(header: Iterable[str], columns: Sequence[Sequence[Any]],
-                   comment: str | None = None) -> str:
-    """A TSV (optional '# comment' line, header, rows) from data held as columns: each column is
-    converted to text once, then joined row-wise."""
-    head = ([f"# {comment}\n"] if comment else []) + ["\t".join(header) + "\n"]
-    return "".join(head) + format_rows(columns)
-
-
-def format_rows(columns: Sequence[Sequence[Any]]) -> str:
-    """TSV rows (no header) from columns; '' when there are none."""
-    text = [list(map(str, column)) for column in columns]
-    body = "\n".join(map("\t".join, zip(*text)))
-    return body + "\n" if body else ""
-
-
+    return BAGS.open_many(paths)

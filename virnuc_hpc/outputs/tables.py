@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import shutil
 import tempfile
@@ -26,17 +25,16 @@ from typing import Any
 import numpy as np
 
 from virnuc_hpc.outputs import store
+from virnuc_hpc.outputs.atomic import AtomicStream
 from virnuc_hpc.reads.fasta import DUPLICATE_ID, Record
 from virnuc_hpc.errors import FastaError, Problem
 from virnuc_hpc.merge import merge_sorted
+from virnuc_hpc.outputs.read_rows import READS_HEADER, ReadRow, read_rows
 from virnuc_hpc.outputs.sequences import frame_parts, kept_records
 from virnuc_hpc.reads.validation import Repeat, repeats, sorted_ids
 
 log = logging.getLogger("virnuc_hpc")
 
-# New columns go at the end: readers that count columns keep working.
-READS_HEADER = ("read_id", "file", "length", "status", "chunks", "chunks_with_frames", "frames",
-                "virus_chunks", "call", "chunks_without_frames", "virus_score")
 PAIRS_HEADER = ("pair_id", "call_1", "call_2", "call")
 COUNT_KEYS = ("reads", "chunks", "chunks_without_frames", "reads_without_frames", "virus_reads",
               "virus_chunks", "chunks_called", "frames")
@@ -53,7 +51,7 @@ class ReadColumns:
     chunk_ids: list[str]
     missing: np.ndarray            # (chunks,) bool: the chunk has no open frame
     with_frames: np.ndarray        # (reads,) chunks with at least one frame
-    columns: list[Any]             # READS_HEADER's; "virus_chunks", "call", "virus_score" None until with_calls
+    columns: dict[str, Any]        # by READS_HEADER's names; "virus_chunks", "call", "virus_score" until with_calls
 
     @classmethod
     def of(cls, table: Any, records: Sequence[Record]) -> ReadColumns:
@@ -70,32 +68,31 @@ class ReadColumns:
         for i in np.flatnonzero(missing).tolist():
             missing_names.setdefault(int(read_of_chunk[i]), []).append(chunk_ids[i])
         frames_per_read = Counter(table.read_id)
-        columns: list[Any] = [
-            ids, [r.path for r in records], [len(r.seq) for r in records],
-            np.where(with_frames > 0, "ok", "no_open_frame").tolist(), n_chunks.tolist(),
-            with_frames.tolist(), [frames_per_read[i] for i in ids], None, None,
-            [",".join(missing_names[i]) if i in missing_names else "-" for i in range(n)], None,
-        ]
+        columns: dict[str, Any] = dict(
+            read_id=ids, file=[r.path for r in records], length=[len(r.seq) for r in records],
+            status=np.where(with_frames > 0, "ok", "no_open_frame").tolist(), chunks=n_chunks.tolist(),
+            chunks_with_frames=with_frames.tolist(), frames=[frames_per_read[i] for i in ids],
+            chunks_without_frames=[",".join(missing_names[i]) if i in missing_names else "-" for i in range(n)])
         return cls(n, read_of_chunk, chunk_ids, missing, with_frames, columns)
 
     def with_calls(self, calls: dict[str, bool], classify: bool,
                    virus_score: list[str] | None = None) -> tuple[list[Any], dict[str, int]]:
-        """All of reads.tsv's columns, and the counts; ``virus_score``: each read's best P(virus)."""
+        """All of reads.tsv's columns (in READS_HEADER's order), and the counts; ``virus_score``: each
+        read's best P(virus)."""
         n = self.n_reads
         virus_chunk = np.fromiter((calls.get(c, False) for c in self.chunk_ids), dtype=bool,
                                   count=len(self.chunk_ids))
         virus = np.bincount(self.read_of_chunk, weights=virus_chunk, minlength=n).astype(np.int64)
         call = (np.where(self.with_frames == 0, "-", np.where(virus > 0, "virus", "others")) if classify
                 else np.full(n, "-"))
-        columns = list(self.columns)
-        columns[7] = virus.tolist() if classify else ["-"] * n
-        columns[8] = call.tolist()
-        columns[10] = virus_score if classify and virus_score is not None else ["-"] * n
+        columns = {**self.columns, "virus_chunks": virus.tolist() if classify else ["-"] * n,
+                   "call": call.tolist(),
+                   "virus_score": virus_score if classify and virus_score is not None else ["-"] * n}
         counts = {"reads": n, "chunks": len(self.chunk_ids), "chunks_without_frames": int(self.missing.sum()),
                   "reads_without_frames": int((self.with_frames == 0).sum()),
                   "virus_reads": int((call == "virus").sum()),
                   "virus_chunks": sum(calls.values()), "chunks_called": len(calls)}
-        return columns, counts
+        return [columns[name] for name in READS_HEADER], counts
 
 
 def best_virus_scores(read_ids: Sequence[str], frame_reads: Sequence[str], probability: np.ndarray) -> list[str]:
@@ -131,7 +128,8 @@ def bag_tables(bag_index: int, records: Sequence[Record], valid: Sequence[bool],
         scores = best_virus_scores([r.id for r in kept], table.read_id, probability)
     columns, counts = ReadColumns.of(table, kept).with_calls(calls, classify, scores)
     if classify and block is not None:  # a mate's pair call comes at the end: keep all its reads
-        chosen = kept if block.file.mate is not None else [r for r, c in zip(kept, columns[8]) if c == "virus"]
+        calls_of_reads = columns[READS_HEADER.index("call")]
+        chosen = kept if block.file.mate is not None else [r for r, c in zip(kept, calls_of_reads) if c == "virus"]
         parts["viral"] = kept_records(block, chosen)
     if write_frames:
         parts.update(frame_parts(table.frame_id, table.nucleotide, table.protein))
@@ -146,36 +144,7 @@ def bag_tables(bag_index: int, records: Sequence[Record], valid: Sequence[bool],
 
 # --- at the end (on the client) ----------------------------------------------------------------
 
-class AtomicText:
-    """A text file written in pieces to a temporary name and renamed into place by ``commit``."""
-
-    def __init__(self, path: Path) -> None:
-        self.path, self.tmp = path, store.tmp_name(path)
-        try:
-            self.fh = open(self.tmp, "w", encoding="utf-8", newline="\n")
-        except OSError as err:
-            raise store.OutputError(f"cannot write {path}: {err.strerror or err}") from err
-
-    def write(self, text: str) -> None:
-        try:
-            self.fh.write(text)
-        except OSError as err:
-            self.discard()
-            raise store.OutputError(f"cannot write {self.path}: {err.strerror or err}") from err
-
-    def commit(self) -> None:
-        try:
-            self.fh.flush()
-            os.fsync(self.fh.fileno())
-            self.fh.close()
-            os.replace(self.tmp, self.path)
-        except OSError as err:
-            self.discard()
-            raise store.OutputError(f"cannot write {self.path}: {err.strerror or err}") from err
-
-    def discard(self) -> None:
-        self.fh.close()
-        self.tmp.unlink(missing_ok=True)
+AtomicText = AtomicStream  # a table: plain UTF-8 text, never compressed
 
 
 _CHUNK_ROW = re.compile(r"^(.*)_chunk_\d+\t")
@@ -276,39 +245,38 @@ class SampleTables:
         _frame_ids, read_ids = store.read_bag_frames(store.bag_path(self.outdir, ref))
         rows = parts["predictions"].split("\n")[:-1]
         parts["predictions"] = "".join(row + "\n" for row, rid in zip(rows, read_ids) if rid not in dropped)
-        kept = [row.split("\t") for row in parts["reads"].split("\n")[:-1] if row.split("\t", 1)[0] not in dropped]
-        parts["reads"] = "".join("\t".join(row) + "\n" for row in kept)
+        kept = [row for row in read_rows(parts["reads"]) if row.read_id not in dropped]
+        parts["reads"] = "".join(row.line() for row in kept)
         calls = self._chunk_calls(ref, dropped)
-        counts = {"reads": len(kept), "chunks": sum(int(r[4]) for r in kept),
-                  "chunks_without_frames": sum(int(r[4]) - int(r[5]) for r in kept),
-                  "reads_without_frames": sum(r[5] == "0" for r in kept),
-                  "virus_reads": sum(r[8] == "virus" for r in kept),
-                  "virus_chunks": sum(int(r[7]) for r in kept if r[7] != "-"),
-                  "chunks_called": calls.count("\n"), "frames": sum(int(r[6]) for r in kept)}
+        counts = {"reads": len(kept), "chunks": sum(int(r.chunks) for r in kept),
+                  "chunks_without_frames": sum(int(r.chunks) - int(r.chunks_with_frames) for r in kept),
+                  "reads_without_frames": sum(r.chunks_with_frames == "0" for r in kept),
+                  "virus_reads": sum(r.call == "virus" for r in kept),
+                  "virus_chunks": sum(int(r.virus_chunks) for r in kept if r.virus_chunks != "-"),
+                  "chunks_called": calls.count("\n"), "frames": sum(int(r.frames) for r in kept)}
         return parts, counts
 
     def pairs(self, mate_refs: dict[int, list[Any]]) -> str | None:
         """pairs.tsv of a paired sample: mates zipped in file order; a pair is ``virus`` when either
         mate is, ``others`` when a mate has frames and none is virus, ``-`` otherwise. Returns the
         file name, or None (with a warning) when the two files do not list the same pairs in order."""
-        def rows(refs: list[Any]) -> Iterator[list[str]]:
+        def rows(refs: list[Any]) -> Iterator[ReadRow]:
             for ref in refs:
-                for row in self._part(ref, "reads").split("\n")[:-1]:
-                    yield row.split("\t")
+                yield from read_rows(self._part(ref, "reads"))
         out = AtomicText(self.folder / store.PAIRS)
         try:
             out.write(store.format_columns(PAIRS_HEADER, [], self.comment))
             ones, twos = rows(mate_refs.get(1, [])), rows(mate_refs.get(2, []))
             for one, two in _zip_exact(ones, twos):
-                pair = one[0][:-2]
-                if one[0][-2:] != "/1" or two[0] != pair + "/2":
+                pair = one.read_id[:-2]
+                if one.read_id[-2:] != "/1" or two.read_id != pair + "/2":
                     log.warning("warning: sample %s: mate files disagree at %s / %s; pairs.tsv not written",
-                                self.folder.name, one[0], two[0])
+                                self.folder.name, one.read_id, two.read_id)
                     out.discard()
                     return None
-                calls = (one[8], two[8])
+                calls = (one.call, two.call)
                 call = "virus" if "virus" in calls else ("others" if "others" in calls else "-")
-                out.write(f"{pair}\t{one[8]}\t{two[8]}\t{call}\n")
+                out.write(f"{pair}\t{one.call}\t{two.call}\t{call}\n")
         except _Unequal:
             log.warning("warning: sample %s: mate files hold different numbers of valid reads; "
                         "pairs.tsv not written", self.folder.name)
@@ -325,8 +293,8 @@ class _Unequal(Exception):
     pass
 
 
-def _zip_exact(a: Iterator[list[str]], b: Iterator[list[str]]) -> Iterator[tuple[list[str], list[str]]]:
-    sentinel: list[str] = []
+def _zip_exact(a: Iterator[ReadRow], b: Iterator[ReadRow]) -> Iterator[tuple[ReadRow, ReadRow]]:
+    sentinel: Any = object()
     while True:
         x, y = next(a, sentinel), next(b, sentinel)
         if x is sentinel and y is sentinel:
@@ -336,14 +304,16 @@ def _zip_exact(a: Iterator[list[str]], b: Iterator[list[str]]) -> Iterator[tuple
         yield x, y
 
 
-def _skipped_rows(problems: list[Problem]) -> list[tuple[Any, ...]]:
+def _skipped_rows(problems: list[Problem]) -> list[ReadRow]:
     """One reads.tsv row per skipped record id (per file), all its problems named, in input order."""
     skipped: dict[tuple[str, str], list[str]] = {}
     for problem in problems:
         kinds = skipped.setdefault((problem.path, problem.record or f"line {problem.line}"), [])
         if problem.kind not in kinds:
             kinds.append(problem.kind)
-    return [(record_id, path, "-", "skipped:" + "+".join(kinds), 0, 0, 0, "-", "-", "-", "-")
+    return [ReadRow(read_id=record_id, file=path, length="-", status="skipped:" + "+".join(kinds), chunks="0",
+                    chunks_with_frames="0", frames="0", virus_chunks="-", call="-", chunks_without_frames="-",
+                    virus_score="-")
             for (path, record_id), kinds in skipped.items()]
 
 

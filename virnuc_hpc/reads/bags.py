@@ -18,11 +18,11 @@ from __future__ import annotations
 import hashlib
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
 import numpy as np
 
+from virnuc_hpc.ahead import map_ahead
 from virnuc_hpc.reads.reading import Block, ReadDigest, iter_blocks
 from virnuc_hpc.reads.samples import InputFile
 
@@ -115,7 +115,7 @@ def planned_bag_counts(files: Sequence[tuple[int, int]]) -> list[int]:
         if number < len(files) - 1:
             counts.append(-(-pieces // per_bag))
             continue
-        hold = (TAIL_BAGS + 1) * per_bag  # what _bag_futures holds back of the last file
+        hold = (TAIL_BAGS + 1) * per_bag  # what _bag_pieces holds back of the last file
         full = (pieces - hold) // per_bag + 1 if pieces >= hold else 0
         counts.append(full + len(bag_sizes(pieces - full * per_bag, per_bag)))
     return counts
@@ -145,21 +145,16 @@ def plan_bags(files: list[InputFile], records_per_bag: Callable[[InputFile], int
     held back to recognise the run's tail; other files end in one smaller bag. ``digests`` gets
     each file's ReadDigest: the size and sha256 of the very bytes its bags were cut from.
     """
-    with ThreadPoolExecutor(1, thread_name_prefix="virnuc-bag-digest") as pool:
-        # Joining a bag's pieces and hashing them (hashlib releases the GIL) run on a thread while
-        # the next bag is cut: one bag of look-ahead.
-        ready: deque[Future[Bag]] = deque()
-        for future in _bag_futures(files, records_per_bag, run_key, read_size, pool, digests):
-            ready.append(future)
-            if len(ready) > 1:
-                yield ready.popleft().result()
-        while ready:
-            yield ready.popleft().result()
+    # Joining a bag's pieces and hashing them (hashlib releases the GIL) run on a thread while the
+    # next bag is cut: one bag of look-ahead.
+    yield from map_ahead(lambda job: _bag(job[0], run_key, job[1]),
+                         _bag_pieces(files, records_per_bag, read_size, digests),
+                         depth=2, thread_name="virnuc-bag-digest")
 
 
-def _bag_futures(files: list[InputFile], records_per_bag: Callable[[InputFile], int], run_key: str,
-                 read_size: int, pool: ThreadPoolExecutor,
-                 digests: dict[InputFile, ReadDigest] | None) -> Iterator[Future[Bag]]:
+def _bag_pieces(files: list[InputFile], records_per_bag: Callable[[InputFile], int], read_size: int,
+                digests: dict[InputFile, ReadDigest] | None) -> Iterator[tuple[int, list[Block]]]:
+    """(index, pieces) of every bag, in input order, as the files are read."""
     index = 0
     for number, file in enumerate(files):
         last_file = number == len(files) - 1
@@ -172,13 +167,13 @@ def _bag_futures(files: list[InputFile], records_per_bag: Callable[[InputFile], 
         for piece in iter_blocks(file, per_piece, read_size=read_size, digest=digest):
             held.append(piece)
             if len(held) >= hold:  # the oldest pieces are surely not the tail: a full bag
-                yield pool.submit(_bag, index, run_key, [held.popleft() for _ in range(per_bag)])
+                yield index, [held.popleft() for _ in range(per_bag)]
                 index += 1
         pieces = list(held)
         sizes = bag_sizes(len(pieces), per_bag) if last_file else _chunks(len(pieces), per_bag)
         start = 0
         for size in sizes:
-            yield pool.submit(_bag, index, run_key, pieces[start:start + size])
+            yield index, pieces[start:start + size]
             index += 1
             start += size
 
@@ -219,7 +214,7 @@ class HeadStats:
 def head_stats(file: InputFile, chunk_size: int, records: int = SAMPLE_RECORDS) -> HeadStats:
     """Parse and translate the first ``records`` records of a file (invalid ones are left out)."""
     from virnuc_hpc.reads.frames import frames_for_records
-    from virnuc_hpc.reads.reading import parse_block
+    from virnuc_hpc.reads.validation import parse_block
 
     block = next(iter_blocks(file, records), None)
     if block is None:

@@ -8,10 +8,10 @@ refuse inputs it would silently mangle, and report every problem with file and l
 
 Parsing works on large binary runs of whole lines with the per-byte work left to C
 (bytes.split / translate / count), so 1M short reads load in seconds. The same scanner reads
-a whole file (scan_buffers, for `loading.read_fasta`) and one block of a file cut by
-`reading.iter_blocks` (parse_text). Text after a header's id may be UTF-8, as Biopython decodes
-it; anything else non-ASCII is refused as binary. Opening files is `reading`'s job and
-`loading` holds the whole-file entry points; both build on this module's types.
+a whole file (scan_buffers, for `virnuc_hpc.testing.loading.read_fasta`) and one block of a file cut
+by `reading.iter_blocks` (parse_text). Text after a header's id may be UTF-8, as Biopython decodes
+it; anything else non-ASCII is refused as binary. Opening files is `reading`'s job; the whole-file
+entry points are test helpers (`virnuc_hpc.testing.loading`); both build on this module's types.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Why this split: the client reads every input once, on one thread, and must keep many
 workers fed, so it only decompresses and cuts (C-level byte counting, no per-record Python);
-the workers parse each block with `parse_block`. Each block knows the file line and record
+the workers parse and check each block (`validation.parse_block`, `validation.checked_block`). Each block knows the file line and record
 number it starts at, so a worker's error message names the true file line.
 
 Formats: FASTA or FASTQ (4-line records), plain or gzip/bzip2/xz/zstd, told by the first
@@ -44,13 +44,11 @@ if sys.version_info >= (3, 14):
 else:  # pragma: no cover - depends on the Python version
     from backports import zstd
 
-from virnuc_hpc.reads import fasta, fastq
 from virnuc_hpc.reads.fasta import (
     EMPTY_FILE,
     TEXT_BEFORE_HEADER,
     UNREADABLE,
     FastaError,
-    Parsed,
     Problem,
     binary_problem,
     first_junk,
@@ -68,8 +66,7 @@ _NOT_SPACE = re.compile(rb"\S")
 _LF = ord("\n")
 _RAW_READ = 1 << 20  # compressed bytes handed to a bzip2/xz/zstd decompressor at a time
 _HASH_AHEAD = 4  # raw reads queued for the hashing thread before the reader waits for it
-__all__ = ["FASTA", "FASTQ", "Block", "Parsed", "ReadDigest", "iter_blocks", "open_binary", "parse_block",
-           "sniff"]
+__all__ = ["FASTA", "FASTQ", "Block", "ReadDigest", "iter_blocks", "open_binary", "sniff"]
 
 
 @dataclass(slots=True)
@@ -180,19 +177,6 @@ def iter_blocks(file: InputFile, records_per_block: int, *, read_size: int = 1 <
             yield Block(file, fmt, index, first_record, first_line, n_records, data)
             first_record += n_records
             first_line += n_lines
-
-
-def parse_block(block: Block) -> Parsed:
-    """Parse a block (or consecutive blocks joined) into records and their problems.
-
-    Every record is returned, with `Parsed.invalid` naming those with record-level problems
-    (empty id or sequence, non-IUPAC characters); structural problems (binary data, malformed
-    FASTQ) end the parse. Ids get the file's mate suffix. Duplicate ids are not checked.
-    """
-    if block.fmt == FASTA:
-        return fasta.parse_text(block.data, block.file.path, block.first_line, block.file.id_suffix)
-    return fastq.parse_text(block.data, block.file.path, block.first_line, block.file.id_suffix,
-                            expected=block.n_records)
 
 
 # --------------------------------------------------------------------------- internals

@@ -1,33 +1,60 @@
-"""Input checks: the rules a block of records must pass, and ``virnuc-hpc validate`` in parallel.
+"""Input checks: the rules a block of records must pass, and every problem of whole samples.
 
-The same rules run inside every bag of a real run (``check_records``) and here, up front, over
-whole samples: structural problems (binary junk, broken FASTQ) and record problems (empty ids or
-sequences, non-nucleotide characters) per block, ids repeated within a sample by a sorted merge of
-each block's ids. Blocks are checked by a local Dask cluster of one process per core, so a
-sample of 100M reads is checked at the speed of the machine, with bounded client memory.
+The same rules run inside every bag of a real run (``checked_block``) and up front, over whole
+samples (``find_problems``, behind ``virnuc-hpc validate``): structural problems (binary junk,
+broken FASTQ) and record problems (empty ids or sequences, non-nucleotide characters) per block,
+ids repeated within a sample by a sorted merge of each block's ids. Which process checks the
+blocks is the caller's choice (``BlockChecker``): here, one after the other; the runtime layer
+spreads them over a local cluster (``virnuc_hpc.runtime.validate``).
 """
 
 from __future__ import annotations
 
 import bisect
-import itertools
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from virnuc_hpc.reads.fasta import DUPLICATE_ID, STRUCTURAL_KINDS, Record
-
 from virnuc_hpc.errors import FastaError, Problem
 from virnuc_hpc.merge import merge_sorted
-from virnuc_hpc.reads.reading import Block, iter_blocks, parse_block, sniff
+from virnuc_hpc.reads import fasta, fastq
+from virnuc_hpc.reads.fasta import DUPLICATE_ID, STRUCTURAL_KINDS, Parsed, Record
+from virnuc_hpc.reads.reading import FASTA, Block, iter_blocks, sniff
 from virnuc_hpc.reads.samples import Sample
 
 VALIDATE_BLOCK_RECORDS = 50_000
-SMALL_INPUT_BYTES = 32 << 20  # below this, validate in the calling process (no cluster start)
+
+#: (path, problems, sorted ids file) of one checked block: what ``check_block`` finds, with its file.
+BlockResult = tuple[str, list[Problem], str]
+#: Checks the blocks, numbered in input order, into ``spool``: each block's BlockResult, in input order.
+BlockChecker = Callable[[Iterable[Block], str], list[BlockResult]]
+
+
+def parse_block(block: Block) -> Parsed:
+    """Parse a block (or consecutive blocks joined) into records and their problems: the block's
+    format's parser (``fasta`` or ``fastq``), which applies the per-record rules as it goes.
+
+    Every record is returned, with `Parsed.invalid` naming those with record-level problems
+    (empty id or sequence, non-IUPAC characters); structural problems (binary data, malformed
+    FASTQ) end the parse. Ids get the file's mate suffix. Duplicate ids are not checked.
+    """
+    if block.fmt == FASTA:
+        return fasta.parse_text(block.data, block.file.path, block.first_line, block.file.id_suffix)
+    return fastq.parse_text(block.data, block.file.path, block.first_line, block.file.id_suffix,
+                            expected=block.n_records)
+
+
+def validated_block(block: Block) -> tuple[Parsed, list[bool], list[tuple[int, Problem]]]:
+    """The one pass from a block of bytes to validated records: parse (``parse_block``), then the
+    rules that need the whole block (``check_records``). The parsed block, which records are valid,
+    and (position, problem) of the others."""
+    parsed = parse_block(block)
+    valid, located = check_records(parsed.records, parsed.problems, parsed.invalid)
+    return parsed, valid, located
 
 
 def checked_block(block: Block, skip_invalid: bool) -> tuple[list[Record], list[bool], list[tuple[int, Problem]]]:
@@ -35,11 +62,10 @@ def checked_block(block: Block, skip_invalid: bool) -> tuple[list[Record], list[
 
     Structural problems always stop the run; record problems do unless ``skip_invalid`` (ids
     repeated across blocks are found where every block is seen)."""
-    parsed = parse_block(block)
+    parsed, valid, problems = validated_block(block)
     structural = [p for p in parsed.problems if p.kind in STRUCTURAL_KINDS]
     if structural:
         raise FastaError(structural)
-    valid, problems = check_records(parsed.records, parsed.problems, parsed.invalid)
     if problems and not skip_invalid:
         raise FastaError([p for _, p in problems])
     return parsed.records, valid, problems
@@ -120,18 +146,21 @@ def repeats(sorted_id_texts: list[Any], tmpdir: Path) -> Iterator[Repeat]:
 
 def check_block(block: Block, number: int, spool: str) -> tuple[list[Problem], str]:
     """Problems of one block, and the file holding its sorted ids (a task: runs on a worker)."""
-    parsed = parse_block(block)
-    valid, located = check_records(parsed.records, parsed.problems, parsed.invalid)
+    parsed, valid, located = validated_block(block)
     path = os.path.join(spool, f"ids-{number:08d}")
     with open(path, "w", encoding="utf-8", newline="\n") as fh:
         fh.write(sorted_ids(number, parsed.records, valid))
     return [p for _, p in located], path
 
 
-def validate_samples(samples: list[Sample], *, workers: int | None = None, parallel: bool | None = None,
-                     block_records: int = VALIDATE_BLOCK_RECORDS) -> list[Problem]:
-    """Every problem of every input, in input order, without raising. ``parallel``: a local Dask
-    cluster of ``workers`` processes (None: when the inputs are not small)."""
+def check_blocks(blocks: Iterable[Block], spool: str) -> list[BlockResult]:
+    """The BlockChecker that checks every block in this process, one after the other."""
+    return [(block.file.path, *check_block(block, number, spool)) for number, block in enumerate(blocks)]
+
+
+def find_problems(samples: list[Sample], *, check: BlockChecker = check_blocks,
+                  block_records: int = VALIDATE_BLOCK_RECORDS) -> list[Problem]:
+    """Every problem of every input, in input order, without raising; ``check`` checks the blocks."""
     files = [f for s in samples for f in s.files]
     problems: list[Problem] = []
     readable = []
@@ -141,12 +170,9 @@ def validate_samples(samples: list[Sample], *, workers: int | None = None, paral
             readable.append(f)
         except FastaError as err:
             problems.extend(err.problems)
-    if parallel is None:
-        parallel = sum(os.path.getsize(f.path) for f in readable) >= SMALL_INPUT_BYTES
     spool = Path(tempfile.mkdtemp(prefix="virnuc-validate-"))
     try:
-        results = _check_all(readable, spool, workers=workers, parallel=parallel, block_records=block_records,
-                             unreadable=problems)
+        results = check(readable_blocks(readable, block_records, problems), str(spool))
         by_sample: dict[str, list[tuple[int, str]]] = {}
         where: dict[int, str] = {}
         for number, (path, block_problems, ids) in enumerate(results):
@@ -166,7 +192,7 @@ def validate_samples(samples: list[Sample], *, workers: int | None = None, paral
     return problems
 
 
-def _readable_blocks(files: list[Any], block_records: int, unreadable: list[Problem]) -> Iterator[Block]:
+def readable_blocks(files: list[Any], block_records: int, unreadable: list[Problem]) -> Iterator[Block]:
     """Every block of every file; a file that stops decompressing midway (or ends in bytes that are
     no whole stream) adds its problem to ``unreadable`` and ends there, and the next file is read."""
     for f in files:
@@ -174,35 +200,3 @@ def _readable_blocks(files: list[Any], block_records: int, unreadable: list[Prob
             yield from iter_blocks(f, block_records)
         except FastaError as err:
             unreadable.extend(err.problems)
-
-
-def _check_all(files: list[Any], spool: Path, *, workers: int | None, parallel: bool,
-               block_records: int, unreadable: list[Problem]) -> list[tuple[str, list[Problem], str]]:
-    """(path, problems, ids file) per block, in input order: in this process, or on a local Dask
-    cluster of one process per core with a bounded number of blocks in flight."""
-    blocks = _readable_blocks(files, block_records, unreadable)
-    if not parallel:
-        return [(block.file.path, *check_block(block, number, str(spool))) for number, block in enumerate(blocks)]
-    from distributed import Client, LocalCluster, as_completed
-
-    n = workers or os.cpu_count() or 1
-    with LocalCluster(n_workers=n, threads_per_worker=1, host="127.0.0.1", dashboard_address=None,
-                      processes=True) as cluster, Client(cluster, set_as_default=False) as client:
-        results: dict[int, tuple[str, list[Problem], str]] = {}
-        source = enumerate(blocks)
-        futures = {}
-        first = []
-        for number, block in itertools.islice(source, 2 * n):
-            fut = client.submit(check_block, block, number, str(spool), pure=False)
-            futures[fut.key] = (number, block.file.path)
-            first.append(fut)
-        pending = as_completed(first, loop=client.loop)
-        for fut in pending:
-            number, path = futures.pop(fut.key)
-            found, ids = fut.result()
-            results[number] = (path, found, ids)
-            for number2, block in itertools.islice(source, 1):
-                nxt = client.submit(check_block, block, number2, str(spool), pure=False)
-                futures[nxt.key] = (number2, block.file.path)
-                pending.add(nxt)
-        return [results[i] for i in sorted(results)]

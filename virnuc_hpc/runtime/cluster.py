@@ -47,7 +47,7 @@ def worker_dask_config() -> dict[str, object]:
     Non-daemonic workers (so that a worker may start processes of its own). And malloc settings
     of our own: Dask's Nanny sets MALLOC_TRIM_THRESHOLD_=65536, which also pins glibc's mmap
     threshold at 128 KiB, so every megabyte-sized buffer of a bag becomes a fresh mmap with its page
-    faults: parsing and translating a bag measured 1.5x slower that way. Both thresholds are set
+    faults, which makes parsing and translating a bag markedly slower. Both thresholds are set
     explicitly, here and in the environment while our workers spawn (``worker_environ``): Dask
     lets a value already in the parent's environment win over its config, and every Nanny it
     starts writes its own value there.

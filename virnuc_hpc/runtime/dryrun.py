@@ -14,11 +14,12 @@ from __future__ import annotations
 import math
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from virnuc_hpc.config import RunConfig
+from virnuc_hpc.encoders.roster import STANDARD_ROSTER, Roster
 from virnuc_hpc.reads.bags import records_per_bag
 from virnuc_hpc.reads.sizing import FileEstimate, estimate_file, estimated_file_bags, estimated_run_bags
 from virnuc_hpc.runtime.threads import available_cpus, per_worker
@@ -85,6 +86,28 @@ def dnabert_size(model: str) -> Encoder:
     if model == "demo":
         return Encoder("demo DNABERT", 128, (4 * 128**2 + 3 * 128 * 512) * 2)
     return Encoder("DNABERT-S", 768, (4 * 768**2 + 3 * 768 * 3072) * 12)
+
+
+#: What a known roster encoder's size is, from its model's name (by role).
+SIZES: dict[str, Callable[[str], Encoder]] = {"esm2": esm2_size, "dnabert": dnabert_size}
+
+
+def encoder_sizes(config: RunConfig, roster: Roster = STANDARD_ROSTER) -> dict[str, Encoder]:
+    """Each roster encoder's size by role, in column order: from its model's name where the role is
+    known, else its declared width (no FLOPs counted: its cost is not known here)."""
+    sizes = {}
+    for entry in roster:
+        sizer = SIZES.get(entry.role)
+        if sizer is not None and entry.model_field:
+            sizes[entry.role] = sizer(getattr(config, entry.model_field))
+        else:
+            sizes[entry.role] = Encoder(entry.name, entry.width or 0, 0.0, known=entry.width is not None)
+    return sizes
+
+
+def _tokens(entry_sequences: str, totals: "Totals") -> float:
+    """Tokens an encoder of ``entry_sequences`` sees: residues for proteins, BPE tokens for DNA."""
+    return totals.protein_tokens if entry_sequences == "protein" else totals.dna_bases / DNABERT_BASES_PER_TOKEN
 
 
 def _size(nbytes: float) -> str:
@@ -183,8 +206,8 @@ def estimate(inputs: Sequence[str], config: RunConfig, *, samplesheet: str | Non
                              protein_tokens=total("protein_tokens"), dna_bases=total("dna_bases"))
 
 
-def _time_lines(config: RunConfig, totals: Totals, esm2: Encoder, dnabert: Encoder,
-                gpus: list[str]) -> list[str]:
+def _time_lines(config: RunConfig, totals: Totals, sizes: dict[str, Encoder], gpus: list[str],
+                roster: Roster = STANDARD_ROSTER) -> list[str]:
     """GPU time where the run will use GPUs, else CPU time; each says where its rate comes from."""
     use_gpu = config.device == "cuda" or (config.device == "auto" and bool(gpus))
     if use_gpu:
@@ -203,28 +226,28 @@ def _time_lines(config: RunConfig, totals: Totals, esm2: Encoder, dnabert: Encod
                          f"on {_plural(count, 'GPU')} ({what}; from our measurement on {card}, benchmark "
                          f"{rate.benchmark}: {rate.tokens_per_s:,.0f} ESM-2 3B tokens/s per GPU with "
                          f"DNABERT-S and the classifier)")
-        if esm2.matmul_params != esm2_size("esm2_t36_3B_UR50D").matmul_params:
+        esm2 = sizes.get("esm2")  # the rates are ESM-2 3B's, measured with DNABERT-S beside it
+        if esm2 is not None and esm2.matmul_params != esm2_size("esm2_t36_3B_UR50D").matmul_params:
             lines.append(f"  measured with ESM-2 3B; this run's ESM-2 is {esm2.name}: not measured, 3B's rate shown")
         return lines
     workers = config.workers or 1
     threads = config.threads_per_worker or per_worker(config.threads or available_cpus(), workers)
     probe = max(1, min(threads * workers, available_cpus()))
     rate = cpu_matmul_flops(probe)
-    flops = 2 * (esm2.matmul_params * totals.protein_tokens
-                 + dnabert.matmul_params * totals.dna_bases / DNABERT_BASES_PER_TOKEN)
+    flops = 2 * sum(sizes[e.role].matmul_params * _tokens(e.sequences, totals) for e in roster)
     seconds = flops / rate
     why = "device: cpu" if config.device == "cpu" else "no GPU visible here; --device cuda for a GPU job's figure"
     return [f"CPU time ({why}; no GPU will be used): at least {_duration(seconds)} on {_plural(probe, 'thread')} "
             f"({seconds * probe / 3600:,.2f} core hours)",
-            f"  a lower bound: {esm2.name} + {dnabert.name} matmul FLOPs ({flops:,.3g}) at this machine's fp32 "
+            f"  a lower bound: {' + '.join(s.name for s in sizes.values())} matmul FLOPs ({flops:,.3g}) at this machine's fp32 "
             f"matmul rate, measured now ({rate / 1e9:,.1f} GFLOP/s on {_plural(probe, 'thread')}); "
             "not a GPU figure"]
 
 
 def dry_run(inputs: Sequence[str], config: RunConfig, *, samplesheet: str | None = None,
-            classify: bool = True, gpus: list[str] | None = None) -> str:
+            classify: bool = True, gpus: list[str] | None = None, roster: Roster = STANDARD_ROSTER) -> str:
     """The estimate as text for the terminal. ``gpus``: the CUDA devices to plan for (default:
-    those this process sees)."""
+    those this process sees); ``roster``: the encoders whose columns make the features."""
     estimates, totals = estimate(inputs, config, samplesheet=samplesheet)
     rows = []
     for e, bags in zip(estimates, estimated_file_bags(estimates, config.bag_size), strict=True):
@@ -233,8 +256,8 @@ def dry_run(inputs: Sequence[str], config: RunConfig, *, samplesheet: str | None
         rows.append(f"{e.file.sample:<16} {Path(e.file.path).name:<28} {'=' if whole else '~'}"
                     f"{reads:>13,.0f} {e.head.frames * e.scale:>13,.0f} {bags:>6,}"
                     f"  ({records_per_bag(e.head, config.bag_size):,} reads per bag)")
-    esm2, dnabert = esm2_size(config.esm2_model), dnabert_size(config.dnabert_model)
-    width = esm2.width + dnabert.width
+    sizes = encoder_sizes(config, roster)
+    width = sum(s.width for s in sizes.values())
     disk = []
     for features in ("float32", "float16", "none"):
         size = bag_bytes(features, config.compression, totals.frames, totals.bags, width)
@@ -254,10 +277,9 @@ def dry_run(inputs: Sequence[str], config: RunConfig, *, samplesheet: str | None
         f"ESM-2 tokens {totals.protein_tokens:,.0f}   DNABERT-S bases {totals.dna_bases:,.0f}",
         f"disk, bag files by --features ({width:,}-wide features{compressed}; our measurement of bag files):",
         *disk,
-        *_time_lines(config, totals, esm2, dnabert, visible_gpus() if gpus is None else gpus),
+        *_time_lines(config, totals, sizes, visible_gpus() if gpus is None else gpus, roster),
     ]
-    if not esm2.known:
-        lines.append(f"  ({esm2.name}: its size is not in its name)")
+    lines += [f"  ({size.name}: its size is not in its name)" for size in sizes.values() if not size.known]
     if not classify:
         lines.append("(embed: no classifier, about the same time)")
     return "\n".join(lines)

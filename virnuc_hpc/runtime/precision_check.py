@@ -25,8 +25,10 @@ from typing import Any
 import numpy as np
 
 from virnuc_hpc.config import RunConfig
+from virnuc_hpc.encoders.roster import STANDARD_ROSTER, Roster
 from virnuc_hpc.errors import ConfigError, UserError
 from virnuc_hpc.runtime.cosines import row_cosines
+from virnuc_hpc.runtime.encoding import chunk_size_warnings, model_spec
 from virnuc_hpc.spec import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -45,8 +47,8 @@ CONFIDENT_LOW, CONFIDENT_HIGH = 0.1, 0.9
 MIN_CONFIDENT_FRAMES = 100  # enough confident frames: this many ...
 MIN_CONFIDENT_SHARE = 0.5   # ... or this share of the sample
 WARM_UP_SEQUENCES = 16      # the warm-up call's batch: compiles and allocates before the timing
-ENCODERS = ("dnabert", "esm2")
-ENCODER_NAMES = {"dnabert": "DNABERT-S", "esm2": "ESM-2"}
+ENCODERS = tuple(e.role for e in STANDARD_ROSTER)
+ENCODER_NAMES = {e.role: e.name for e in STANDARD_ROSTER}
 
 
 # --- results --------------------------------------------------------------------------------------
@@ -64,7 +66,7 @@ class PrecisionRow:
     """One precision's comparison with fp32; ``refused`` says why it did not run (then no numbers)."""
 
     precision: str
-    cosine: dict[str, CosineStats] | None = None   # "dnabert", "esm2"
+    cosine: dict[str, CosineStats] | None = None   # by encoder role, in roster order
     equal_labels: float | None = None              # percent of all frames; None without a classifier
     equal_labels_confident: float | None = None    # percent of the confident frames; None without any
     labels_basis: str = "all"                      # which of the two decides: "confident" or "all"
@@ -183,8 +185,18 @@ def recommend(rows: Sequence[PrecisionRow], min_cosine: float = MIN_COSINE,
 
 # --- the table ------------------------------------------------------------------------------------
 
-_HEADER = (f"{'precision':<10} {'DNABERT-S cos min':>17} {'median':>9} {'ESM-2 cos min':>14} {'median':>9} "
-           f"{'equal labels':>13} {'confident':>10} {'frames/s':>10} {'vs fp32':>8}")
+def _cosine_width(role: str) -> int:
+    return max(14, len(f"{ENCODER_NAMES.get(role, role)} cos min"))
+
+
+def _header(roles: Sequence[str] = ENCODERS) -> str:
+    """The table's header: two cosine columns per encoder, in roster order."""
+    cosines = " ".join(f"{ENCODER_NAMES.get(r, r) + ' cos min':>{_cosine_width(r)}} {'median':>9}" for r in roles)
+    return (f"{'precision':<10} {cosines} "
+            f"{'equal labels':>13} {'confident':>10} {'frames/s':>10} {'vs fp32':>8}")
+
+
+_HEADER = _header()
 
 
 def _number(value: float | None, spec: str, width: int) -> str:
@@ -195,12 +207,13 @@ def format_row(row: PrecisionRow, reference_speed: float | None) -> str:
     """One line of the table: the numbers, or why this precision did not run."""
     if not row.ran or row.cosine is None:
         return f"{row.precision:<10} not run: {row.refused}"
-    dna, esm = row.cosine["dnabert"], row.cosine["esm2"]
     labels = "-" if row.equal_labels is None else f"{row.equal_labels:.2f}%"
     confident = "-" if row.equal_labels_confident is None else f"{row.equal_labels_confident:.2f}%"
     ratio = (row.frames_per_s / reference_speed
              if row.frames_per_s is not None and reference_speed else None)
-    return (f"{row.precision:<10} {dna.min:>17.6f} {dna.median:>9.6f} {esm.min:>14.6f} {esm.median:>9.6f} "
+    cosines = " ".join(f"{stats.min:>{_cosine_width(role)}.6f} {stats.median:>9.6f}"
+                       for role, stats in row.cosine.items())
+    return (f"{row.precision:<10} {cosines} "
             f"{labels:>13} {confident:>10} {_number(row.frames_per_s, ',.1f', 10)} "
             f"{'-' if ratio is None else f'{ratio:.2f}x':>8}")
 
@@ -220,7 +233,8 @@ def format_report(report: PrecisionReport) -> str:
         lines.append(f"equal labels: on all frames, and on the {report.confident_frames:,} confident "
                      f"frames (fp32 virus score below {CONFIDENT_LOW} or above {CONFIDENT_HIGH})")
     reference = next((r.frames_per_s for r in report.rows if r.precision == REFERENCE), None)
-    lines += ["", _HEADER, *(format_row(r, reference) for r in report.rows), ""]
+    roles = next((list(r.cosine) for r in report.rows if r.cosine), ENCODERS)
+    lines += ["", _header(roles), *(format_row(r, reference) for r in report.rows), ""]
     bar = f"min cosine >= {MIN_COSINE} for both encoders"
     bar += (f" and >= {MIN_EQUAL_LABELS}% equal labels on {_basis_text(report.labels_basis)}"
             if report.classifier else " (no classifier: labels not compared)")
@@ -276,20 +290,10 @@ def sample_frames(inputs: Sequence[str], config: RunConfig, sample: int) -> Fram
     return FrameSample(reads=len(records), nucleotide=table.nucleotide, protein=table.protein)
 
 
-def model_spec(config: RunConfig, located: dict[str, Any], precision: str) -> ModelSpec:
-    """What a worker would be given for this run, at ``precision`` (the classifier is loaded apart)."""
-    return ModelSpec(esm2_path=located["esm2"].path, dnabert_path=located["dnabert"].path,
-                     classifier_path=None, device=config.device, precision=precision,
-                     engine=config.engine, zero_offload=config.zero_offload, nvme_path=config.nvme_path,
-                     exact_gelu=config.exact_gelu, esm2_max_tokens=config.esm2_max_tokens,
-                     dnabert_max_tokens=config.dnabert_max_tokens, threads=config.threads_per_worker,
-                     offline=config.offline, compile_cache=config.compile_cache,
-                     dnabert_layout=config.dnabert_layout)
-
-
 @dataclass(frozen=True)
 class Embedded:
-    """Both encoders' rows for the sample at one precision, and the seconds each took."""
+    """Each roster encoder's rows for the sample at one precision (by role, in roster order), and
+    the seconds each took."""
 
     features: dict[str, np.ndarray]
     seconds: dict[str, float]
@@ -297,22 +301,22 @@ class Embedded:
     @property
     def frames_per_s(self) -> float:
         total = sum(self.seconds.values())
-        return len(self.features["esm2"]) / total if total > 0 else float("inf")
+        return len(next(iter(self.features.values()))) / total if total > 0 else float("inf")
 
     def concatenated(self) -> np.ndarray:
-        """[DNABERT-S | ESM-2] per frame: the classifier's input, as in a run."""
-        return np.concatenate([self.features["dnabert"], self.features["esm2"]], axis=1)
+        """The roster's columns per frame ([DNABERT-S | ESM-2]): the classifier's input, as in a run."""
+        return np.concatenate(list(self.features.values()), axis=1)
 
 
 def embed_sample(spec: ModelSpec, frames: FrameSample) -> Embedded:
-    """Load both encoders as a worker does, warm each up with one call, then time one embed each.
+    """Load the roster's encoders as a worker does, warm each up with one call, then time one embed each.
 
     The models are dropped before returning: one precision's weights are resident at a time."""
     from virnuc_hpc.engines import load_engine_encoders
     from virnuc_hpc.runtime.worker import embed_prepared, prepare_distinct
 
-    esm2, dnabert = load_engine_encoders(spec)
-    inputs = {"dnabert": (dnabert, frames.nucleotide), "esm2": (esm2, frames.protein)}
+    encoders = load_engine_encoders(spec)
+    inputs = {e.role: (encoders[e.role], getattr(frames, e.sequences)) for e in spec.encoders}
     features, seconds = {}, {}
     for name, (encoder, sequences) in inputs.items():
         encoder.warm_up()
@@ -321,7 +325,7 @@ def embed_sample(spec: ModelSpec, frames: FrameSample) -> Embedded:
         start = time.perf_counter()
         features[name] = embed_prepared(encoder, prepared)  # numpy: the device has finished
         seconds[name] = time.perf_counter() - start
-    del esm2, dnabert, inputs
+    del encoders, inputs
     _release_device()
     return Embedded(features, seconds)
 
@@ -338,7 +342,7 @@ def _release_device() -> None:
 def compare(precision: str, reference: Embedded, other: Embedded, classifier: Any | None,
             reference_proba: np.ndarray | None) -> PrecisionRow:
     """One row: cosine per encoder, labels kept (with a classifier), speed."""
-    cosine = {name: cosine_stats(reference.features[name], other.features[name]) for name in ENCODERS}
+    cosine = {name: cosine_stats(reference.features[name], other.features[name]) for name in reference.features}
     labels: tuple[float | None, float | None, str] = (None, None, "all")
     if classifier is not None and reference_proba is not None:
         labels = label_agreements(reference_proba, classifier.predict_proba(other.concatenated()))
@@ -348,13 +352,13 @@ def compare(precision: str, reference: Embedded, other: Embedded, classifier: An
 
 
 def _try_precision(precision: str, device: Any, config: RunConfig, located: dict[str, Any],
-                   frames: FrameSample) -> Embedded | str:
+                   frames: FrameSample, roster: Roster = STANDARD_ROSTER) -> Embedded | str:
     """The precision's embeddings, or why the device cannot run it (a row, not a crash)."""
     from virnuc_hpc.devices import resolve_precision
 
     try:
         resolve_precision(precision, device)
-        return embed_sample(model_spec(config, located, precision), frames)
+        return embed_sample(model_spec(config, located, roster, precision=precision, classifier=False), frames)
     except ConfigError as err:
         return str(err)
     except RuntimeError as err:  # the device or its kernels refused (e.g. no bf16, out of memory)
@@ -364,26 +368,24 @@ def _try_precision(precision: str, device: Any, config: RunConfig, located: dict
 
 
 def check_precision(inputs: Sequence[str], config: RunConfig, sample: int = DEFAULT_SAMPLE,
-                    precisions: Sequence[str] = DEFAULT_PRECISIONS) -> PrecisionReport:
+                    precisions: Sequence[str] = DEFAULT_PRECISIONS,
+                    roster: Roster = STANDARD_ROSTER) -> PrecisionReport:
     """Embed the first ``sample`` reads with fp32 and with each of ``precisions``; compare them."""
     import torch
 
     from virnuc_hpc.devices import resolve_device
-    from virnuc_hpc.models.classifier import chunk_size_warnings
     from virnuc_hpc.models.resolve import locate_models
 
     wanted = parse_precisions(",".join(precisions))
     frames = sample_frames(inputs, config, sample)
     located = locate_models(config, classify=config.classifier is not None)
-    warnings = tuple(chunk_size_warnings(located, config.expected_length))
-    for warning in warnings:
-        log.warning("warning: %s", warning)
+    warnings = tuple(chunk_size_warnings(config, located))  # predict's, logged as predict logs them
     device = resolve_device(config.device)
     threads = torch.get_num_threads()
     if config.threads_per_worker and device.type == "cpu":
         torch.set_num_threads(config.threads_per_worker)  # as a CPU worker runs
     try:
-        rows, confident = _rows(wanted, device, config, located, frames)
+        rows, confident = _rows(wanted, device, config, located, frames, roster)
     finally:
         torch.set_num_threads(threads)  # the caller's process is left as it was
     return PrecisionReport(rows=rows, reads=frames.reads, frames=len(frames.protein), device=str(device),
@@ -394,12 +396,12 @@ def check_precision(inputs: Sequence[str], config: RunConfig, sample: int = DEFA
 
 
 def _rows(wanted: Sequence[str], device: Any, config: RunConfig, located: dict[str, Any],
-          frames: FrameSample) -> tuple[list[PrecisionRow], int | None]:
+          frames: FrameSample, roster: Roster = STANDARD_ROSTER) -> tuple[list[PrecisionRow], int | None]:
     """fp32's row, then one per wanted precision; and how many frames have a confident fp32 score
     (None when labels were not compared: no classifier)."""
     from virnuc_hpc.models.classifier import load_classifier
 
-    reference = embed_sample(model_spec(config, located, REFERENCE), frames)
+    reference = embed_sample(model_spec(config, located, roster, precision=REFERENCE, classifier=False), frames)
     classifier, reference_proba = None, None
     if "classifier" in located:
         classifier = load_classifier(located["classifier"].path,
@@ -407,7 +409,7 @@ def _rows(wanted: Sequence[str], device: Any, config: RunConfig, located: dict[s
         reference_proba = classifier.predict_proba(reference.concatenated())
     rows = [compare(REFERENCE, reference, reference, classifier, reference_proba)]
     for precision in wanted:
-        outcome = _try_precision(precision, device, config, located, frames)
+        outcome = _try_precision(precision, device, config, located, frames, roster)
         rows.append(PrecisionRow(precision, refused=outcome) if isinstance(outcome, str)
                     else compare(precision, reference, outcome, classifier, reference_proba))
     return rows, None if reference_proba is None else int(confident_mask(reference_proba).sum())

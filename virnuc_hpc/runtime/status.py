@@ -25,10 +25,10 @@ from virnuc_hpc.errors import OutputError
 from virnuc_hpc.outputs.layout import (BAGS_DIR, FAILED_BAGS, MANIFEST, PROGRESS, RUN_JSON, SAMPLES_DIR,
                                        bag_files)
 from virnuc_hpc.outputs.lock import describe_holder, read_lock
-from virnuc_hpc.outputs.records import int_field, number_field, read_json_object, text_field
+from virnuc_hpc.outputs.records import MAX_TEXT, number_field, read_json_object, text_field
+from virnuc_hpc.outputs.run_record import TOOL, RunRecord
 from virnuc_hpc.runtime.progress import describe, duration, read_progress
 
-TOOL = "virnuc-hpc"  # run.json's "tool": a run.json of ours
 DEFAULT_JOB_FOLDER = "slurm"  # `submit` puts its job folder in OUTDIR/slurm unless --folder says otherwise
 SAMPLES_TSV = "samples.tsv"  # store.SAMPLES_TSV (store imports the NetCDF stack, which status needs not)
 MAX_SAMPLES_LISTED = 1000
@@ -51,12 +51,13 @@ def folder_status(folder: str | Path) -> dict[str, Any]:
     problems: list[str] = []
     manifest, problem = read_json_object(folder / MANIFEST)
     manifest_problem = problem
-    run, run_problem = read_json_object(folder / RUN_JSON)
+    run, run_problems = RunRecord.read(folder)
+    run_problem = run_problems[0] if run is None and run_problems else None
     lock = read_lock(folder)
     progress = read_progress(folder / PROGRESS, problems)
     bags = bag_files(folder)
     ours_manifest = manifest is not None and isinstance(manifest.get("run_key"), str)
-    ours_run = run is not None and run.get("tool") == TOOL
+    ours_run = run is not None and run.ours
     output = bool(ours_manifest or ours_run or lock is not None or bags or (folder / PROGRESS).exists())
     jobs_at = next((f for f in (folder, folder / DEFAULT_JOB_FOLDER) if (f / slurm.REGISTRY).is_file()), None)
     jobs_folder = jobs_at is not None
@@ -79,15 +80,15 @@ def folder_status(folder: str | Path) -> dict[str, Any]:
                              "jobs": None, "problems": problems}
     if output:
         facts.update(_output_facts(folder, lock, progress, bags, ours_manifest, run if ours_run else None,
-                                   problems))
+                                   problems, run_problems))
     if jobs_folder:
         facts["jobs"] = [asdict(s) for s in slurm.job_status(jobs_at, problems)]
     return facts
 
 
 def _output_facts(folder: Path, lock: dict[str, Any] | None, progress: dict[str, Any] | None,
-                  bags: list[Path], manifest_ok: bool, run: dict[str, Any] | None,
-                  problems: list[str]) -> dict[str, Any]:
+                  bags: list[Path], manifest_ok: bool, run: RunRecord | None,
+                  problems: list[str], run_problems: list[str]) -> dict[str, Any]:
     facts: dict[str, Any] = {"bags_kept": len(bags)}
     if progress is not None:
         updated = progress.get("updated")
@@ -97,6 +98,7 @@ def _output_facts(folder: Path, lock: dict[str, Any] | None, progress: dict[str,
         facts["state"] = "running"
         facts["progress"] = facts.get("progress") if not (progress or {}).get("error") else None
     elif run is not None:
+        problems.extend(run_problems)  # its values of the wrong type, left out of the facts
         facts["state"], facts["run"] = "finished", _run_facts(folder, run, problems)
     elif (progress or {}).get("error") or failed_bags.is_file():
         facts["state"] = "failed"
@@ -111,27 +113,24 @@ def _output_facts(folder: Path, lock: dict[str, Any] | None, progress: dict[str,
     return facts
 
 
-def _run_facts(folder: Path, run: dict[str, Any], problems: list[str]) -> dict[str, Any]:
-    """What run.json says of a finished run, its values checked (a wrong one is left out)."""
-    raw_counts = run.get("counts")
-    if not isinstance(raw_counts, dict):
+def _run_facts(folder: Path, run: RunRecord, problems: list[str]) -> dict[str, Any]:
+    """What run.json says of a finished run, its values checked (RunRecord left out those of the
+    wrong type; here those out of range go too)."""
+    if "counts" not in run.model_fields_set:
         problems.append(f"{folder / RUN_JSON}: no counts; left out")
-        raw_counts = {}
-    counts = {k: v for k, v in raw_counts.items() if len(k) <= 64 and int_field(raw_counts, k) is not None}
-    if len(counts) < len(raw_counts):
-        problems.append(f"{folder / RUN_JSON}: {len(raw_counts) - len(counts)} count(s) that are not whole "
+    counts = {k: v for k, v in run.counts.items() if len(k) <= 64 and _whole(v) is not None}
+    if len(counts) < len(run.counts):
+        problems.append(f"{folder / RUN_JSON}: {len(run.counts) - len(counts)} count(s) that are not whole "
                         "numbers; left out")
     reads, virus = counts.get("reads"), counts.get("virus_reads")
-    bags = run.get("bags") if isinstance(run.get("bags"), dict) else {}
-    samples = run.get("samples") if isinstance(run.get("samples"), list) else []
-    names = [text_field(s, "name") for s in samples[:MAX_SAMPLES_LISTED] if isinstance(s, dict)]
-    started, finished = text_field(run, "started"), text_field(run, "finished")
-    return {"command": text_field(run, "command"), "version": text_field(run, "version"),
-            "random_weights": run.get("random_weights") is True,
+    names = [text_field(s, "name") for s in run.samples[:MAX_SAMPLES_LISTED]]
+    started, finished = _text(run.started), _text(run.finished)
+    return {"command": _text(run.command), "version": _text(run.version),
+            "random_weights": run.random_weights,
             "started": started, "finished": finished, "wall_s": _wall_s(run, started, finished),
             "counts": counts,
             "virus_percent": round(100 * virus / reads, 2) if virus is not None and reads else None,
-            "bags": {k: int_field(bags, k) for k in ("total", "computed_now", "reused")},
+            "bags": {k: _whole(run.bags.get(k)) for k in ("total", "computed_now", "reused")},
             "samples": [n for n in names if n is not None],
             "per_sample": _per_sample(folder / SAMPLES_TSV, problems), **_tables(folder)}
 
@@ -173,13 +172,22 @@ def _count(text: str | None) -> int | None:
     return int(text) if text is not None and text.isascii() and text.isdigit() and len(text) < 20 else None
 
 
-def _wall_s(run: dict[str, Any], started: str | None, finished: str | None) -> float | None:
+def _text(value: str | None) -> str | None:
+    """Text of a plausible length (a path or a command), else None."""
+    return value if value is not None and len(value) <= MAX_TEXT else None
+
+
+def _whole(value: int | None) -> int | None:
+    """A whole number of at most 64 bits, else None."""
+    return value if value is not None and abs(value) < 1 << 63 else None
+
+
+def _wall_s(run: RunRecord, started: str | None, finished: str | None) -> float | None:
     try:
         span = _dt.datetime.fromisoformat(finished or "") - _dt.datetime.fromisoformat(started or "")
         return round(span.total_seconds(), 1)
     except (TypeError, ValueError):  # no times, or naive and aware ones mixed
-        seconds = run.get("seconds") if isinstance(run.get("seconds"), dict) else {}
-        values = [v for v in (number_field(seconds, k) for k in seconds) if v is not None]
+        values = [v for v in (number_field(run.seconds, k) for k in run.seconds) if v is not None]
         return round(sum(values), 1) if values else None
 
 

@@ -2,7 +2,8 @@
 
 The plugin holds the model *specification*; the models themselves are loaded on first use inside
 the worker process (so a worker that joins late loads them too) and stay resident. ``run_bag`` is
-the only task: embed with both encoders, classify, write the bag file, return a ``BagReport``.
+the only task: embed with each encoder of the roster, classify, write the bag file, return a
+``BagReport``.
 No tensors ever leave the worker: what crosses the Dask boundary is typed (``BagReport``,
 ``BagSeconds``, ``EncoderStats``), so the client reads fields, never guesses at string keys.
 """
@@ -34,8 +35,8 @@ PLUGIN_NAME = "virnuc-hpc-encoders"
 
 
 def load_encoders(spec: ModelSpec, timer: StageTimer | None = None) -> Encoders:
-    """Load both encoders (and the classifier) through the configured engine; ``timer`` gets the
-    time of each phase (imports, CUDA start, encoders, classifier): startup is stated, not guessed."""
+    """Load the roster's encoders (and the classifier) through the configured engine; ``timer`` gets
+    the time of each phase (imports, CUDA start, encoders, classifier): startup is stated, not guessed."""
     timer = timer or StageTimer()
     with timer("imports"):
         import torch
@@ -46,14 +47,18 @@ def load_encoders(spec: ModelSpec, timer: StageTimer | None = None) -> Encoders:
         with timer("cuda_start"):
             torch.empty(0, device="cuda")
     with timer("encoders_load"):
-        esm2, dnabert = load_engine_encoders(spec)
+        encoders = load_engine_encoders(spec)
     classifier = None
-    if spec.classifier_path:  # its input must be [DNABERT | ESM-2] of exactly these encoders
+    if spec.classifier_path:  # its input is the roster's columns, of exactly these encoders
         with timer("classifier_load"):
-            classifier = load_classifier(spec.classifier_path, input_dim=dnabert.dim + esm2.dim)
-    return Encoders(esm2=esm2, dnabert=dnabert, classifier=classifier,
-                    precision=getattr(esm2, "precision", spec.precision),
-                    device=str(getattr(esm2, "device", spec.device)))
+            classifier = load_classifier(spec.classifier_path,
+                                         input_dim=sum(e.dim for e in encoders.values()))
+    int8 = next((e.role for e in spec.encoders if e.int8), None)
+    # the int8-capable encoder's precision is the run's (int8, or what it fell back to)
+    leading = encoders[int8] if int8 is not None else next(iter(encoders.values()))
+    return Encoders(encoders=encoders, classifier=classifier,
+                    precision=getattr(leading, "precision", spec.precision),
+                    device=str(getattr(leading, "device", spec.device)), int8_role=int8)
 
 
 class EncoderPlugin(WorkerPlugin):
@@ -101,12 +106,14 @@ class EncoderPlugin(WorkerPlugin):
             return self._encoders
 
     def fall_back_from_int8(self) -> Encoders:
-        """ESM-2 in fp16 from now on (an int8 run whose self-check failed); idempotent."""
+        """The int8 encoder (ESM-2) in fp16 from now on (an int8 run whose self-check failed);
+        idempotent."""
         enc = self.encoders()
         with self._lock:
-            if enc.precision == "int8":
-                enc.esm2.fall_back_from_int8()
-                enc.precision = enc.esm2.precision
+            if enc.precision == "int8" and enc.int8_role is not None:
+                quantized = enc.encoders[enc.int8_role]
+                quantized.fall_back_from_int8()
+                enc.precision = quantized.precision
         return enc
 
 
@@ -142,7 +149,7 @@ class BagRules:
     classify: bool
     features: str = "float32"
     compression: str = "none"
-    int8_fallback: bool = False  # the run's int8 self-check failed: ESM-2 runs in fp16 (int8_check.py)
+    int8_fallback: bool = False  # the run's int8 self-check failed: the int8 encoder runs in fp16
     write_frames: bool = False   # keep the frames' sequences for VirNucPro's frame files (sequences.py)
 
     def table_parts(self) -> tuple[str, ...]:
@@ -194,16 +201,26 @@ class BagSeconds:
     model_load: float = 0.0      # waiting for the worker's models (its first bag only, mostly)
     prepare: float = 0.0         # tokenising and packing, before the device is taken
     device_wait: float = 0.0     # waiting for another bag to release the device
-    dnabert: float = 0.0
-    esm2: float = 0.0
+    encoders: tuple[tuple[str, float], ...] = ()  # (role, seconds embedding), in roster order
     classifier: float = 0.0
     tables_write: float = 0.0
 
     def __add__(self, other: "BagSeconds") -> "BagSeconds":
-        return BagSeconds(**{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)})
+        summed = dict(self.encoders)
+        for role, seconds in other.encoders:
+            summed[role] = summed.get(role, 0.0) + seconds
+        return BagSeconds(**{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)
+                             if f.name != "encoders"}, encoders=tuple(summed.items()))
 
     def as_dict(self) -> dict[str, float]:
-        return asdict(self)
+        """Stage -> seconds, each encoder a stage of its own (run.json's ``dnabert``, ``esm2``)."""
+        out: dict[str, float] = {}
+        for f in fields(self):
+            if f.name == "encoders":
+                out.update(self.encoders)
+            else:
+                out[f.name] = getattr(self, f.name)
+        return out
 
 
 @dataclass(frozen=True)
@@ -217,14 +234,13 @@ class BagReport:
     worker: str
     device_interval: tuple[float, float]
     seconds: BagSeconds
-    esm2: EncoderStats
-    dnabert: EncoderStats
+    encoders: dict[str, EncoderStats]  # each encoder's work on this bag, by role, in roster order
     gpu_utilization: list[tuple[float, int]]
     numerics: str = ""  # see ``bag_numerics``
 
     def encoder_stats(self) -> dict[str, EncoderStats]:
-        """Each encoder's work on this bag, by the encoder's name."""
-        return {"esm2": self.esm2, "dnabert": self.dnabert}
+        """Each encoder's work on this bag, by its role."""
+        return dict(self.encoders)
 
 
 def bag_numerics(enc: Encoders) -> str:
@@ -239,11 +255,12 @@ def bag_numerics(enc: Encoders) -> str:
         processor = torch.cuda.get_device_name(device)
     else:
         processor = _cpu_model()
+    quantized = enc.encoders[enc.int8_role] if enc.int8_role is not None else None
     return json.dumps({"device": device.type, "processor": processor, "precision": enc.precision,
-                       "int8_smoothing": getattr(enc.esm2, "int8_smoothing", None),
+                       "int8_smoothing": getattr(quantized, "int8_smoothing", None),
                        "torch_threads": torch.get_num_threads() if device.type == "cpu" else None,
-                       "esm2_max_tokens": getattr(enc.esm2, "max_tokens", None),
-                       "dnabert_max_tokens": getattr(enc.dnabert, "max_tokens", None)}, sort_keys=True)
+                       **{f"{role}_max_tokens": getattr(encoder, "max_tokens", None)
+                          for role, encoder in enc.encoders.items()}}, sort_keys=True)
 
 
 def _cpu_model() -> str:
@@ -298,40 +315,47 @@ def run_bag(bag: Bag, text: np.ndarray, outdir: str, attrs: dict[str, Any], rule
     t1 = time.perf_counter()
     enc = plugin.fall_back_from_int8() if rules.int8_fallback else plugin.encoders()
     tparse = time.perf_counter()
-    if len(table):
-        dna_in, prot_in = prepare_distinct(enc.dnabert, table.nucleotide), prepare_distinct(enc.esm2, table.protein)
+    roster = plugin.spec.encoders  # feature-column order
+    inputs = {e.role: prepare_distinct(enc.encoders[e.role], getattr(table, e.sequences))
+              for e in roster} if len(table) else {}
     tp = time.perf_counter()
+    vectors: list[tuple[str, np.ndarray]] = []
+    work: dict[str, EncoderStats] = {}
+    embedding: list[tuple[str, float]] = []
     with plugin.device_lock:
         device_start = time.time()
-        esm2_before, dnabert_before = EncoderStats.of(enc.esm2), EncoderStats.of(enc.dnabert)
         td = time.perf_counter()
-        dna = embed_prepared(enc.dnabert, dna_in) if len(table) else np.zeros((0, enc.dnabert.dim), np.float32)
-        t2 = time.perf_counter()
-        prot = embed_prepared(enc.esm2, prot_in) if len(table) else np.zeros((0, enc.esm2.dim), np.float32)
+        for e in roster:
+            encoder = enc.encoders[e.role]
+            before, start = EncoderStats.of(encoder), time.perf_counter()
+            rows = (embed_prepared(encoder, inputs[e.role]) if len(table)
+                    else np.zeros((0, encoder.dim), np.float32))
+            vectors.append((e.role, rows))
+            embedding.append((e.role, time.perf_counter() - start))
+            work[e.role] = EncoderStats.of(encoder) - before
         t3 = time.perf_counter()
-        esm2_work = EncoderStats.of(enc.esm2) - esm2_before
-        dnabert_work = EncoderStats.of(enc.dnabert) - dnabert_before
         device_end = time.time()
     proba = None
     if enc.classifier is not None and rules.classify:
-        proba = (enc.classifier.predict_proba(np.concatenate([dna, prot], axis=1)) if len(table)
+        proba = (enc.classifier.predict_proba(np.concatenate([v for _, v in vectors], axis=1)) if len(table)
                  else np.zeros((0, 2), np.float32))
     t4 = time.perf_counter()
     parts, counts = bag_tables(bag.index, records, valid, problems, table, proba, rules.classify,
                                block=bag.block, write_frames=rules.write_frames)
     settled = bag_numerics(enc)
     attrs = {**attrs, "precision": enc.precision, "device": enc.device, "numerics": settled}
-    store.write_bag(Path(outdir), bag.ref, frames, dna, prot, proba, attrs, features=rules.features,
-                    compression=rules.compression, tables=parts, counts=counts)
+    store.write_bag(Path(outdir), bag.ref, frames, vectors, proba, attrs, features=rules.features,
+                    compression=rules.compression, tables=parts, counts=counts,
+                    sources={e.role: e.source for e in roster})
     t5 = time.perf_counter()
     return BagReport(
         bag=bag.index, records=len(records), frames=len(table),
         protein_tokens=sum(map(len, table.protein)) + 2 * len(table), worker=get_worker().address,
         device_interval=(device_start, device_end),
         seconds=BagSeconds(parse_translate=t1 - t0, model_load=tparse - t1, prepare=tp - tparse,
-                           device_wait=td - tp, dnabert=t2 - td, esm2=t3 - t2, classifier=t4 - t3,
+                           device_wait=td - tp, encoders=tuple(embedding), classifier=t4 - t3,
                            tables_write=t5 - t4),
-        esm2=esm2_work, dnabert=dnabert_work,
+        encoders=work,
         # NVML samples since the previous drain on this worker (any bag's): GPU-side busy
         gpu_utilization=plugin.utilization.drain() if plugin.utilization is not None else [],
         numerics=settled,
@@ -345,12 +369,15 @@ def check_int8(proteins: list[str]) -> Any:
 
     plugin: EncoderPlugin = get_worker().plugins[PLUGIN_NAME]
     enc = plugin.encoders()
+    if enc.int8_role is None:
+        raise RuntimeError("the int8 check needs an encoder with int8 kernels in the roster")
+    encoder = enc.encoders[enc.int8_role]
     with plugin.device_lock:
-        quantized, half = enc.esm2.embed_both(proteins)
+        quantized, half = encoder.embed_both(proteins)
     from virnuc_hpc.devices import activation_precision
 
     processor = json.loads(bag_numerics(enc))["processor"]
-    fallback = activation_precision("int8", enc.esm2.device)
+    fallback = activation_precision("int8", encoder.device)
     return compare(get_worker().address, processor, quantized, half, fallback)
 
 
@@ -365,7 +392,7 @@ def warm_up() -> dict[str, float]:
     timer = StageTimer({} if loaded_before else dict(plugin.load_timer.seconds))
     timer.seconds["load_other"] = max(0.0, load - sum(timer.seconds.values()))  # phases sum to the load
     with plugin.device_lock:
-        for name in ("esm2", "dnabert"):
+        for name, encoder in enc.encoders.items():
             with timer(f"{name}_warm_up"):
-                getattr(getattr(enc, name), "warm_up", lambda: None)()
+                getattr(encoder, "warm_up", lambda: None)()
     return timer.seconds

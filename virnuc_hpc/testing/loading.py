@@ -24,6 +24,7 @@ from virnuc_hpc.reads.fasta import (
     scan_buffers,
 )
 from virnuc_hpc.reads.samples import InputFile
+from virnuc_hpc.reads.validation import parse_block
 
 DEFAULT_BLOCK_SIZE = 1 << 23  # 8 MiB of (decompressed) text per read call
 
@@ -134,7 +135,7 @@ def _parsed_file(file: InputFile, read_size: int) -> Iterator[Parsed | Problem]:
         fmt = reading.FASTA  # the scanner reports the stray text and goes on, so validate says more
     try:
         for block in reading.iter_blocks(file, RECORDS_PER_BLOCK, read_size=read_size, fmt=fmt):
-            parsed = reading.parse_block(block)
+            parsed = parse_block(block)
             yield parsed
             if any(p.kind in STRUCTURAL_KINDS and p.kind != TEXT_BEFORE_HEADER for p in parsed.problems):
                 return

@@ -1,7 +1,7 @@
 """Which tile the int8 GEMM should use, and how fast the standalone activation quantisation runs
 (#18: the choices in virnuc_hpc/encoders/int8_triton.py come from this run).
 
-    python benchmarks/int8_tiles.py [--lengths 64,...,65536]
+    python benchmarks/probes/int8_tiles.py [--lengths 64,...,65536]
 
 For ESM-2 3B's four linear layers (as precision int8 runs them) at every power-of-two packed length,
 times every candidate tile on one card, in one run, and prints the best tile and the time of ours
@@ -18,17 +18,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
 import torch
 
-from common import card_slug
-from int8_gemm_probe import LAYERS, timed
-from virnuc_hpc.encoders.int8 import absmax_scale, quantize, quantize_rows, quantize_scaled
-from virnuc_hpc.encoders.int8_triton import TILE, Tile, int8_gemm
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # benchmarks/: common.py
+from common import card_slug  # noqa: E402
+from int8_gemm_probe import LAYERS, timed  # noqa: E402  (this folder is on sys.path)
+from virnuc_hpc.encoders.int8 import absmax_scale, quantize, quantize_rows, quantize_scaled  # noqa: E402
+from virnuc_hpc.encoders.int8_triton import TILE, Tile, int8_gemm  # noqa: E402
 
-HERE = Path(__file__).resolve().parent
+RESULTS = Path(__file__).resolve().parent.parent / "results"  # benchmarks/results
 TILES = [Tile(128, 128, 128, 4), Tile(128, 128, 128, 5), TILE, Tile(256, 128, 128, 3), Tile(64, 128, 128, 4, 4),
          Tile(64, 256, 128, 4, 4), Tile(128, 256, 64, 4)]
 
@@ -49,7 +51,7 @@ def time_tile(run, tile: Tile) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lengths", default=",".join(str(1 << n) for n in range(6, 17)))
-    parser.add_argument("--out-dir", type=Path, default=HERE / "results")
+    parser.add_argument("--out-dir", type=Path, default=RESULTS)
     args = parser.parse_args()
     dev, card = torch.device("cuda"), torch.cuda.get_device_name(0)
     torch.manual_seed(0)

@@ -1,6 +1,6 @@
 """Which int8 GEMM to build ESM-2's int8 precision on (#18: measure before choosing).
 
-    python benchmarks/int8_gemm_probe.py [--tokens 65536,4096]
+    python benchmarks/probes/int8_gemm_probe.py [--tokens 65536,4096]
 
 ESM-2 3B's linear layers as precision int8 runs them (q/k/v as one 2560->7680 GEMM, out 2560->2560,
 fc1 2560->10240 with GELU in the epilogue, fc2 10240->2560) at packed batches of ``--tokens`` tokens,
@@ -30,7 +30,7 @@ from virnuc_hpc.encoders.esm2_packed import linear_gelu_tanh
 from virnuc_hpc.encoders.int8 import dequantize, quantize_rows
 from virnuc_hpc.encoders.int8_triton import int8_gemm
 
-HERE = Path(__file__).resolve().parent
+RESULTS = Path(__file__).resolve().parent.parent / "results"  # benchmarks/results
 LAYERS = {"qkv": (2560, 7680, "none"), "out": (2560, 2560, "none"), "fc1+gelu": (2560, 10240, "tanh"),
           "fc2": (10240, 2560, "none")}  # (K, N, GELU)
 
@@ -101,7 +101,7 @@ def timed(fn, reps: int = 20) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tokens", default="65536,4096")
-    parser.add_argument("--out-dir", type=Path, default=HERE / "results")
+    parser.add_argument("--out-dir", type=Path, default=RESULTS)
     args = parser.parse_args()
     dev = torch.device("cuda")
     card = torch.cuda.get_device_name(0)

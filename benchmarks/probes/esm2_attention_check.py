@@ -5,16 +5,20 @@ A 6-layer model of ESM-2 3B's width (2560, 40 heads; random weights) embeds 3,00
 once with memory-efficient varlen attention (the default), each compared per protein (cosine) with
 the padded fp32 path, and with each other. Prints lines starting ATTN_CHECK.
 
-    python benchmarks/esm2_attention_check.py
+    python benchmarks/probes/esm2_attention_check.py
 """
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import torch
 
-from common import cosine, random_proteins  # benchmarks/ is on sys.path
-from virnuc_hpc.encoders.esm2 import ESM2, ESM2Encoder
-from virnuc_hpc.encoders.esm2_packed import PackedESM2Encoder
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # benchmarks/: common.py
+from common import cosine, random_proteins  # noqa: E402
+from virnuc_hpc.encoders.esm2 import ESM2, ESM2Encoder  # noqa: E402
+from virnuc_hpc.encoders.esm2_packed import PackedESM2Encoder  # noqa: E402
 
 
 def main() -> None:

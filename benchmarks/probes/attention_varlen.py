@@ -6,21 +6,23 @@ at these lengths (8.5% of ESM-2's kernel time on an H100, results/esm2_variants-
 the same packed (T, H, hd) layout and cu_seqlens: xformers-style memory-efficient attention (64-row
 tiles) and cuDNN's ragged attention. Each is checked against FA2 (max |diff|) and timed.
 
-    python benchmarks/attention_varlen.py [--tokens 65536]
+    python benchmarks/probes/attention_varlen.py [--tokens 65536]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from common import card_slug  # benchmarks/ is on sys.path
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # benchmarks/: common.py
+from common import card_slug  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parent.parent / "results"  # benchmarks/results
 
 
 def flash(q, k, v, cu, n):

@@ -1,6 +1,6 @@
 """Probe: does a warp-specialised, epilogue-subtiled or host-descriptor int8 GEMM beat ours on Hopper?
 
-    python benchmarks/int8_ws_probe.py [--tokens 65536]
+    python benchmarks/probes/int8_ws_probe.py [--tokens 65536]
 
 Variants of ours (int8_triton.int8_gemm, TMA descriptors made on the device) on ESM-2 3B's four
 layer shapes: descriptors made on the host ("host", the kernel before), the same kernel again
@@ -23,7 +23,7 @@ import triton.language as tl
 from triton.language.extra import libdevice
 from triton.tools.tensor_descriptor import TensorDescriptor
 
-sys.path.insert(0, str(Path(__file__).parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root
 from virnuc_hpc.encoders.int8_triton import GELU_CODES, int8_gemm  # noqa: E402
 
 
