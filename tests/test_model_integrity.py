@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import DEMO, DEMO_FASTA, cli
+from conftest import DEMO, DEMO_FASTA, cli, shared_scheduler
 from virnuc_hpc.models.classifier import MLPClassifier, load_classifier
 from virnuc_hpc.models.demo import ensure_demo_models
 from virnuc_hpc.encoders.esm2 import load_esm2_model
@@ -69,10 +69,11 @@ def other_weights(role: str, models: dict[str, Path], tmp_path: Path) -> Path:
 
 @pytest.mark.parametrize("role", ["classifier", "esm2"])
 def test_weights_rewritten_in_place_with_restored_mtime_are_detected(
-        role: str, models: dict[str, Path], few_reads: Path, tmp_path: Path) -> None:
+        role: str, models: dict[str, Path], few_reads: Path, tmp_path: Path, client) -> None:
     outdir = tmp_path / "out"
     args = ["predict", str(few_reads), "-o", str(outdir), *DEMO, "--esm2-model", str(models["esm2"]),
-            "--dnabert-model", str(models["dnabert"]), "--classifier", str(models["classifier"])]
+            "--dnabert-model", str(models["dnabert"]), "--classifier", str(models["classifier"]),
+            *shared_scheduler(client)]  # one cluster: its workers load each run's models afresh
     proc = cli(*args)
     assert proc.returncode == 0, proc.stderr
     old = sha256(models[role])
