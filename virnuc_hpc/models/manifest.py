@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from virnuc_hpc.errors import ModelFileError, ModelNotFoundError
-from virnuc_hpc.outputs.store import write_text_atomic
+from virnuc_hpc.outputs.atomic import write_text_atomic
 
 MANIFEST = "manifest.json"
 FORMAT = "virnuc-hpc-models/1"

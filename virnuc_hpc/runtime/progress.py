@@ -123,7 +123,7 @@ class ProgressLog:
         self._thread = threading.Thread(target=self._run, name="virnuc-progress", daemon=True)
 
     def _write(self, snap: dict[str, Any]) -> None:
-        from virnuc_hpc.outputs.store import write_text_atomic  # the NetCDF stack: not for status
+        from virnuc_hpc.outputs.atomic import write_text_atomic
 
         if self.path is None:
             return
